@@ -1,0 +1,76 @@
+"""aceleryctl: dispatch Celery tasks from async Django without blocking the event loop.
+
+::
+
+    from aceleryctl import controller
+
+    async def signup(request):
+        result = await controller.delay(send_welcome_mail, user_id)
+        return JsonResponse({"task_id": result.id}, status=202)
+
+Every dispatch runs on a small bounded thread pool with a deadline and a circuit
+breaker. Legacy sync views use ``from aceleryctl.sync import controller`` with the
+same method names.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from aceleryctl._engine import ControllerStatistics
+from aceleryctl._pool import PoolStatistics
+from aceleryctl._proxy import LazyProxy
+from aceleryctl.breaker import (
+    BreakerListener,
+    BreakerState,
+    BreakerStatistics,
+    CircuitBreaker,
+    StateChange,
+)
+from aceleryctl.controller import AsyncCeleryController
+from aceleryctl.exceptions import (
+    AsyncContextError,
+    BrokerError,
+    CircuitOpenError,
+    ControllerClosed,
+    DispatchOverloaded,
+    DispatchRejected,
+    DispatchTimeout,
+    TaskDispatchError,
+    TaskSerializationError,
+)
+
+__all__ = [
+    "AsyncCeleryController",
+    "AsyncContextError",
+    "BreakerListener",
+    "BreakerState",
+    "BreakerStatistics",
+    "BrokerError",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "ControllerClosed",
+    "ControllerStatistics",
+    "DispatchOverloaded",
+    "DispatchRejected",
+    "DispatchTimeout",
+    "PoolStatistics",
+    "StateChange",
+    "TaskDispatchError",
+    "TaskSerializationError",
+    "__version__",
+    "controller",
+]
+
+__version__ = "0.1.0"
+
+
+def _default() -> AsyncCeleryController:
+    from aceleryctl.conf import default_controller
+
+    return default_controller()
+
+
+#: The default controller, built on first use from ``settings.ACELERYCTL`` and the
+#: project's Celery app, rebuilt when that setting changes.
+controller: AsyncCeleryController = cast(AsyncCeleryController, LazyProxy(_default))

@@ -1,0 +1,99 @@
+"""What the async controller and its sync facade share: configuration and call building.
+
+Both facades turn their arguments into a :class:`~aceleryctl._calls.Call` the same
+way and hand it to one :class:`~aceleryctl._engine.DispatchEngine`; they differ
+only in how they wait for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from celery import Celery
+
+from aceleryctl._calls import (
+    CONTROLLER_OPTIONS,
+    Call,
+    build_apply_async,
+    build_send_task,
+    check_timeout,
+)
+from aceleryctl._engine import ControllerStatistics, DispatchEngine
+
+__all__ = ["ControllerCore", "Dispatchable"]
+
+#: What the dispatch methods accept: a task, a signature, a group/chain/chord, or
+#: a zero-argument callable that dispatches and returns a result.
+Dispatchable = Any
+
+
+class ControllerCore:
+    """Settings and call building shared by both facades (not public).
+
+    Thread-safety: immutable after construction, apart from the engine's own
+    thread-safe state.
+    """
+
+    __slots__ = ("_default_timeout", "_drain_timeout", "_engine")
+
+    def __init__(self, engine: DispatchEngine, *, dispatch_timeout: float, drain_timeout: float):
+        self._engine = engine
+        self._default_timeout = check_timeout(dispatch_timeout)
+        self._drain_timeout = check_timeout(drain_timeout, name="drain_timeout")
+
+    @property
+    def app(self) -> Celery:
+        """The Celery app every publish of this controller uses."""
+        return self._engine.app
+
+    @property
+    def dispatch_timeout(self) -> float:
+        """The default deadline of a call, in seconds."""
+        return self._default_timeout
+
+    def statistics(self) -> ControllerStatistics:
+        """A frozen snapshot: counters, the publish pool and the circuit breaker."""
+        return self._engine.statistics()
+
+    def _timeout(self, options: dict[str, Any]) -> float:
+        override = options.pop("dispatch_timeout", None)
+        return self._default_timeout if override is None else check_timeout(override)
+
+    def _delay_call(
+        self, task: Dispatchable, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Call:
+        return build_apply_async(self.app, "delay", task, args, kwargs, {}, self._default_timeout)
+
+    def _apply_async_call(
+        self,
+        method: str,
+        task: Dispatchable,
+        args: Iterable[Any] | None,
+        kwargs: dict[str, Any] | None,
+        options: dict[str, Any],
+    ) -> Call:
+        timeout = self._timeout(options)
+        return build_apply_async(self.app, method, task, args, kwargs, options, timeout)
+
+    def _send_task_call(
+        self,
+        name: str,
+        args: Iterable[Any] | None,
+        kwargs: dict[str, Any] | None,
+        options: dict[str, Any],
+    ) -> Call:
+        timeout = self._timeout(options)
+        return build_send_task(self.app, "send_task", name, args, kwargs, options, timeout)
+
+    @staticmethod
+    def _eager(
+        task: Dispatchable, args: Iterable[Any] | None, kwargs: dict[str, Any] | None, options: Any
+    ) -> Callable[[], Any]:
+        leftover = CONTROLLER_OPTIONS.intersection(options)
+        if leftover:
+            raise TypeError(f"apply() runs in this process; it takes no {sorted(leftover)}")
+        apply = getattr(task, "apply", None)
+        if apply is None:
+            raise TypeError(f"apply() needs a Celery task or signature, got {type(task).__name__}")
+        return lambda: apply(args, kwargs, **options)

@@ -1,0 +1,374 @@
+"""The dispatch engine shared by the async controller and its sync facade.
+
+One :class:`DispatchEngine` owns a publish pool, a circuit breaker, the deadline
+logic, the mapping of library exceptions onto :mod:`aceleryctl.exceptions`, and
+the failure log. :meth:`run_async` and :meth:`run_sync` are the only two ways
+in: the first awaits on the event loop, the second blocks the calling thread.
+Both follow the same steps:
+
+1. ask the breaker (an open breaker costs microseconds: no thread, no socket);
+2. queue the publish on the pool (a full queue is refused at once);
+3. wait for it, at most the call's deadline;
+4. tell the breaker what happened, log a failure once, rebuild the result in the
+   caller's thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import kombu.exceptions
+import redis.exceptions
+from celery import Celery
+
+from aceleryctl._calls import Call
+from aceleryctl._logging import Redactor, log_dispatch_failure
+from aceleryctl._pool import PoolClosed, PoolSaturated, PoolStatistics, PublishPool, WaitOutcome
+from aceleryctl._results import rebind
+from aceleryctl.breaker import BreakerStatistics, CircuitBreaker, Permit
+from aceleryctl.exceptions import (
+    BrokerError,
+    CircuitOpenError,
+    ControllerClosed,
+    DispatchOverloaded,
+    DispatchTimeout,
+    TaskDispatchError,
+    TaskSerializationError,
+)
+
+__all__ = ["ControllerStatistics", "DispatchEngine"]
+
+_BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    kombu.exceptions.OperationalError,
+    redis.exceptions.RedisError,
+    OSError,  # ConnectionError, socket.timeout and friends
+)
+_SERIALIZATION_ERRORS: tuple[type[BaseException], ...] = (
+    kombu.exceptions.EncodeError,
+    kombu.exceptions.ContentDisallowed,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerStatistics:
+    """A snapshot of a controller's counters, its pool and its breaker.
+
+    Attributes:
+        dispatched: publishes that returned a result.
+        failed: calls that raised a :class:`TaskDispatchError` of any kind.
+        timed_out: calls that raised :class:`DispatchTimeout`.
+        overloaded: calls refused because no thread was free in time or the queue was full.
+        rejected_open: calls refused by the open circuit breaker.
+        late_completions: publishes that finished on their thread after their
+            caller had already been given :class:`DispatchTimeout`.
+        pool: the publish pool's own snapshot.
+        breaker: the circuit breaker's own snapshot.
+    """
+
+    dispatched: int
+    failed: int
+    timed_out: int
+    overloaded: int
+    rejected_open: int
+    late_completions: int
+    pool: PoolStatistics
+    breaker: BreakerStatistics
+
+
+class _Counters:
+    __slots__ = (
+        "dispatched",
+        "failed",
+        "late_completions",
+        "lock",
+        "overloaded",
+        "rejected_open",
+        "timed_out",
+    )
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.dispatched = 0
+        self.failed = 0
+        self.timed_out = 0
+        self.overloaded = 0
+        self.rejected_open = 0
+        self.late_completions = 0
+
+
+class DispatchEngine:
+    """Runs prepared :class:`Call` objects under a deadline, a breaker and a bounded pool.
+
+    Thread-safety: every method may be called from any thread; ``run_async`` only
+    from a coroutine.
+
+    Args:
+        app: the Celery app every publish uses (made current on pool threads).
+        max_workers, max_pending: see :class:`aceleryctl._pool.PublishPool`.
+        breaker: shared by every caller of this engine.
+        redactor: sanitizes arguments for the failure log.
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        *,
+        max_workers: int,
+        max_pending: int,
+        breaker: CircuitBreaker,
+        redactor: Redactor,
+    ) -> None:
+        self.app = app
+        self.breaker = breaker
+        self.redactor = redactor
+        self.pool = PublishPool(
+            max_workers=max_workers,
+            max_pending=max_pending,
+            name="aceleryctl",
+            initializer=app.set_current,
+        )
+        self._counters = _Counters()
+
+    # -- the two ways in ---------------------------------------------------
+
+    async def run_async(self, call: Call) -> Any:
+        """Publish ``call`` on the pool and await it on the event loop.
+
+        Raises:
+            TaskDispatchError: a subclass saying what happened (see exceptions).
+            asyncio.CancelledError: the awaiting task was cancelled; a publish that
+                had not started never will, one already running finishes on its own.
+        """
+        permit, future = self._begin(call)
+        outcome = await self.pool.wait_async(future, call.timeout)
+        return self._finish(call, permit, outcome)
+
+    def run_sync(self, call: Call) -> Any:
+        """Publish ``call`` on the pool and block the calling thread until it is done.
+
+        Raises:
+            TaskDispatchError: a subclass saying what happened (see exceptions).
+        """
+        permit, future = self._begin(call)
+        outcome = self.pool.wait(future, call.timeout)
+        return self._finish(call, permit, outcome)
+
+    def submit_detached(self, call: Call) -> None:
+        """Publish ``call`` without anyone waiting (on-commit dispatch).
+
+        Runs on whatever thread commits the transaction and never blocks it.
+        Failures cannot reach a caller any more: they are counted and logged as
+        one record, like any other dispatch failure. Never raises.
+        """
+        try:
+            permit, future = self._begin(call)
+        except TaskDispatchError:
+            return  # already counted and logged by _begin
+
+        def done(_: Future[Any]) -> None:
+            try:
+                cancelled = future.cancelled()  # by a shutdown that ran out of time
+                self._finish(call, permit, WaitOutcome(future, not cancelled, cancelled))
+            except TaskDispatchError:
+                pass  # logged by _finish
+
+        future.add_done_callback(done)
+
+    # -- steps -------------------------------------------------------------
+
+    def _begin(self, call: Call) -> tuple[Permit, Future[Any]]:
+        try:
+            permit = self.breaker.acquire()
+        except CircuitOpenError as exc:
+            # Not logged per call: the breaker logged its opening once, and a
+            # storm of rejections must stay cheap. Counted in statistics.
+            exc.task_name = call.task_name
+            exc.task_id = call.task_id
+            with self._counters.lock:
+                self._counters.rejected_open += 1
+                self._counters.failed += 1
+            raise
+        try:
+            future = self.pool.submit(lambda: _timed(call))
+        except PoolSaturated as exc:
+            permit.release()
+            raise self._fail(
+                call,
+                DispatchOverloaded(
+                    f"could not dispatch {call.task_name}: {exc}; nothing was sent",
+                    task_name=call.task_name,
+                    task_id=call.task_id,
+                ),
+                exc,
+                "not_sent",
+            ) from exc
+        except PoolClosed as exc:
+            permit.release()
+            raise self._fail(
+                call,
+                ControllerClosed(
+                    f"could not dispatch {call.task_name}: the controller is closed; "
+                    "nothing was sent",
+                    task_name=call.task_name,
+                    task_id=call.task_id,
+                ),
+                exc,
+                "not_sent",
+            ) from exc
+        return permit, future
+
+    def _finish(self, call: Call, permit: Permit, outcome: WaitOutcome[Any]) -> Any:
+        future = outcome.future
+        if outcome.done:
+            exc = future.exception()
+            if exc is None:
+                permit.record_success(call.finished_at - call.started_at)
+                with self._counters.lock:
+                    self._counters.dispatched += 1
+                return rebind(future.result(), self.app)
+            error, outcome_name = self._classify(call, permit, exc)
+            raise self._fail(call, error, exc, outcome_name) from exc
+        if outcome.never_started:
+            permit.release()
+            closed = self.pool.statistics().closed
+            error_type = ControllerClosed if closed else DispatchOverloaded
+            reason = (
+                "the controller closed before a publishing thread took it"
+                if closed
+                else f"no publishing thread became free within {call.timeout:g} s"
+            )
+            raise self._fail(
+                call,
+                error_type(
+                    f"could not dispatch {call.task_name}: {reason}; nothing was sent",
+                    task_name=call.task_name,
+                    task_id=call.task_id,
+                ),
+                None,
+                "not_sent",
+            )
+        # Still running: the broker may or may not have the message.
+        permit.record_failure(call.timeout)
+        future.add_done_callback(self._late_completion)
+        with self._counters.lock:
+            self._counters.timed_out += 1
+        id_note = f" under task id {call.task_id}" if call.task_id else ""
+        raise self._fail(
+            call,
+            DispatchTimeout(
+                f"dispatching {call.task_name}{id_note} did not finish within "
+                f"{call.timeout:g} s; the outcome is unknown: the message may still reach "
+                "the broker and the task may run",
+                timeout=call.timeout,
+                task_name=call.task_name,
+                task_id=call.task_id,
+            ),
+            None,
+            "unknown",
+        )
+
+    def _classify(
+        self, call: Call, permit: Permit, exc: BaseException
+    ) -> tuple[TaskDispatchError, str]:
+        name, task_id = call.task_name, call.task_id
+        if isinstance(exc, _SERIALIZATION_ERRORS):
+            permit.release()
+            return (
+                TaskSerializationError(
+                    f"the arguments of {name} cannot be serialized ({exc}); "
+                    "pass JSON-serializable values (ids instead of objects), or set a "
+                    "serializer that accepts them; nothing was sent",
+                    task_name=name,
+                    task_id=task_id,
+                ),
+                "not_sent",
+            )
+        if isinstance(exc, TaskDispatchError):  # raised by a zero-argument dispatcher
+            permit.release()
+            return exc, "failed"
+        if isinstance(exc, _BROKER_ERRORS):
+            permit.record_failure(call.finished_at - call.started_at)
+            return (
+                BrokerError(
+                    f"the broker failed while dispatching {name}: {type(exc).__name__}: {exc}",
+                    task_name=name,
+                    task_id=task_id,
+                ),
+                "failed",
+            )
+        permit.release()
+        return (
+            TaskDispatchError(
+                f"could not dispatch {name}: {type(exc).__name__}: {exc}",
+                task_name=name,
+                task_id=task_id,
+            ),
+            "failed",
+        )
+
+    def _fail(
+        self,
+        call: Call,
+        error: TaskDispatchError,
+        cause: BaseException | None,
+        outcome: str,
+    ) -> TaskDispatchError:
+        if error is not cause:
+            error.__cause__ = cause
+        with self._counters.lock:
+            self._counters.failed += 1
+            if isinstance(error, DispatchOverloaded):
+                self._counters.overloaded += 1
+        log_dispatch_failure(
+            redactor=self.redactor,
+            task_name=call.task_name,
+            task_id=call.task_id,
+            args=call.args,
+            kwargs=call.kwargs,
+            error=error,
+            outcome=outcome,
+            dispatch_method=call.method,
+        )
+        return error
+
+    def _late_completion(self, future: Future[Any]) -> None:
+        if not future.cancelled():
+            with self._counters.lock:
+                self._counters.late_completions += 1
+
+    # -- observation and shutdown -----------------------------------------
+
+    def statistics(self) -> ControllerStatistics:
+        """A snapshot of the counters, the pool and the breaker."""
+        with self._counters.lock:
+            c = self._counters
+            counts = (
+                c.dispatched,
+                c.failed,
+                c.timed_out,
+                c.overloaded,
+                c.rejected_open,
+                c.late_completions,
+            )
+        return ControllerStatistics(
+            *counts, pool=self.pool.statistics(), breaker=self.breaker.statistics()
+        )
+
+    def close(self, timeout: float) -> bool:
+        """Stop accepting calls; let queued and running publishes finish for up to
+        ``timeout`` seconds. Blocks the calling thread. Returns ``True`` if drained."""
+        return self.pool.shutdown(timeout)
+
+
+def _timed(call: Call) -> Any:
+    # Runs on a pool thread. The stamps measure the publish alone (not the wait
+    # for a thread), which is what the breaker's slow-call rule should see.
+    call.started_at = time.monotonic()
+    try:
+        return call.publish()
+    finally:
+        call.finished_at = time.monotonic()

@@ -1,0 +1,188 @@
+"""Structured dispatch-failure records, with argument redaction and truncation.
+
+One failed dispatch produces exactly one record at logger ``aceleryctl.controller``.
+Its message reads like the original controller's (task, args, kwargs, exception,
+with the traceback attached through ``exc_info``), and the same facts are in the
+record's attributes for structured handlers: ``task_name``, ``task_id``,
+``task_args``, ``task_kwargs``, ``error_type``, ``error_message``, ``outcome``,
+``dispatch_method``.
+
+Arguments never reach a record raw: :class:`Redactor` masks values under keys that
+look secret, truncates long values, bounds depth and size, and never raises, even
+for objects whose ``repr`` does. This module imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = [
+    "DEFAULT_REDACT_KEYS",
+    "MASK",
+    "Redactor",
+    "log_dispatch_failure",
+    "scrub_credentials",
+]
+
+logger: Final = logging.getLogger("aceleryctl.controller")
+
+MASK: Final = "********"
+
+#: Substrings (case-insensitive) of mapping keys whose values are masked.
+DEFAULT_REDACT_KEYS: Final[tuple[str, ...]] = (
+    "api_key",
+    "apikey",
+    "auth",
+    "card",
+    "cookie",
+    "credential",
+    "cvv",
+    "passphrase",
+    "passwd",
+    "password",
+    "private",
+    "pwd",
+    "secret",
+    "session",
+    "signature",
+    "ssn",
+    "token",
+)
+
+_URL_CREDENTIALS: Final = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
+
+
+def scrub_credentials(text: str) -> str:
+    """Replace the user-info part of every URL in ``text`` (``redis://:pw@host``)."""
+    return _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
+
+
+@dataclass(frozen=True, slots=True)
+class Redactor:
+    """Turns task arguments into a bounded, JSON-safe picture fit for a log record.
+
+    Thread-safe (immutable). ``sanitize`` never raises.
+
+    Attributes:
+        keys: lower-case substrings; a mapping value whose key contains one is masked.
+        max_value_length: characters kept of a string or ``repr`` before ``...``.
+        max_items: elements kept of a sequence or mapping; the rest is summarised.
+        max_depth: nesting levels kept; deeper values are summarised.
+    """
+
+    keys: frozenset[str] = frozenset(DEFAULT_REDACT_KEYS)
+    max_value_length: int = 200
+    max_items: int = 50
+    max_depth: int = 4
+
+    @classmethod
+    def from_keys(cls, keys: Iterable[str], **limits: int) -> Redactor:
+        """Build one from any iterable of key substrings (case-insensitive)."""
+        return cls(keys=frozenset(k.lower() for k in keys), **limits)
+
+    def is_secret_key(self, key: object) -> bool:
+        """Whether a mapping key names a secret (only string keys can)."""
+        if not isinstance(key, str):
+            return False
+        lowered = key.lower()
+        return any(fragment in lowered for fragment in self.keys)
+
+    def sanitize(self, value: object) -> Any:
+        """Return a redacted, truncated copy of ``value`` made of JSON types."""
+        try:
+            return self._clean(value, 0)
+        except Exception:  # a hostile __repr__/__iter__; never fail the caller
+            return f"<unrepresentable {type(value).__name__}>"
+
+    def _text(self, text: str) -> str:
+        text = scrub_credentials(text)
+        if len(text) > self.max_value_length:
+            return f"{text[: self.max_value_length]}...(+{len(text) - self.max_value_length})"
+        return text
+
+    def _clean(self, value: object, depth: int) -> Any:
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, str):
+            return self._text(value)
+        if isinstance(value, bytes | bytearray):
+            return f"<{len(value)} bytes>"
+        if depth >= self.max_depth:
+            return f"<{type(value).__name__} nested too deep>"
+        if isinstance(value, Mapping):
+            out: dict[str, Any] = {}
+            for index, (key, item) in enumerate(value.items()):
+                if index >= self.max_items:
+                    out["..."] = f"{len(value) - self.max_items} more"
+                    break
+                name = key if isinstance(key, str) else self._safe_repr(key)
+                out[name] = MASK if self.is_secret_key(key) else self._clean(item, depth + 1)
+            return out
+        if isinstance(value, list | tuple | set | frozenset):
+            items = list(value)
+            cleaned = [self._clean(v, depth + 1) for v in items[: self.max_items]]
+            if len(items) > self.max_items:
+                cleaned.append(f"... {len(items) - self.max_items} more")
+            return cleaned
+        return self._text(self._safe_repr(value))
+
+    @staticmethod
+    def _safe_repr(value: object) -> str:
+        try:
+            return repr(value)
+        except Exception:
+            return f"<unrepresentable {type(value).__name__}>"
+
+
+def log_dispatch_failure(
+    *,
+    redactor: Redactor,
+    task_name: str,
+    task_id: str | None,
+    args: object,
+    kwargs: object,
+    error: BaseException,
+    outcome: str,
+    dispatch_method: str,
+    level: int = logging.ERROR,
+) -> None:
+    """Emit the one record for a failed dispatch. Never raises.
+
+    Args:
+        outcome: ``"not_sent"`` (nothing reached the broker), ``"unknown"`` (a
+            deadline passed mid-publish) or ``"failed"`` (the broker or the
+            library raised; see ``error``).
+        error: the exception raised to the caller; its ``__cause__`` chain and
+            traceback are attached through ``exc_info``.
+    """
+    try:
+        clean_args = redactor.sanitize(list(args) if isinstance(args, tuple) else args)
+        clean_kwargs = redactor.sanitize(kwargs)
+        message = redactor._text(str(error))
+        logger.log(
+            level,
+            "Task dispatch failed: task=%s task_id=%s args=%s kwargs=%s exception=%s: %s",
+            task_name,
+            task_id,
+            clean_args,
+            clean_kwargs,
+            type(error).__name__,
+            message,
+            exc_info=(type(error), error, error.__traceback__),
+            extra={
+                "task_name": task_name,
+                "task_id": task_id,
+                "task_args": clean_args,
+                "task_kwargs": clean_kwargs,
+                "error_type": type(error).__name__,
+                "error_message": message,
+                "outcome": outcome,
+                "dispatch_method": dispatch_method,
+            },
+        )
+    except Exception:  # logging must never turn a dispatch error into another one
+        logger.exception("aceleryctl could not log a dispatch failure for %s", task_name)

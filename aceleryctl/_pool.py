@@ -1,0 +1,360 @@
+"""A small, bounded thread pool for broker publishes, with per-call deadlines.
+
+Why not ``concurrent.futures.ThreadPoolExecutor``, the loop's default executor, or
+asgiref's thread-sensitive thread: the executor's queue is unbounded and its
+threads are non-daemon, so a publish hung on a silent broker would both pile up
+work without limit and hang interpreter exit; the default executor and the
+thread-sensitive thread are shared with unrelated work (``to_thread``, every ORM
+call of a request), which a slow broker would then stall.
+
+Here the queue holds at most ``max_pending`` jobs, threads are daemon threads
+started on first use, and a caller that gives up on a job learns exactly which
+of two things happened:
+
+* the job never started (it was still queued): :meth:`PublishPool.abandon`
+  returns ``True`` and the job will never run, so nothing was sent;
+* the job is running or finished: ``False``; the outcome is what the future
+  says, or unknown while it is still running.
+
+This module imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import contextvars
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+__all__ = [
+    "PoolClosed",
+    "PoolSaturated",
+    "PoolStatistics",
+    "PublishPool",
+    "WaitOutcome",
+    "settle",
+]
+
+T = TypeVar("T")
+
+
+class PoolSaturated(Exception):
+    """The wait queue already holds ``max_pending`` jobs; the job was not queued."""
+
+
+class PoolClosed(Exception):
+    """The pool is shut down and accepts no jobs."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    """A snapshot of a :class:`PublishPool`, taken under its lock.
+
+    Attributes:
+        max_workers: the thread limit.
+        max_pending: the wait-queue limit.
+        threads: threads started so far (at most ``max_workers``).
+        running: jobs executing now.
+        waiting: jobs queued and not abandoned.
+        submitted: jobs accepted since creation.
+        completed: jobs that ran to completion, successfully or by raising.
+        abandoned: jobs dropped from the queue before they started.
+        saturated: submissions refused because the queue was full.
+        closed: whether :meth:`PublishPool.shutdown` has been called.
+    """
+
+    max_workers: int
+    max_pending: int
+    threads: int
+    running: int
+    waiting: int
+    submitted: int
+    completed: int
+    abandoned: int
+    saturated: int
+    closed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WaitOutcome(Generic[T]):
+    """What a bounded wait on a job found.
+
+    Exactly one of the three is true: ``done`` (``future`` holds the result or the
+    exception), ``never_started`` (the job was abandoned before it ran; it never
+    will), or neither, meaning it was still running when the deadline passed.
+    """
+
+    future: Future[T]
+    done: bool
+    never_started: bool
+
+
+def settle(future: asyncio.Future[T], value: T) -> None:
+    """Set ``future``'s result unless it is already done (cancelled). Loop thread only."""
+    if not future.done():
+        future.set_result(value)
+
+
+def _wake(signal: asyncio.Future[None]) -> None:
+    settle(signal, None)
+
+
+def _wake_soon(loop: asyncio.AbstractEventLoop, signal: asyncio.Future[None]) -> None:
+    # Runs on whichever thread completes the job. The signal carries no result
+    # (the caller reads the concurrent future), so nothing can go unretrieved.
+    with contextlib.suppress(RuntimeError):  # the loop closed while the publish ran
+        loop.call_soon_threadsafe(_wake, signal)
+
+
+class _Job(Generic[T]):
+    __slots__ = ("context", "fn", "future")
+
+    def __init__(self, fn: Callable[[], T], context: contextvars.Context) -> None:
+        self.fn = fn
+        self.context = context
+        self.future: Future[T] = Future()
+
+
+class PublishPool:
+    """A bounded pool of daemon threads that run short blocking jobs.
+
+    Thread-safety: every method may be called from any thread. The pool's lock
+    is never held while a job runs or while a future's callbacks run.
+
+    Args:
+        max_workers: threads at most (>= 1). Started lazily, one per submission
+            while fewer than ``max_workers`` exist and none is idle.
+        max_pending: jobs that may wait for a thread at once (>= 1); beyond that
+            :meth:`submit` raises :class:`PoolSaturated` without queueing.
+        name: prefix for thread names, shown in thread dumps and log records.
+        initializer: called once on each new thread before its first job (the
+            controller makes its Celery app current there). If it raises, the
+            error is logged and the thread goes on.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_workers: int,
+        max_pending: int,
+        name: str = "aceleryctl",
+        initializer: Callable[[], object] | None = None,
+    ) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, got {max_workers!r}")
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, got {max_pending!r}")
+        self._max_workers = max_workers
+        self._max_pending = max_pending
+        self._name = name
+        self._initializer = initializer
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: collections.deque[_Job[object]] = collections.deque()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._running = 0
+        self._waiting = 0
+        self._submitted = 0
+        self._completed = 0
+        self._abandoned = 0
+        self._saturated = 0
+        self._closed = False
+
+    @property
+    def max_workers(self) -> int:
+        """The thread limit."""
+        return self._max_workers
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        """Queue ``fn`` to run on a pool thread inside a copy of the caller's context.
+
+        ``contextvars`` set by the caller (correlation ids, logging context) are
+        visible to ``fn``. Never blocks.
+
+        Returns:
+            A future completed by the pool thread with ``fn``'s result or exception.
+
+        Raises:
+            PoolSaturated: ``max_pending`` jobs are already waiting.
+            PoolClosed: :meth:`shutdown` was called.
+        """
+        job: _Job[T] = _Job(fn, contextvars.copy_context())
+        with self._cond:
+            if self._closed:
+                raise PoolClosed("the publish pool is shut down")
+            if self._waiting >= self._max_pending:
+                self._saturated += 1
+                raise PoolSaturated(
+                    f"{self._waiting} publishes are already waiting for a thread "
+                    f"(max_pending={self._max_pending})"
+                )
+            self._queue.append(job)  # type: ignore[arg-type]
+            self._waiting += 1
+            self._submitted += 1
+            if self._idle == 0 and len(self._threads) < self._max_workers:
+                self._start_thread()
+            else:
+                self._cond.notify()
+        return job.future
+
+    def abandon(self, future: Future[T]) -> bool:
+        """Give up on a job; return ``True`` if it had not started and never will.
+
+        Returns ``False`` when the job is running or already finished: then the
+        future decides (it may still complete later). Safe to call more than once.
+        """
+        with self._cond:
+            return self._abandon_locked(future)
+
+    def _abandon_locked(self, future: Future[T]) -> bool:
+        # Cancel and account in one step under the pool lock, so that a job is
+        # discounted exactly once however many threads give up on it. The deque
+        # keeps the cancelled job until a thread pops and skips it.
+        if future.cancelled():
+            return True
+        if not future.cancel():
+            return False
+        self._waiting -= 1
+        self._abandoned += 1
+        if len(self._queue) > 2 * self._waiting + 32:
+            # Threads may be stuck on a silent broker while callers keep giving up:
+            # drop the dead entries so the deque stays bounded by max_pending.
+            self._queue = collections.deque(j for j in self._queue if not j.future.cancelled())
+        return True
+
+    def wait(self, future: Future[T], timeout: float) -> WaitOutcome[T]:
+        """Block the calling thread until ``future`` is done or ``timeout`` seconds pass.
+
+        On timeout the job is abandoned if it has not started. Never raises the
+        job's exception; read it from ``outcome.future``.
+        """
+        try:
+            future.exception(timeout=max(timeout, 0.0))
+        except TimeoutError:
+            pass
+        except BaseException:  # cancelled (by shutdown); fall through to the check below
+            pass
+        return self._outcome(future)
+
+    async def wait_async(self, future: Future[T], timeout: float) -> WaitOutcome[T]:
+        """Await ``future`` without blocking the event loop, for at most ``timeout`` seconds.
+
+        Runs on the event loop thread; completion is handed over with
+        ``call_soon_threadsafe``. On timeout the job is abandoned if it has not
+        started. If the awaiting task is cancelled, the job is abandoned if it has
+        not started (a running publish cannot be interrupted and finishes on its
+        own) and ``CancelledError`` propagates.
+        """
+        if not future.done():
+            loop = asyncio.get_running_loop()
+            signal: asyncio.Future[None] = loop.create_future()
+            future.add_done_callback(lambda _f: _wake_soon(loop, signal))
+            try:
+                async with asyncio.timeout(max(timeout, 0.0)):
+                    await signal
+            except TimeoutError:
+                pass
+            except asyncio.CancelledError:
+                self.abandon(future)
+                raise
+        return self._outcome(future)
+
+    def _outcome(self, future: Future[T]) -> WaitOutcome[T]:
+        if future.done() and not future.cancelled():
+            return WaitOutcome(future, done=True, never_started=False)
+        never_started = self.abandon(future)
+        if not never_started and future.done() and not future.cancelled():
+            # It completed between the deadline and the abandon attempt.
+            return WaitOutcome(future, done=True, never_started=False)
+        return WaitOutcome(future, done=False, never_started=never_started)
+
+    def statistics(self) -> PoolStatistics:
+        """Return a consistent snapshot of the counters."""
+        with self._cond:
+            return PoolStatistics(
+                max_workers=self._max_workers,
+                max_pending=self._max_pending,
+                threads=len(self._threads),
+                running=self._running,
+                waiting=self._waiting,
+                submitted=self._submitted,
+                completed=self._completed,
+                abandoned=self._abandoned,
+                saturated=self._saturated,
+                closed=self._closed,
+            )
+
+    def shutdown(self, timeout: float) -> bool:
+        """Stop accepting jobs, let queued and running jobs finish for up to ``timeout`` s.
+
+        Blocks the calling thread. Jobs still queued when the time is up are
+        cancelled (they never run); jobs still running are left to their daemon
+        threads, which exit when they finish.
+
+        Returns:
+            ``True`` if every job finished in time.
+        """
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            drained = self._cond.wait_for(
+                lambda: self._running == 0 and self._waiting == 0, timeout=max(timeout, 0.0)
+            )
+            for job in self._queue:
+                self._abandon_locked(job.future)
+            self._queue.clear()
+            self._cond.notify_all()
+        return drained
+
+    # -- worker side -------------------------------------------------------
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(
+            target=self._work,
+            name=f"{self._name}-publish-{len(self._threads) + 1}",
+            daemon=True,
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def _next_job(self) -> _Job[object] | None:
+        with self._cond:
+            while True:
+                while not self._queue:
+                    if self._closed:
+                        return None
+                    self._idle += 1
+                    self._cond.wait()
+                    self._idle -= 1
+                job = self._queue.popleft()
+                if job.future.set_running_or_notify_cancel():
+                    self._waiting -= 1
+                    self._running += 1
+                    return job
+                # abandoned while queued: already discounted by abandon()
+
+    def _work(self) -> None:
+        if self._initializer is not None:
+            try:
+                self._initializer()
+            except Exception:
+                logging.getLogger("aceleryctl.pool").exception("pool thread initializer failed")
+        while (job := self._next_job()) is not None:
+            try:
+                result = job.context.run(job.fn)
+            except BaseException as exc:
+                job.future.set_exception(exc)
+            else:
+                job.future.set_result(result)
+            finally:
+                del job
+                with self._cond:
+                    self._running -= 1
+                    self._completed += 1
+                    self._cond.notify_all()

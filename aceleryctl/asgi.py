@@ -1,0 +1,65 @@
+"""ASGI lifespan support: close the default controller when the server shuts down.
+
+Django's ASGI handler and Channels' router do not handle the ``lifespan`` scope.
+Wrap the outermost application::
+
+    from aceleryctl.asgi import with_lifespan
+
+    application = with_lifespan(get_asgi_application())
+
+On ``lifespan.shutdown`` the default controller drains its queued and running
+publishes (at most its ``DRAIN_TIMEOUT``) on a thread of its own, so the loop
+keeps serving other shutdown work. Every other scope passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from aceleryctl._pool import settle
+
+__all__ = ["with_lifespan"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def _close_default() -> None:
+    from aceleryctl.conf import close_default_controller
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def run() -> None:
+        try:
+            close_default_controller()
+        finally:
+            loop.call_soon_threadsafe(settle, done, None)
+
+    threading.Thread(target=run, name="aceleryctl-lifespan-close", daemon=True).start()
+    await done
+
+
+def with_lifespan(app: ASGIApp) -> ASGIApp:
+    """Return an ASGI app that answers ``lifespan`` itself and forwards the rest to ``app``."""
+
+    async def application(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await _close_default()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    return application

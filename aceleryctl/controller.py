@@ -1,0 +1,317 @@
+"""``AsyncCeleryController``: dispatch Celery tasks from coroutines without blocking the loop.
+
+Every method is a coroutine that runs on the event loop thread. The blocking part
+of a dispatch (Celery and kombu building and publishing the message) runs on the
+controller's own small pool of daemon threads, under a deadline and behind a
+circuit breaker. See :mod:`aceleryctl.exceptions` for what each failure means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+from asgiref.sync import sync_to_async
+from celery import Celery
+from celery.result import AsyncResult, EagerResult
+
+from aceleryctl._base import ControllerCore, Dispatchable
+from aceleryctl._calls import check_timeout
+from aceleryctl._calls import current_celery_app as _current_celery_app
+from aceleryctl._engine import DispatchEngine
+from aceleryctl._logging import DEFAULT_REDACT_KEYS, Redactor
+from aceleryctl._oncommit import check_deferrable, defer_until_commit
+from aceleryctl._pool import settle
+from aceleryctl.breaker import CircuitBreaker
+from aceleryctl.exceptions import TaskDispatchError
+
+if TYPE_CHECKING:
+    from aceleryctl.sync import SyncCeleryController
+
+__all__ = ["AsyncCeleryController"]
+
+
+class AsyncCeleryController(ControllerCore):
+    """Dispatch Celery tasks from async code, with a deadline per call.
+
+    Thread-safety: one instance serves any number of coroutines on any number of
+    event loops, and its :attr:`sync` facade serves threads, all sharing one pool
+    and one breaker. Make one per broker per process (the default instance,
+    :data:`aceleryctl.controller`, is built from Django settings).
+
+    Args:
+        app: the Celery app to publish with; default: Celery's current app at
+            construction time.
+        dispatch_timeout: default deadline of a call in seconds, covering the wait
+            for a publishing thread and the publish itself. ``apply_async`` and
+            ``send_task`` take a per-call ``dispatch_timeout=`` override.
+        max_workers: publishing threads (>= 1). Publishing holds the GIL, so more
+            threads add event-loop lag, not throughput; keep it small.
+        max_pending: calls that may wait for a thread at once (>= 1); beyond that a
+            call fails at once with :class:`~aceleryctl.exceptions.DispatchOverloaded`.
+        drain_timeout: seconds :meth:`aclose` waits for queued and running publishes.
+        breaker: the circuit breaker to share; default: a new
+            :class:`~aceleryctl.breaker.CircuitBreaker` with default settings.
+        redact_keys: key substrings whose values are masked in failure logs;
+            default :data:`aceleryctl._logging.DEFAULT_REDACT_KEYS`.
+
+    Raises:
+        ValueError, TypeError: an argument is out of range or of the wrong type.
+    """
+
+    __slots__ = ("_closed", "_sync")
+
+    def __init__(
+        self,
+        app: Celery | None = None,
+        *,
+        dispatch_timeout: float = 2.0,
+        max_workers: int = 2,
+        max_pending: int = 10_000,
+        drain_timeout: float = 5.0,
+        breaker: CircuitBreaker | None = None,
+        redact_keys: Iterable[str] = DEFAULT_REDACT_KEYS,
+    ) -> None:
+        if app is None:
+            app = _current_celery_app()
+        if isinstance(redact_keys, str):
+            raise TypeError("redact_keys must be an iterable of key substrings, not one str")
+        engine = DispatchEngine(
+            app,
+            max_workers=max_workers,
+            max_pending=max_pending,
+            breaker=breaker if breaker is not None else CircuitBreaker(),
+            redactor=Redactor.from_keys(redact_keys),
+        )
+        super().__init__(engine, dispatch_timeout=dispatch_timeout, drain_timeout=drain_timeout)
+        self._closed = False
+        self._sync: SyncCeleryController | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<AsyncCeleryController app={self.app.main!r} "
+            f"dispatch_timeout={self.dispatch_timeout:g}s "
+            f"max_workers={self._engine.pool.max_workers}>"
+        )
+
+    @property
+    def sync(self) -> SyncCeleryController:
+        """The blocking facade: the same methods, sharing this pool, breaker and logging."""
+        if self._sync is None:
+            from aceleryctl.sync import SyncCeleryController
+
+            self._sync = SyncCeleryController(self)
+        return self._sync
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The circuit breaker guarding this controller's broker."""
+        return self._engine.breaker
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` (or ``sync.close``) has been called."""
+        return self._closed
+
+    # -- dispatch ----------------------------------------------------------
+
+    async def delay(self, task: Dispatchable, /, *args: Any, **kwargs: Any) -> Any:
+        """Send ``task(*args, **kwargs)`` to the broker, like ``task.delay``.
+
+        Returns:
+            The task's ``AsyncResult`` (a ``GroupResult`` for a group), built for
+            the calling thread.
+
+        Raises:
+            TaskDispatchError: a subclass; see :mod:`aceleryctl.exceptions`.
+            TypeError: ``task`` is not something that can be dispatched.
+        """
+        return await self._engine.run_async(self._delay_call(task, args, kwargs))
+
+    async def apply_async(
+        self,
+        task: Dispatchable,
+        /,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Any:
+        """Send ``task`` with Celery calling options, like ``task.apply_async``.
+
+        Every Celery option (``countdown``, ``eta``, ``expires``, ``queue``,
+        ``routing_key``, ``priority``, ``task_id``, ``headers``, ``link``,
+        ``link_error``, ``retry``, ``retry_policy``, ``serializer``, ``compression``,
+        ``ignore_result``, ...) passes through unchanged. ``dispatch_timeout``
+        (seconds) overrides this call's deadline and is not sent to Celery.
+
+        Raises:
+            TaskDispatchError: a subclass; see :mod:`aceleryctl.exceptions`.
+            TypeError, ValueError: bad ``task``, ``args``, ``kwargs`` or ``dispatch_timeout``.
+        """
+        call = self._apply_async_call("apply_async", task, args, kwargs, options)
+        return await self._engine.run_async(call)
+
+    async def send_task(
+        self,
+        name: str,
+        /,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Send a task by its registered name, like ``app.send_task``.
+
+        The task need not be importable here. Options as for :meth:`apply_async`.
+
+        Raises:
+            TaskDispatchError: a subclass; see :mod:`aceleryctl.exceptions`.
+        """
+        call = self._send_task_call(name, args, kwargs, options)
+        result: AsyncResult[Any] = await self._engine.run_async(call)
+        return result
+
+    async def apply(
+        self,
+        task: Dispatchable,
+        /,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> EagerResult[Any]:
+        """Run ``task`` here and now, like ``task.apply`` (for tests and debugging).
+
+        The task body runs on asgiref's thread-sensitive thread, where Django runs
+        sync code for this request, so it shares the request's database connection
+        and transaction. No broker, no deadline, no breaker.
+
+        Returns:
+            The ``EagerResult``; a task that raised has ``state == "FAILURE"``.
+        """
+        run = self._eager(task, args, kwargs, options)
+        result: EagerResult[Any] = await sync_to_async(run, thread_sensitive=True)()
+        return result
+
+    @overload
+    async def safe_execute(
+        self,
+        task: Dispatchable,
+        /,
+        *args: Any,
+        suppress_exceptions: Literal[False] = ...,
+        **kwargs: Any,
+    ) -> tuple[Literal[True], Any]: ...
+
+    @overload
+    async def safe_execute(
+        self, task: Dispatchable, /, *args: Any, suppress_exceptions: bool, **kwargs: Any
+    ) -> tuple[Literal[True], Any] | tuple[Literal[False], TaskDispatchError]: ...
+
+    async def safe_execute(
+        self, task: Dispatchable, /, *args: Any, suppress_exceptions: bool = False, **kwargs: Any
+    ) -> tuple[Literal[True], Any] | tuple[Literal[False], TaskDispatchError]:
+        """:meth:`delay`, returning ``(True, result)``, as the original controller did.
+
+        With ``suppress_exceptions=True`` a dispatch failure is returned as
+        ``(False, error)`` instead of raised (it is logged either way). Programming
+        errors (``TypeError`` for a wrong ``task``) are always raised.
+
+        Raises:
+            TaskDispatchError: only when ``suppress_exceptions`` is false.
+        """
+        try:
+            return True, await self.delay(task, *args, **kwargs)
+        except TaskDispatchError as exc:
+            if suppress_exceptions:
+                return False, exc
+            raise
+
+    async def delay_on_commit(
+        self, task: Dispatchable, /, *args: Any, **kwargs: Any
+    ) -> AsyncResult[Any]:
+        """:meth:`delay` once the surrounding transaction commits; never if it rolls back.
+
+        Returns the ``AsyncResult`` at once (its id is assigned up front), unlike
+        Celery's own ``delay_on_commit``, which returns ``None``. With no
+        transaction open (autocommit), publishes now, under the deadline. The
+        transaction is looked for on the thread-sensitive thread, where Django's
+        transactions live in async code. A publish that fails after the commit
+        cannot raise to anyone: it is logged.
+
+        Raises:
+            TaskDispatchError: only when publishing right away (no transaction).
+            TypeError: for a canvas or a callable (their ids are not known up front).
+        """
+        return await self._on_commit(self._delay_call(task, args, kwargs), None)
+
+    async def apply_async_on_commit(
+        self,
+        task: Dispatchable,
+        /,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        using: str | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """:meth:`apply_async` once the transaction on database ``using`` commits.
+
+        See :meth:`delay_on_commit`.
+        """
+        call = self._apply_async_call("apply_async_on_commit", task, args, kwargs, options)
+        return await self._on_commit(call, using)
+
+    async def _on_commit(self, call: Any, using: str | None) -> AsyncResult[Any]:
+        check_deferrable(call)
+        deferred = await sync_to_async(defer_until_commit, thread_sensitive=True)(
+            self._engine, call, using
+        )
+        if not deferred:
+            result: AsyncResult[Any] = await self._engine.run_async(call)
+            return result
+        return self.app.AsyncResult(call.task_id)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def aclose(self, timeout: float | None = None) -> bool:
+        """Stop accepting dispatches and drain queued and running publishes.
+
+        Waits at most ``timeout`` seconds (default ``drain_timeout``) on a thread of
+        its own, never blocking the loop. Queued publishes still waiting then are
+        dropped (their callers get ``ControllerClosed``); running ones finish on their
+        own threads. Idempotent.
+
+        Returns:
+            ``True`` if everything drained in time.
+        """
+        limit = self._drain_timeout if timeout is None else check_timeout(timeout, name="timeout")
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+
+        def drain() -> None:
+            drained = self._engine.close(limit)
+            loop.call_soon_threadsafe(settle, done, drained)
+
+        threading.Thread(target=drain, name="aceleryctl-close", daemon=True).start()
+        return await done
+
+    def _close_blocking(self, timeout: float | None) -> bool:
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        limit = self._drain_timeout if timeout is None else float(timeout)
+        self._closed = True
+        return self._engine.close(limit)
+
+    async def __aenter__(self) -> AsyncCeleryController:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

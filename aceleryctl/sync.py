@@ -1,0 +1,204 @@
+"""The blocking facade for sync code: legacy DRF and WSGI views, management commands.
+
+Moving a view from the original controller is one import line::
+
+    from aceleryctl.sync import controller
+
+    result = controller.delay(send_email_task, user_id, email_body)
+
+Each method blocks the calling thread for at most the call's deadline, publishing
+on the async controller's pool, under its breaker, with its logging. Called on a
+thread that is running an event loop, every method raises
+:class:`~aceleryctl.exceptions.AsyncContextError` at once instead of freezing the
+loop: await the async controller's method of the same name there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
+
+from celery.result import AsyncResult, EagerResult
+
+from aceleryctl._base import ControllerCore, Dispatchable
+from aceleryctl._engine import ControllerStatistics
+from aceleryctl._oncommit import check_deferrable, defer_until_commit
+from aceleryctl._proxy import LazyProxy
+from aceleryctl.exceptions import AsyncContextError, TaskDispatchError
+
+if TYPE_CHECKING:
+    from aceleryctl.controller import AsyncCeleryController
+
+__all__ = ["SyncCeleryController", "controller"]
+
+
+def _refuse_in_event_loop(method: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise AsyncContextError(
+        f"aceleryctl's sync controller.{method}() blocks, and this thread is running an "
+        f"event loop; use `await aceleryctl.controller.{method}(...)` here instead"
+    )
+
+
+class SyncCeleryController:
+    """Blocking twin of :class:`~aceleryctl.AsyncCeleryController`, sharing its engine.
+
+    Thread-safety: any number of threads may call it at once. Get one from
+    ``AsyncCeleryController.sync`` or use the default :data:`controller`.
+    """
+
+    __slots__ = ("_async", "_core")
+
+    def __init__(self, async_controller: AsyncCeleryController) -> None:
+        self._async = async_controller
+        self._core: ControllerCore = async_controller
+
+    def __repr__(self) -> str:
+        return f"<SyncCeleryController of {self._async!r}>"
+
+    @property
+    def async_controller(self) -> AsyncCeleryController:
+        """The async controller this facade shares its pool and breaker with."""
+        return self._async
+
+    @property
+    def app(self) -> Any:
+        """The Celery app every publish uses."""
+        return self._core.app
+
+    def statistics(self) -> ControllerStatistics:
+        """A frozen snapshot: counters, the publish pool and the circuit breaker."""
+        return self._core.statistics()
+
+    def delay(self, task: Dispatchable, /, *args: Any, **kwargs: Any) -> Any:
+        """Send ``task(*args, **kwargs)``; see ``AsyncCeleryController.delay``.
+
+        Blocks at most the default deadline. Raises as the async method does, and
+        :class:`AsyncContextError` on an event-loop thread.
+        """
+        _refuse_in_event_loop("delay")
+        core = self._core
+        return core._engine.run_sync(core._delay_call(task, args, kwargs))
+
+    def apply_async(
+        self,
+        task: Dispatchable,
+        /,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Any:
+        """Send ``task`` with Celery options; see ``AsyncCeleryController.apply_async``."""
+        _refuse_in_event_loop("apply_async")
+        core = self._core
+        return core._engine.run_sync(
+            core._apply_async_call("apply_async", task, args, kwargs, options)
+        )
+
+    def send_task(
+        self,
+        name: str,
+        /,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Send a task by registered name; see ``AsyncCeleryController.send_task``."""
+        _refuse_in_event_loop("send_task")
+        core = self._core
+        result: AsyncResult[Any] = core._engine.run_sync(
+            core._send_task_call(name, args, kwargs, options)
+        )
+        return result
+
+    def apply(
+        self,
+        task: Dispatchable,
+        /,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> EagerResult[Any]:
+        """Run ``task`` in this thread, now, like ``task.apply``; no broker involved."""
+        _refuse_in_event_loop("apply")
+        result: EagerResult[Any] = self._core._eager(task, args, kwargs, options)()
+        return result
+
+    @overload
+    def safe_execute(
+        self,
+        task: Dispatchable,
+        /,
+        *args: Any,
+        suppress_exceptions: Literal[False] = ...,
+        **kwargs: Any,
+    ) -> tuple[Literal[True], Any]: ...
+
+    @overload
+    def safe_execute(
+        self, task: Dispatchable, /, *args: Any, suppress_exceptions: bool, **kwargs: Any
+    ) -> tuple[Literal[True], Any] | tuple[Literal[False], TaskDispatchError]: ...
+
+    def safe_execute(
+        self, task: Dispatchable, /, *args: Any, suppress_exceptions: bool = False, **kwargs: Any
+    ) -> tuple[Literal[True], Any] | tuple[Literal[False], TaskDispatchError]:
+        """:meth:`delay` returning ``(True, result)``, or ``(False, error)`` when
+        ``suppress_exceptions`` is true; see ``AsyncCeleryController.safe_execute``."""
+        _refuse_in_event_loop("safe_execute")
+        try:
+            return True, self.delay(task, *args, **kwargs)
+        except TaskDispatchError as exc:
+            if suppress_exceptions:
+                return False, exc
+            raise
+
+    def delay_on_commit(self, task: Dispatchable, /, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
+        """:meth:`delay` after the current transaction commits; see the async method.
+
+        Looks for the transaction on the calling thread. Returns at once.
+        """
+        _refuse_in_event_loop("delay_on_commit")
+        return self._on_commit(self._core._delay_call(task, args, kwargs), None)
+
+    def apply_async_on_commit(
+        self,
+        task: Dispatchable,
+        /,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        using: str | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """:meth:`apply_async` after the transaction on ``using`` commits."""
+        _refuse_in_event_loop("apply_async_on_commit")
+        call = self._core._apply_async_call("apply_async_on_commit", task, args, kwargs, options)
+        return self._on_commit(call, using)
+
+    def _on_commit(self, call: Any, using: str | None) -> AsyncResult[Any]:
+        check_deferrable(call)
+        core = self._core
+        if not defer_until_commit(core._engine, call, using):
+            result: AsyncResult[Any] = core._engine.run_sync(call)
+            return result
+        return core.app.AsyncResult(call.task_id)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Close the shared controller; see ``AsyncCeleryController.aclose``. Blocks."""
+        _refuse_in_event_loop("close")
+        return self._async._close_blocking(timeout)
+
+
+def _default_sync() -> SyncCeleryController:
+    from aceleryctl.conf import default_controller
+
+    return default_controller().sync
+
+
+#: The default sync facade: ``aceleryctl.controller.sync``, built lazily from the
+#: ``ACELERYCTL`` Django setting and resolved again after the setting changes.
+controller: SyncCeleryController = cast("SyncCeleryController", LazyProxy(_default_sync))

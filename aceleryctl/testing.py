@@ -1,0 +1,260 @@
+"""Test helpers for projects that use aceleryctl.
+
+``recording()`` swaps the default controller (``aceleryctl.controller`` and
+``aceleryctl.sync.controller``) for a :class:`RecordingController` that keeps
+every dispatch in ``outbox`` instead of publishing, like Django's
+``mail.outbox``::
+
+    from aceleryctl.testing import recording
+
+    def test_signup_sends_welcome_mail(client):
+        with recording() as rec:
+            client.post("/signup/", {...})
+        [sent] = rec.outbox
+        assert sent.task_name == "accounts.tasks.send_welcome"
+        assert sent.kwargs == {"user_id": 1}
+
+``recording(eager=True)`` also runs each task in-process (``task.apply``), so the
+test sees its effects. On-commit dispatches are recorded when the transaction
+commits, as the real controller publishes them, so use Django's
+``captureOnCommitCallbacks`` (or a transactional test) to see them.
+:class:`ManualClock` drives a circuit breaker's time by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from celery import Celery
+from celery.result import AsyncResult, EagerResult
+
+from aceleryctl._calls import CONTROLLER_OPTIONS, Call, build_apply_async, build_send_task
+from aceleryctl._calls import current_celery_app as _current_celery_app
+from aceleryctl._clock import ManualClock
+from aceleryctl._oncommit import check_deferrable
+from aceleryctl.exceptions import TaskDispatchError
+
+__all__ = ["ManualClock", "RecordedDispatch", "RecordingController", "recording"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedDispatch:
+    """One dispatch a :class:`RecordingController` received.
+
+    Attributes:
+        method: ``"delay"``, ``"apply_async"``, ``"send_task"``, ``"delay_on_commit"``...
+        task_name: the task's registered name (or a description of a canvas/callable).
+        task_id: the id the real controller would have sent it under.
+        args, kwargs: the task's arguments.
+        options: Celery calling options as given (``dispatch_timeout`` excluded).
+        on_commit: ``True`` when it was deferred to a transaction commit.
+    """
+
+    method: str
+    task_name: str
+    task_id: str | None
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)
+    on_commit: bool = False
+
+
+class RecordingController:
+    """A stand-in for :class:`~aceleryctl.AsyncCeleryController` that records.
+
+    It has every public method of the real controller, validates arguments the
+    same way, and returns results with the ids it recorded; nothing reaches a
+    broker. Its :attr:`sync` facade records into the same ``outbox``.
+
+    Args:
+        app: the Celery app results are bound to (default: Celery's current app).
+        eager: also run each task here with ``task.apply`` and return the
+            ``EagerResult``.
+    """
+
+    def __init__(self, app: Celery | None = None, *, eager: bool = False) -> None:
+        self.app: Celery = app if app is not None else _current_celery_app()
+        self.eager = eager
+        self.outbox: list[RecordedDispatch] = []
+        self.closed = False
+        self.sync = _RecordingSync(self)
+
+    def clear(self) -> None:
+        """Empty the outbox."""
+        self.outbox.clear()
+
+    # The recording core, shared by both facades (all synchronous: nothing blocks).
+
+    def _record(self, call: Call, options: dict[str, Any], task: Any, on_commit: bool) -> Any:
+        if on_commit:
+            check_deferrable(call)
+        options = {k: v for k, v in options.items() if k not in CONTROLLER_OPTIONS}
+        entry = RecordedDispatch(
+            call.method,
+            call.task_name,
+            call.task_id,
+            tuple(call.args),
+            dict(call.kwargs),
+            options,
+            on_commit,
+        )
+        if on_commit and call.task_id and self._defer(lambda: self.outbox.append(entry)):
+            return self.app.AsyncResult(call.task_id)
+        self.outbox.append(entry)
+        if self.eager and hasattr(task, "apply"):
+            result: EagerResult[Any] = task.apply(call.args, call.kwargs, **options)
+            return result
+        if call.task_id is None:
+            return None
+        return self.app.AsyncResult(call.task_id)
+
+    @staticmethod
+    def _defer(action: Callable[[], None]) -> bool:
+        try:
+            from django.db import transaction
+        except ImportError:  # pragma: no cover - Django is a dependency
+            return False
+        if not transaction.get_connection().in_atomic_block:
+            return False
+        transaction.on_commit(action)
+        return True
+
+    def _apply(
+        self,
+        method: str,
+        task: Any,
+        args: Any,
+        kwargs: Any,
+        options: dict[str, Any],
+        on_commit: bool,
+    ) -> Any:
+        options = dict(options)
+        options.pop("using", None)
+        call = build_apply_async(self.app, method, task, args, kwargs, options, 1.0)
+        return self._record(call, options, task, on_commit)
+
+    def _send(self, name: str, args: Any, kwargs: Any, options: dict[str, Any]) -> AsyncResult[Any]:
+        options = dict(options)
+        call = build_send_task(self.app, "send_task", name, args, kwargs, options, 1.0)
+        result: AsyncResult[Any] = self._record(call, options, None, False)
+        return result
+
+    # The async facade.
+
+    async def delay(self, task: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Record ``task(*args, **kwargs)``."""
+        return self._apply("delay", task, args, kwargs, {}, False)
+
+    async def apply_async(
+        self, task: Any, /, args: Iterable[Any] | None = None, kwargs: Any = None, **options: Any
+    ) -> Any:
+        """Record ``task`` with its calling options."""
+        return self._apply("apply_async", task, args, kwargs, options, False)
+
+    async def send_task(
+        self, name: str, /, args: Iterable[Any] | None = None, kwargs: Any = None, **options: Any
+    ) -> AsyncResult[Any]:
+        """Record a dispatch by name."""
+        return self._send(name, args, kwargs, options)
+
+    async def apply(
+        self, task: Any, /, args: Iterable[Any] | None = None, kwargs: Any = None, **options: Any
+    ) -> EagerResult[Any]:
+        """Run ``task`` in-process, as the real controller does (not recorded)."""
+        result: EagerResult[Any] = task.apply(args, kwargs, **options)
+        return result
+
+    async def safe_execute(
+        self, task: Any, /, *args: Any, suppress_exceptions: bool = False, **kwargs: Any
+    ) -> tuple[Literal[True], Any] | tuple[Literal[False], TaskDispatchError]:
+        """Record as :meth:`delay` does; returns ``(True, result)``."""
+        return True, self._apply("delay", task, args, kwargs, {}, False)
+
+    async def delay_on_commit(self, task: Any, /, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
+        """Record when the surrounding transaction commits (at once without one)."""
+        result: AsyncResult[Any] = self._apply("delay_on_commit", task, args, kwargs, {}, True)
+        return result
+
+    async def apply_async_on_commit(
+        self, task: Any, /, args: Iterable[Any] | None = None, kwargs: Any = None, **options: Any
+    ) -> AsyncResult[Any]:
+        """Record with options when the surrounding transaction commits."""
+        result: AsyncResult[Any] = self._apply(
+            "apply_async_on_commit", task, args, kwargs, options, True
+        )
+        return result
+
+    async def aclose(self, timeout: float | None = None) -> bool:
+        """Mark closed; there is nothing to drain."""
+        self.closed = True
+        return True
+
+
+class _RecordingSync:
+    """The blocking facade of a :class:`RecordingController` (same outbox)."""
+
+    def __init__(self, owner: RecordingController) -> None:
+        self._owner = owner
+
+    @property
+    def outbox(self) -> list[RecordedDispatch]:
+        return self._owner.outbox
+
+    def delay(self, task: Any, /, *args: Any, **kwargs: Any) -> Any:
+        return self._owner._apply("delay", task, args, kwargs, {}, False)
+
+    def apply_async(
+        self, task: Any, /, args: Iterable[Any] | None = None, kwargs: Any = None, **options: Any
+    ) -> Any:
+        return self._owner._apply("apply_async", task, args, kwargs, options, False)
+
+    def send_task(
+        self, name: str, /, args: Iterable[Any] | None = None, kwargs: Any = None, **options: Any
+    ) -> AsyncResult[Any]:
+        return self._owner._send(name, args, kwargs, options)
+
+    def apply(
+        self, task: Any, /, args: Iterable[Any] | None = None, kwargs: Any = None, **options: Any
+    ) -> EagerResult[Any]:
+        result: EagerResult[Any] = task.apply(args, kwargs, **options)
+        return result
+
+    def safe_execute(
+        self, task: Any, /, *args: Any, suppress_exceptions: bool = False, **kwargs: Any
+    ) -> tuple[Literal[True], Any] | tuple[Literal[False], TaskDispatchError]:
+        return True, self.delay(task, *args, **kwargs)
+
+    def delay_on_commit(self, task: Any, /, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
+        result: AsyncResult[Any] = self._owner._apply(
+            "delay_on_commit", task, args, kwargs, {}, True
+        )
+        return result
+
+    def apply_async_on_commit(
+        self, task: Any, /, args: Iterable[Any] | None = None, kwargs: Any = None, **options: Any
+    ) -> AsyncResult[Any]:
+        result: AsyncResult[Any] = self._owner._apply(
+            "apply_async_on_commit", task, args, kwargs, options, True
+        )
+        return result
+
+    def close(self, timeout: float | None = None) -> bool:
+        self._owner.closed = True
+        return True
+
+
+@contextlib.contextmanager
+def recording(app: Celery | None = None, *, eager: bool = False) -> Iterator[RecordingController]:
+    """Make a :class:`RecordingController` the default controller inside the block.
+
+    ``aceleryctl.controller`` and ``aceleryctl.sync.controller`` both record into
+    its ``outbox``. The previous default comes back on exit, even on error.
+    """
+    from aceleryctl import conf
+
+    recorder = RecordingController(app, eager=eager)
+    with conf.override_default(recorder):
+        yield recorder

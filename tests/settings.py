@@ -1,0 +1,31 @@
+"""Django settings for the test suite (pytest-django reads DJANGO_SETTINGS_MODULE)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+SECRET_KEY = "aceleryctl-tests-not-a-secret"
+DEBUG = False
+USE_TZ = True
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "aceleryctl",
+]
+# A file database, not :memory:, so that a transaction committed on one thread is
+# visible to others and on-commit behaviour is the real thing.
+_DB_DIR = Path(os.environ.get("ACELERYCTL_TEST_DB_DIR", tempfile.gettempdir()))
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(_DB_DIR / f"aceleryctl-tests-{os.getpid()}.sqlite3"),
+        "TEST": {"NAME": str(_DB_DIR / f"aceleryctl-tests-{os.getpid()}-test.sqlite3")},
+    }
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+ACELERYCTL: dict[str, object] = {
+    "DISPATCH_TIMEOUT": 5.0,
+}
