@@ -617,7 +617,7 @@ class CircuitBreaker:
                 self._total_failures += 1
             else:
                 self._total_successes += 1
-            if False:
+            if permit._issuer is not current:
                 return  # a stale generation: counted, but moves nothing
             now = self._clock()
             self._window.record(now, failed, duration > self._slow_call_after)

@@ -1,0 +1,296 @@
+"""DispatchEngine: error mapping, breaker bookkeeping, deadlines, logging.
+
+Publishes are fake callables (no broker); the breaker is a recording fake whose
+calls are asserted on in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import kombu.exceptions
+import pytest
+from celery import Celery, current_app
+from celery.result import AsyncResult
+
+from aceleryctl._calls import Call
+from aceleryctl._engine import DispatchEngine
+from aceleryctl._logging import Redactor
+from aceleryctl.breaker import BreakerState, BreakerStatistics
+from aceleryctl.exceptions import (
+    BrokerError,
+    CircuitOpenError,
+    ControllerClosed,
+    DispatchOverloaded,
+    DispatchTimeout,
+    TaskDispatchError,
+    TaskSerializationError,
+)
+
+WAIT = 10.0
+
+
+class RecordingPermit:
+    def __init__(self, log: list[tuple[str, float | None]]) -> None:
+        self._log = log
+
+    def record_success(self, duration: float) -> None:
+        self._log.append(("success", duration))
+
+    def record_failure(self, duration: float) -> None:
+        self._log.append(("failure", duration))
+
+    def release(self) -> None:
+        self._log.append(("release", None))
+
+
+class RecordingBreaker:
+    """Implements the breaker interface the engine uses, recording every call."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, float | None]] = []
+        self.open_for: float | None = None
+
+    def acquire(self) -> RecordingPermit:
+        if self.open_for is not None:
+            self.log.append(("rejected", None))
+            raise CircuitOpenError("open", retry_after=self.open_for)
+        self.log.append(("acquire", None))
+        return RecordingPermit(self.log)
+
+    def statistics(self) -> BreakerStatistics:
+        return BreakerStatistics(
+            "fake", BreakerState.CLOSED, 0, 0, 0, 0, 0.0, 0.0, 0, 0, 0, 0, 0.0, 1.0
+        )
+
+    def events(self) -> list[str]:
+        return [name for name, _ in self.log]
+
+
+@pytest.fixture
+def app() -> Celery:
+    return Celery("unit", broker="memory://", backend="cache+memory://", set_as_current=False)
+
+
+@pytest.fixture
+def breaker() -> RecordingBreaker:
+    return RecordingBreaker()
+
+
+@pytest.fixture
+def engine(app: Celery, breaker: RecordingBreaker) -> Iterator[DispatchEngine]:
+    e = DispatchEngine(
+        app,
+        max_workers=1,
+        max_pending=2,
+        breaker=breaker,  # type: ignore[arg-type]
+        redactor=Redactor(),
+    )
+    yield e
+    e.close(WAIT)
+
+
+def make_call(publish: Callable[[], Any], *, timeout: float = WAIT, **kw: Any) -> Call:
+    return Call(
+        method=kw.get("method", "delay"),
+        task_name=kw.get("task_name", "proj.tasks.t"),
+        task_id=kw.get("task_id", "id-1"),
+        args=kw.get("args", (1,)),
+        kwargs=kw.get("kwargs", {}),
+        timeout=timeout,
+        publish=publish,
+    )
+
+
+def failure_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "aceleryctl.controller"]
+
+
+async def test_success_rebuilds_result_and_records_success(
+    engine: DispatchEngine, app: Celery, breaker: RecordingBreaker
+) -> None:
+    other = Celery("other", broker="memory://", set_as_current=False)
+    result = await engine.run_async(make_call(lambda: other.AsyncResult("abc")))
+    assert isinstance(result, AsyncResult)
+    assert result.id == "abc"
+    assert result.app is app  # rebuilt for this thread, against the engine's app
+    assert breaker.events() == ["acquire", "success"]
+    duration = breaker.log[1][1]
+    assert duration is not None
+    assert duration >= 0
+    assert engine.statistics().dispatched == 1
+
+
+def test_sync_path_is_the_same(engine: DispatchEngine, breaker: RecordingBreaker) -> None:
+    assert engine.run_sync(make_call(lambda: "plain value")) == "plain value"
+    assert breaker.events() == ["acquire", "success"]
+
+
+async def test_pool_threads_publish_with_the_engine_app(engine: DispatchEngine, app: Celery) -> None:
+    seen = await engine.run_async(make_call(lambda: current_app._get_current_object()))
+    assert seen is app
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected", "breaker_event"),
+    [
+        (kombu.exceptions.EncodeError("bad"), TaskSerializationError, "release"),
+        (kombu.exceptions.OperationalError("refused"), BrokerError, "failure"),
+        (ConnectionRefusedError(111, "refused"), BrokerError, "failure"),
+        (ValueError("caller bug"), TaskDispatchError, "release"),
+    ],
+)
+async def test_exceptions_are_mapped_and_only_broker_faults_count(
+    engine: DispatchEngine,
+    breaker: RecordingBreaker,
+    caplog: pytest.LogCaptureFixture,
+    raised: Exception,
+    expected: type[TaskDispatchError],
+    breaker_event: str,
+) -> None:
+    def publish() -> None:
+        raise raised
+
+    with pytest.raises(expected) as info:
+        await engine.run_async(make_call(publish))
+    assert type(info.value) is expected
+    assert info.value.__cause__ is raised
+    assert info.value.task_name == "proj.tasks.t"
+    assert info.value.task_id == "id-1"
+    assert breaker.events() == ["acquire", breaker_event]
+    [record] = failure_records(caplog)
+    assert record.error_type == expected.__name__  # type: ignore[attr-defined]
+    assert record.task_id == "id-1"  # type: ignore[attr-defined]
+
+
+async def test_deadline_mid_publish_is_unknown_outcome(
+    engine: DispatchEngine, breaker: RecordingBreaker, caplog: pytest.LogCaptureFixture
+) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def hang() -> str:
+        started.set()
+        release.wait(WAIT)
+        return "late"
+
+    with pytest.raises(DispatchTimeout) as info:
+        await engine.run_async(make_call(hang, timeout=0.05, task_id="tid-9"))
+    assert started.is_set()
+    err = info.value
+    assert isinstance(err, TimeoutError)
+    assert (err.task_id, err.timeout) == ("tid-9", 0.05)
+    assert "outcome is unknown" in str(err)
+    assert breaker.events() == ["acquire", "failure"]
+    [record] = failure_records(caplog)
+    assert record.outcome == "unknown"  # type: ignore[attr-defined]
+    release.set()
+    engine.pool.submit(lambda: None).result(WAIT)  # the late publish finished before this
+    stats = engine.statistics()
+    assert (stats.timed_out, stats.late_completions) == (1, 1)
+
+
+async def test_no_thread_before_deadline_means_nothing_sent(
+    engine: DispatchEngine, breaker: RecordingBreaker
+) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def block() -> None:
+        started.set()
+        release.wait(WAIT)
+
+    engine.pool.submit(block)
+    assert started.wait(WAIT)
+    ran: list[str] = []
+    with pytest.raises(DispatchOverloaded, match="nothing was sent"):
+        await engine.run_async(make_call(lambda: ran.append("x"), timeout=0.05))
+    release.set()
+    engine.pool.submit(lambda: None).result(WAIT)
+    assert ran == []
+    assert breaker.events() == ["acquire", "release"]
+    assert engine.statistics().overloaded == 1
+
+
+async def test_full_queue_is_refused_without_waiting(
+    engine: DispatchEngine, breaker: RecordingBreaker
+) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def block() -> None:
+        started.set()
+        release.wait(WAIT)
+
+    engine.pool.submit(block)
+    assert started.wait(WAIT)
+    engine.pool.submit(lambda: None)
+    engine.pool.submit(lambda: None)  # max_pending=2 now reached
+    with pytest.raises(DispatchOverloaded, match="max_pending=2"):
+        await engine.run_async(make_call(lambda: None))
+    assert breaker.events() == ["acquire", "release"]
+    release.set()
+
+
+async def test_open_breaker_rejects_without_thread_or_log(
+    engine: DispatchEngine, breaker: RecordingBreaker, caplog: pytest.LogCaptureFixture
+) -> None:
+    breaker.open_for = 3.5
+    with pytest.raises(CircuitOpenError) as info:
+        await engine.run_async(make_call(lambda: None, task_name="proj.x", task_id="t1"))
+    assert (info.value.retry_after, info.value.task_name, info.value.task_id) == (3.5, "proj.x", "t1")
+    assert engine.pool.statistics().submitted == 0
+    assert failure_records(caplog) == []
+    assert engine.statistics().rejected_open == 1
+
+
+async def test_closed_engine_refuses(engine: DispatchEngine, breaker: RecordingBreaker) -> None:
+    assert engine.close(WAIT)
+    with pytest.raises(ControllerClosed, match="closed"):
+        await engine.run_async(make_call(lambda: None))
+    assert breaker.events() == ["acquire", "release"]
+
+
+def test_detached_publish_logs_its_failure(
+    engine: DispatchEngine, breaker: RecordingBreaker, caplog: pytest.LogCaptureFixture
+) -> None:
+    done = threading.Event()
+
+    def publish() -> None:
+        try:
+            raise kombu.exceptions.OperationalError("down")
+        finally:
+            done.set()
+
+    engine.submit_detached(make_call(publish, method="delay_on_commit"))
+    assert done.wait(WAIT)
+    engine.close(WAIT)  # the failure callback ran before the drain completed
+    [record] = failure_records(caplog)
+    assert record.dispatch_method == "delay_on_commit"  # type: ignore[attr-defined]
+    assert breaker.events() == ["acquire", "failure"]
+
+
+async def test_planted_secret_never_reaches_a_log_record(
+    engine: DispatchEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "s3cr3t-value-7f1c"
+
+    def publish() -> None:
+        raise kombu.exceptions.OperationalError("broker down")
+
+    call = make_call(
+        publish,
+        args=({"api_token": secret, "nested": [{"password": secret}]},),
+        kwargs={"session_cookie": secret, "note": "fine"},
+    )
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(BrokerError):
+        await engine.run_async(call)
+    records = failure_records(caplog)
+    assert len(records) == 1
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s %(task_args)s %(task_kwargs)s"))
+    for record in caplog.records:
+        assert secret not in handler.format(record)
+        assert secret not in repr(record.__dict__)
+    assert records[0].task_kwargs["note"] == "fine"  # type: ignore[attr-defined]
