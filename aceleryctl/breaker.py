@@ -155,7 +155,8 @@ class Permit:
         """The call succeeded after ``duration`` seconds.
 
         A success slower than the breaker's ``slow_call_after`` also counts as a slow
-        call. May change the breaker's state (and call its listeners on this thread).
+        call. May change the breaker's state; see :class:`BreakerListener` for where
+        the listeners then run.
         """
         self._breaker._settle(self, _SUCCESS, duration)
 

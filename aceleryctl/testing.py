@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from asgiref.sync import sync_to_async
 from celery import Celery
 from celery.result import AsyncResult, EagerResult
 
@@ -88,24 +89,25 @@ class RecordingController:
 
     # The recording core, shared by both facades (all synchronous: nothing blocks).
 
-    def _record(self, call: Call, options: dict[str, Any], task: Any, on_commit: bool) -> Any:
+    def _record(
+        self, call: Call, given: dict[str, Any], sent: dict[str, Any], task: Any, on_commit: bool
+    ) -> Any:
         if on_commit:
             check_deferrable(call)
-        options = {k: v for k, v in options.items() if k not in CONTROLLER_OPTIONS}
         entry = RecordedDispatch(
             call.method,
             call.task_name,
             call.task_id,
             tuple(call.args),
             dict(call.kwargs),
-            options,
+            {k: v for k, v in given.items() if k not in CONTROLLER_OPTIONS},
             on_commit,
         )
         if on_commit and call.task_id and self._defer(lambda: self.outbox.append(entry)):
             return self.app.AsyncResult(call.task_id)
         self.outbox.append(entry)
         if self.eager and hasattr(task, "apply"):
-            result: EagerResult[Any] = task.apply(call.args, call.kwargs, **options)
+            result: EagerResult[Any] = task.apply(call.args, call.kwargs, **sent)
             return result
         if call.task_id is None:
             return None
@@ -131,15 +133,15 @@ class RecordingController:
         options: dict[str, Any],
         on_commit: bool,
     ) -> Any:
-        options = dict(options)
-        options.pop("using", None)
-        call = build_apply_async(self.app, method, task, args, kwargs, options, 1.0)
-        return self._record(call, options, task, on_commit)
+        given = {k: v for k, v in options.items() if k != "using"}
+        sent = dict(given)
+        call = build_apply_async(self.app, method, task, args, kwargs, sent, 1.0)
+        return self._record(call, given, sent, task, on_commit)
 
     def _send(self, name: str, args: Any, kwargs: Any, options: dict[str, Any]) -> AsyncResult[Any]:
-        options = dict(options)
-        call = build_send_task(self.app, "send_task", name, args, kwargs, options, 1.0)
-        result: AsyncResult[Any] = self._record(call, options, None, False)
+        sent = dict(options)
+        call = build_send_task(self.app, "send_task", name, args, kwargs, sent, 1.0)
+        result: AsyncResult[Any] = self._record(call, dict(options), sent, None, False)
         return result
 
     # The async facade.
@@ -174,15 +176,21 @@ class RecordingController:
         return True, self._apply("delay", task, args, kwargs, {}, False)
 
     async def delay_on_commit(self, task: Any, /, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
-        """Record when the surrounding transaction commits (at once without one)."""
-        result: AsyncResult[Any] = self._apply("delay_on_commit", task, args, kwargs, {}, True)
+        """Record when the surrounding transaction commits (at once without one).
+
+        Like the real controller, looks for the transaction on the thread-sensitive
+        thread, where Django's transactions live in async code.
+        """
+        result: AsyncResult[Any] = await sync_to_async(self._apply, thread_sensitive=True)(
+            "delay_on_commit", task, args, kwargs, {}, True
+        )
         return result
 
     async def apply_async_on_commit(
         self, task: Any, /, args: Iterable[Any] | None = None, kwargs: Any = None, **options: Any
     ) -> AsyncResult[Any]:
         """Record with options when the surrounding transaction commits."""
-        result: AsyncResult[Any] = self._apply(
+        result: AsyncResult[Any] = await sync_to_async(self._apply, thread_sensitive=True)(
             "apply_async_on_commit", task, args, kwargs, options, True
         )
         return result

@@ -129,7 +129,9 @@ def test_sync_path_is_the_same(engine: DispatchEngine, breaker: RecordingBreaker
     assert breaker.events() == ["acquire", "success"]
 
 
-async def test_pool_threads_publish_with_the_engine_app(engine: DispatchEngine, app: Celery) -> None:
+async def test_pool_threads_publish_with_the_engine_app(
+    engine: DispatchEngine, app: Celery
+) -> None:
     seen = await engine.run_async(make_call(lambda: current_app._get_current_object()))
     assert seen is app
 
@@ -238,7 +240,11 @@ async def test_open_breaker_rejects_without_thread_or_log(
     breaker.open_for = 3.5
     with pytest.raises(CircuitOpenError) as info:
         await engine.run_async(make_call(lambda: None, task_name="proj.x", task_id="t1"))
-    assert (info.value.retry_after, info.value.task_name, info.value.task_id) == (3.5, "proj.x", "t1")
+    assert (info.value.retry_after, info.value.task_name, info.value.task_id) == (
+        3.5,
+        "proj.x",
+        "t1",
+    )
     assert engine.pool.statistics().submitted == 0
     assert failure_records(caplog) == []
     assert engine.statistics().rejected_open == 1

@@ -39,7 +39,10 @@ def test_truncates_long_values_and_bounds_size_and_depth() -> None:
 
 def test_url_credentials_are_scrubbed() -> None:
     text = "cannot reach redis://:hunter2@10.0.0.1:6379/0 or amqp://u:pw@h//"
-    assert scrub_credentials(text) == f"cannot reach redis://{MASK}@10.0.0.1:6379/0 or amqp://{MASK}@h//"
+    assert (
+        scrub_credentials(text)
+        == f"cannot reach redis://{MASK}@10.0.0.1:6379/0 or amqp://{MASK}@h//"
+    )
 
 
 class Hostile:
@@ -61,8 +64,9 @@ def test_never_raises_on_hostile_objects() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5)
+    ),
     max_leaves=30,
 )
 
@@ -104,9 +108,19 @@ def test_one_record_with_structured_fields(caplog: pytest.LogCaptureFixture) -> 
     assert record.levelno == logging.ERROR
     assert record.name == "aceleryctl.controller"
     assert record.exc_info is not None
-    fields = {k: getattr(record, k) for k in ("task_name", "task_id", "task_args", "task_kwargs",
-                                              "error_type", "error_message", "outcome",
-                                              "dispatch_method")}
+    fields = {
+        k: getattr(record, k)
+        for k in (
+            "task_name",
+            "task_id",
+            "task_args",
+            "task_kwargs",
+            "error_type",
+            "error_message",
+            "outcome",
+            "dispatch_method",
+        )
+    }
     assert fields == {
         "task_name": "proj.tasks.mail",
         "task_id": "id-3",

@@ -1,0 +1,102 @@
+"""The ACELERYCTL setting: validation, system checks, the default instance and its reset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.core.checks import Error
+from django.core.exceptions import ImproperlyConfigured
+from django.test import override_settings
+
+import aceleryctl
+import aceleryctl.sync
+from aceleryctl import conf
+from aceleryctl.checks import check_settings
+
+
+@pytest.fixture(autouse=True)
+def fresh_default() -> Any:
+    conf.reset_default_controller()
+    yield
+    conf.reset_default_controller()
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ({"DISPATCH_TIMEOUT": 0}, "ACELERYCTL['DISPATCH_TIMEOUT'] must be a finite number"),
+        ({"DISPATCH_TIMEOUT": "2"}, "ACELERYCTL['DISPATCH_TIMEOUT'] must be a number"),
+        ({"MAX_WORKERS": 0}, "ACELERYCTL['MAX_WORKERS'] must be a whole number >= 1"),
+        ({"MAX_PENDING": 1.5}, "ACELERYCTL['MAX_PENDING'] must be a whole number >= 1"),
+        ({"DRAIN_TIMEOUT": float("inf")}, "ACELERYCTL['DRAIN_TIMEOUT']"),
+        ({"DISPATCH_TIMOUT": 2}, "unknown key 'DISPATCH_TIMOUT'"),
+        ({"REDACT_KEYS": "password"}, "ACELERYCTL['REDACT_KEYS'] must be a list"),
+        ({"CELERY_APP": 3}, "ACELERYCTL['CELERY_APP'] must be a dotted path"),
+        ({"BREAKER": {"RESET_TIMEOUT": -1}}, "ACELERYCTL['BREAKER']"),
+        ({"BREAKER": {"RESET_TIMOUT": 1}}, "unknown key 'RESET_TIMOUT'"),
+        ({"BREAKER": []}, "ACELERYCTL['BREAKER'] must be a dict"),
+        ([], "ACELERYCTL must be a dict"),
+    ],
+)
+def test_each_problem_names_the_key(value: Any, fragment: str) -> None:
+    with override_settings(ACELERYCTL=value):
+        errors = check_settings()
+        assert errors, "expected a check error"
+        assert all(isinstance(e, Error) and e.id == "aceleryctl.E001" for e in errors)
+        assert any(fragment in e.msg for e in errors), [e.msg for e in errors]
+        with pytest.raises(ImproperlyConfigured, match="ACELERYCTL"):
+            conf.load_settings()
+
+
+def test_valid_setting_has_no_errors_and_is_loaded() -> None:
+    value = {
+        "DISPATCH_TIMEOUT": 1.5,
+        "MAX_WORKERS": 3,
+        "MAX_PENDING": 50,
+        "DRAIN_TIMEOUT": 2,
+        "REDACT_KEYS": ["pin"],
+        "BREAKER": {"FAILURE_THRESHOLD": 3, "RESET_TIMEOUT": 1.0},
+    }
+    with override_settings(ACELERYCTL=value):
+        assert check_settings() == []
+        loaded = conf.load_settings()
+        assert (loaded.dispatch_timeout, loaded.max_workers, loaded.max_pending) == (1.5, 3, 50)
+        assert loaded.redact_keys == ("pin",)
+        ctl = aceleryctl.controller
+        assert ctl.dispatch_timeout == 1.5
+        assert ctl.statistics().pool.max_workers == 3
+        assert ctl.statistics().breaker.current_reset_timeout == 1.0
+
+
+def test_default_instance_is_built_once_and_rebuilt_after_setting_change() -> None:
+    first = conf.default_controller()
+    assert conf.default_controller() is first
+    assert aceleryctl.controller.dispatch_timeout == first.dispatch_timeout
+    with override_settings(ACELERYCTL={"DISPATCH_TIMEOUT": 0.75}):
+        second = conf.default_controller()
+        assert second is not first
+        assert aceleryctl.controller.dispatch_timeout == 0.75
+        assert aceleryctl.sync.controller.async_controller is second
+    assert conf.default_controller() is not second
+
+
+def test_celery_app_dotted_path_is_imported() -> None:
+    with override_settings(ACELERYCTL={"CELERY_APP": "tests.django.celery_fixture:app"}):
+        from tests.django.celery_fixture import app
+
+        assert conf.default_controller().app is app
+    with override_settings(ACELERYCTL={"CELERY_APP": "tests.django.celery_fixture.app"}):
+        assert conf.default_controller().app is app
+
+
+def test_close_default_controller_closes_and_forgets() -> None:
+    ctl = conf.default_controller()
+    assert conf.close_default_controller(timeout=1.0) is True
+    assert ctl.closed
+    assert conf.default_controller() is not ctl
+
+
+def test_the_proxy_refuses_assignment() -> None:
+    with pytest.raises(AttributeError, match=r"configured through settings\.ACELERYCTL"):
+        aceleryctl.controller.dispatch_timeout = 3  # type: ignore[misc]
