@@ -16,6 +16,7 @@ from typing import Any
 from celery import Celery, Task, current_app
 from celery.canvas import Signature, _chain, chord, group
 from celery.local import Proxy
+from kombu import Producer
 
 __all__ = ["Call", "build_apply_async", "build_callable", "build_send_task", "check_timeout"]
 
@@ -35,7 +36,12 @@ class Call:
             ``None`` for zero-argument callables.
         args, kwargs: the task's arguments, for the failure log only (redacted there).
         timeout: the deadline of this call, in seconds.
-        publish: runs on a pool thread and returns what Celery returned.
+        publish: runs on a pool thread and returns what Celery returned. It gets
+            the thread's bounded producer, or ``None`` on the stock path.
+        accepts_producer: whether ``publish`` can use a producer (a zero-argument
+            callable dispatches on its own and cannot).
+        deadline: ``time.monotonic()`` by which the caller gives up, set when the
+            call is started.
         started_at, finished_at: ``time.monotonic()`` stamps set by the pool thread.
     """
 
@@ -45,7 +51,9 @@ class Call:
     args: Any
     kwargs: Any
     timeout: float
-    publish: Callable[[], Any] = field(repr=False)
+    publish: Callable[[Producer | None], Any] = field(repr=False)
+    accepts_producer: bool = True
+    deadline: float = 0.0
     started_at: float = 0.0
     finished_at: float = 0.0
 
@@ -93,6 +101,16 @@ def current_celery_app() -> Celery:
     return app
 
 
+def _sending(options: dict[str, Any], producer: Producer | None) -> dict[str, Any]:
+    """Options for one publish: on the bounded path, this thread's producer, and no
+    publish retry unless the caller asked for one (a retried publish can land twice)."""
+    if producer is None:
+        return options
+    sent = {**options, "producer": producer}
+    sent.setdefault("retry", False)
+    return sent
+
+
 def _new_id() -> str:
     return str(uuid.uuid4())
 
@@ -125,7 +143,7 @@ def build_apply_async(
             (*call_args, *tuple(sig.args or ())),
             {**dict(sig.kwargs or {}), **call_kwargs},
             timeout,
-            lambda: sig.apply_async(call_args, call_kwargs, **options),
+            lambda producer: sig.apply_async(call_args, call_kwargs, **_sending(options, producer)),
         )
     if isinstance(task, Task):
         bound = _resolve_task(app, task)
@@ -138,7 +156,9 @@ def build_apply_async(
             call_args,
             call_kwargs,
             timeout,
-            lambda: bound.apply_async(call_args, call_kwargs, **options),
+            lambda producer: bound.apply_async(
+                call_args, call_kwargs, **_sending(options, producer)
+            ),
         )
     if callable(task):
         if call_args or call_kwargs or options:
@@ -169,16 +189,17 @@ def _canvas_call(
         args,
         kwargs,
         timeout,
-        publish=lambda: None,
+        publish=lambda producer: None,
     )
 
-    def publish() -> Any:
+    def publish(producer: Producer | None) -> Any:
         # Freezing assigns every id in the canvas; done here (on the pool thread,
         # the controller's app current) and recorded on the call first, so that a
         # deadline passing mid-publish can still name the id it was sent under.
         frozen = canvas.freeze(_id=options.get("task_id"))
         call.task_id = frozen.id
-        return canvas.apply_async(args, kwargs, **{**options, "task_id": frozen.id})
+        sent = _sending({**options, "task_id": frozen.id}, producer)
+        return canvas.apply_async(args, kwargs, **sent)
 
     call.publish = publish
     return call
@@ -206,11 +227,13 @@ def build_send_task(
         call_args,
         call_kwargs,
         timeout,
-        lambda: app.send_task(name, call_args, call_kwargs, **options),
+        lambda producer: app.send_task(name, call_args, call_kwargs, **_sending(options, producer)),
     )
 
 
 def build_callable(method: str, fn: Callable[[], Any], timeout: float) -> Call:
     """Prepare a zero-argument dispatcher (the original controller's lambda wrapper)."""
     label = getattr(fn, "__qualname__", None) or type(fn).__name__
-    return Call(method, f"callable {label}", None, (), {}, timeout, fn)
+    return Call(
+        method, f"callable {label}", None, (), {}, timeout, lambda _: fn(), accepts_producer=False
+    )

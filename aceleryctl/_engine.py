@@ -22,13 +22,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import kombu.exceptions
-import redis.exceptions
 from celery import Celery
 
 from aceleryctl._calls import Call
 from aceleryctl._logging import Redactor, log_dispatch_failure
 from aceleryctl._pool import PoolClosed, PoolSaturated, PoolStatistics, PublishPool, WaitOutcome
 from aceleryctl._results import rebind
+from aceleryctl._transport import (
+    BROKER_ERRORS,
+    ConnectFailed,
+    ConnectionRegistry,
+    ThreadPublisher,
+    TransportPolicy,
+    is_bounded_transport,
+    nothing_sent,
+)
 from aceleryctl.breaker import BreakerStatistics, CircuitBreaker, Permit
 from aceleryctl.exceptions import (
     BrokerError,
@@ -42,11 +50,6 @@ from aceleryctl.exceptions import (
 
 __all__ = ["ControllerStatistics", "DispatchEngine"]
 
-_BROKER_ERRORS: tuple[type[BaseException], ...] = (
-    kombu.exceptions.OperationalError,
-    redis.exceptions.RedisError,
-    OSError,  # ConnectionError, socket.timeout and friends
-)
 _SERIALIZATION_ERRORS: tuple[type[BaseException], ...] = (
     kombu.exceptions.EncodeError,
     kombu.exceptions.ContentDisallowed,
@@ -111,6 +114,7 @@ class DispatchEngine:
         max_workers, max_pending: see :class:`aceleryctl._pool.PublishPool`.
         breaker: shared by every caller of this engine.
         redactor: sanitizes arguments for the failure log.
+        transport: socket and connect bounds of the publishing connections (Redis).
     """
 
     def __init__(
@@ -121,8 +125,13 @@ class DispatchEngine:
         max_pending: int,
         breaker: CircuitBreaker,
         redactor: Redactor,
+        transport: TransportPolicy,
     ) -> None:
         self.app = app
+        self.transport = transport
+        self.bounded = is_bounded_transport(app)
+        self._local = threading.local()
+        self._connections = ConnectionRegistry()
         self.breaker = breaker
         self.redactor = redactor
         self.pool = PublishPool(
@@ -193,7 +202,8 @@ class DispatchEngine:
                 self._counters.failed += 1
             raise
         try:
-            future = self.pool.submit(lambda: _timed(call))
+            call.deadline = time.monotonic() + call.timeout
+            future = self.pool.submit(lambda: self._publish(call))
         except PoolSaturated as exc:
             permit.release()
             raise self._fail(
@@ -290,15 +300,21 @@ class DispatchEngine:
         if isinstance(exc, TaskDispatchError):  # raised by a zero-argument dispatcher
             permit.release()
             return exc, "failed"
-        if isinstance(exc, _BROKER_ERRORS):
+        if isinstance(exc, (ConnectFailed, *BROKER_ERRORS)):
             permit.record_failure(call.finished_at - call.started_at)
+            if nothing_sent(exc):
+                note, outcome = "nothing was sent", "not_sent"
+            else:
+                note, outcome = "the message may or may not have reached the broker", "failed"
             return (
                 BrokerError(
-                    f"the broker failed while dispatching {name}: {type(exc).__name__}: {exc}",
+                    f"the broker failed while dispatching {name}: {type(exc).__name__}: "
+                    f"{exc}; {note}",
                     task_name=name,
                     task_id=task_id,
+                    message_may_exist=outcome != "not_sent",
                 ),
-                "failed",
+                outcome,
             )
         permit.release()
         return (
@@ -360,15 +376,29 @@ class DispatchEngine:
 
     def close(self, timeout: float) -> bool:
         """Stop accepting calls; let queued and running publishes finish for up to
-        ``timeout`` seconds. Blocks the calling thread. Returns ``True`` if drained."""
-        return self.pool.shutdown(timeout)
+        ``timeout`` seconds, then release the broker connections. Blocks the calling
+        thread. Returns ``True`` if drained."""
+        drained = self.pool.shutdown(timeout)
+        if drained:
+            self._connections.close_all()
+        return drained
 
+    # -- on a pool thread ----------------------------------------------------
 
-def _timed(call: Call) -> Any:
-    # Runs on a pool thread. The stamps measure the publish alone (not the wait
-    # for a thread), which is what the breaker's slow-call rule should see.
-    call.started_at = time.monotonic()
-    try:
-        return call.publish()
-    finally:
-        call.finished_at = time.monotonic()
+    def _publish(self, call: Call) -> Any:
+        # The stamps measure the publish alone (not the wait for a thread), which
+        # is what the breaker's slow-call rule should see.
+        call.started_at = time.monotonic()
+        try:
+            if self.bounded and call.accepts_producer:
+                return self._publisher().run(call.publish, call.deadline)
+            return call.publish(None)
+        finally:
+            call.finished_at = time.monotonic()
+
+    def _publisher(self) -> ThreadPublisher:
+        publisher: ThreadPublisher | None = getattr(self._local, "publisher", None)
+        if publisher is None:
+            publisher = ThreadPublisher(self.app, self.transport, self._connections)
+            self._local.publisher = publisher
+        return publisher

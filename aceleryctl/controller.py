@@ -25,6 +25,7 @@ from aceleryctl._engine import DispatchEngine
 from aceleryctl._logging import DEFAULT_REDACT_KEYS, Redactor
 from aceleryctl._oncommit import check_deferrable, defer_until_commit
 from aceleryctl._pool import settle
+from aceleryctl._transport import TransportPolicy
 from aceleryctl.breaker import CircuitBreaker
 from aceleryctl.exceptions import TaskDispatchError
 
@@ -85,6 +86,7 @@ class AsyncCeleryController(ControllerCore):
             max_pending=max_pending,
             breaker=breaker if breaker is not None else CircuitBreaker(),
             redactor=Redactor.from_keys(redact_keys),
+            transport=TransportPolicy.for_deadline(check_timeout(dispatch_timeout)),
         )
         super().__init__(engine, dispatch_timeout=dispatch_timeout, drain_timeout=drain_timeout)
         self._closed = False

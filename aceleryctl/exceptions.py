@@ -119,10 +119,25 @@ class DispatchTimeout(TaskDispatchError, TimeoutError):
 class BrokerError(TaskDispatchError):
     """The broker refused or failed the publish (a connection or protocol error).
 
-    The original kombu or redis-py exception is the ``__cause__``. Whether a message
-    reached the broker depends on where the failure happened; a connection that was
-    refused sent nothing.
+    The original kombu or redis-py exception is the ``__cause__``.
+
+    Attributes:
+        message_may_exist: ``False`` when the failure proves nothing was sent (the
+            connection was refused or never established), so retrying cannot
+            duplicate; ``True`` when the connection failed after the publish
+            command may have reached the broker.
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task_name: str | None = None,
+        task_id: str | None = None,
+        message_may_exist: bool = True,
+    ) -> None:
+        super().__init__(message, task_name=task_name, task_id=task_id)
+        self.message_may_exist = message_may_exist
 
 
 class TaskSerializationError(TaskDispatchError):

@@ -19,6 +19,7 @@ from celery.result import AsyncResult
 from aceleryctl._calls import Call
 from aceleryctl._engine import DispatchEngine
 from aceleryctl._logging import Redactor
+from aceleryctl._transport import TransportPolicy
 from aceleryctl.breaker import BreakerState, BreakerStatistics
 from aceleryctl.exceptions import (
     BrokerError,
@@ -88,6 +89,7 @@ def engine(app: Celery, breaker: RecordingBreaker) -> Iterator[DispatchEngine]:
         max_pending=2,
         breaker=breaker,  # type: ignore[arg-type]
         redactor=Redactor(),
+        transport=TransportPolicy.for_deadline(WAIT),
     )
     yield e
     e.close(WAIT)
@@ -101,7 +103,7 @@ def make_call(publish: Callable[[], Any], *, timeout: float = WAIT, **kw: Any) -
         args=kw.get("args", (1,)),
         kwargs=kw.get("kwargs", {}),
         timeout=timeout,
-        publish=publish,
+        publish=lambda producer: publish(),
     )
 
 
@@ -157,8 +159,13 @@ async def test_exceptions_are_mapped_and_only_broker_faults_count(
         raise raised
 
     with pytest.raises(expected) as info:
-        await engine.run_async(make_call(publish))
+        # Refusals are retried until shortly before the deadline: keep it short.
+        await engine.run_async(make_call(publish, timeout=0.5))
     assert type(info.value) is expected
+    if isinstance(info.value, BrokerError):
+        refused = isinstance(raised, ConnectionRefusedError)
+        assert info.value.message_may_exist is not refused
+        assert ("nothing was sent" in str(info.value)) is refused
     assert info.value.__cause__ is raised
     assert info.value.task_name == "proj.tasks.t"
     assert info.value.task_id == "id-1"

@@ -1,0 +1,259 @@
+"""Bounded broker connections for the publishing threads.
+
+Stock Celery publishes through a shared producer pool whose acquire blocks
+without limit, over connections with no socket timeout, and retries a failed
+publish through kombu's ``ensure`` on any connection error, including a read
+timeout after the command reached the server: measured here, one call then put
+two copies of its message in Redis. This module gives each publishing thread one
+connection and producer of its own, configured so that:
+
+* connecting and every socket read or write give up after bounded time;
+* a publish is never replayed: Celery's publish retry is off (unless the caller
+  asks for it), and redis-py is left without a retry policy (kombu's default);
+* a connection that was *refused* is retried until the call's deadline, because
+  then nothing can have been sent.
+
+Only Redis transports (``redis://``, ``rediss://``, ``sentinel://``, ``socket://``) are
+bounded this way; others publish through Celery's stock path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import kombu.exceptions
+import redis.exceptions
+from celery import Celery
+from kombu import Connection, Producer
+
+__all__ = [
+    "BROKER_ERRORS",
+    "ConnectFailed",
+    "ConnectionRegistry",
+    "ThreadPublisher",
+    "TransportPolicy",
+    "is_bounded_transport",
+    "nothing_sent",
+]
+
+_BOUNDED_DRIVERS = frozenset({"redis", "memory"})
+
+
+T = TypeVar("T")
+
+
+class ConnectFailed(Exception):
+    """Connecting to the broker failed before any publish command was sent.
+
+    The original error is the ``__cause__``.
+    """
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def nothing_sent(exc: BaseException) -> bool:
+    """Whether ``exc`` proves that no command reached the broker.
+
+    True for a refused connection (anywhere in the exception chain) and for
+    :class:`ConnectFailed`; a timeout or a reset after sending proves nothing.
+    """
+    return any(isinstance(e, ConnectionRefusedError | ConnectFailed) for e in _chain(exc))
+
+
+class TransportPolicy:
+    """The timeouts every publishing connection of one controller uses, in seconds.
+
+    Args:
+        socket_timeout: bound on one socket read or write (a silent broker).
+        connect_timeout: bound on one TCP connect.
+        retry_interval: first pause between connection attempts after a refusal;
+            doubles up to ``max_retry_interval``.
+    """
+
+    __slots__ = ("connect_timeout", "max_retry_interval", "retry_interval", "socket_timeout")
+
+    def __init__(
+        self,
+        *,
+        socket_timeout: float,
+        connect_timeout: float,
+        retry_interval: float = 0.05,
+        max_retry_interval: float = 0.5,
+    ) -> None:
+        self.socket_timeout = socket_timeout
+        self.connect_timeout = connect_timeout
+        self.retry_interval = retry_interval
+        self.max_retry_interval = max_retry_interval
+
+    @classmethod
+    def for_deadline(cls, dispatch_timeout: float) -> TransportPolicy:
+        """Derive bounds from a controller's default deadline.
+
+        A read or write may take the whole deadline (a thread is then freed about
+        when its caller gets ``DispatchTimeout``); a connect at most half of it.
+        """
+        return cls(socket_timeout=dispatch_timeout, connect_timeout=dispatch_timeout / 2)
+
+    def transport_options(self, base: dict[str, Any]) -> dict[str, Any]:
+        """The user's ``broker_transport_options`` with the bounds laid over them."""
+        return {
+            **base,
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.connect_timeout,
+            "retry_on_timeout": False,
+            # kombu's own connect retry loop: one attempt; refusals are retried here,
+            # under the call's deadline.
+            "max_retries": 0,
+        }
+
+
+#: Exceptions that mean the broker connection failed (as opposed to the caller's input).
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    kombu.exceptions.OperationalError,
+    redis.exceptions.RedisError,
+    OSError,  # ConnectionError, socket timeouts and resets
+)
+
+
+def is_bounded_transport(app: Celery) -> bool:
+    """Whether ``app``'s broker is one whose publishes this module bounds.
+
+    Redis, and kombu's in-process ``memory`` transport (so that tests without a
+    broker take the same path). Creating the transport object opens nothing.
+    """
+    connection = app.connection_for_write()
+    try:
+        return connection.transport.driver_type in _BOUNDED_DRIVERS
+    finally:
+        connection.release()
+
+
+class ThreadPublisher:
+    """One thread's broker connection and producer. Not thread-safe: one per thread.
+
+    Created lazily on a publishing thread and kept for its life; replaced after a
+    connection error so the next publish starts on a fresh connection.
+    """
+
+    __slots__ = ("_app", "_connection", "_policy", "_producer", "_registry")
+
+    def __init__(self, app: Celery, policy: TransportPolicy, registry: ConnectionRegistry) -> None:
+        self._app = app
+        self._policy = policy
+        self._registry = registry
+        self._connection: Connection | None = None
+        self._producer: Producer | None = None
+
+    def run(self, publish: Callable[[Producer], T], deadline: float) -> T:
+        """Publish once on this thread's connection; reconnect and retry only on refusal.
+
+        ``publish`` gets the producer and must publish without retrying. A
+        connection error drops the connection; if the error proves nothing was
+        sent (a refused reconnect) the publish is tried again, with backoff, until
+        ``deadline`` (``time.monotonic()`` seconds). Blocks the calling thread.
+
+        Raises:
+            ConnectFailed: no connection before the deadline (nothing was sent).
+            Exception: what ``publish`` raised; after a connection error the
+                message may or may not have reached the broker.
+        """
+        pause = self._policy.retry_interval
+        while True:
+            producer = self.producer(deadline)
+            try:
+                return publish(producer)
+            except BROKER_ERRORS as exc:
+                self.discard()
+                if not nothing_sent(exc) or not _time_for_another(deadline, pause):
+                    raise
+            time.sleep(pause)  # back off before reconnecting
+            pause = min(pause * 2, self._policy.max_retry_interval)
+
+    def producer(self, deadline: float) -> Producer:
+        """A connected producer, connecting first if needed.
+
+        Refused connections are retried with backoff until ``deadline``
+        (``time.monotonic()`` seconds). Blocks the calling thread.
+
+        Raises:
+            ConnectFailed: no connection before the deadline (nothing was sent).
+        """
+        if self._producer is not None:
+            return self._producer
+        pause = self._policy.retry_interval
+        while True:
+            try:
+                return self._connect()
+            except Exception as exc:
+                self.discard()
+                if not nothing_sent(exc) or not _time_for_another(deadline, pause):
+                    raise ConnectFailed(f"could not connect to the broker: {exc}") from exc
+                time.sleep(pause)  # back off before the next connection attempt
+                pause = min(pause * 2, self._policy.max_retry_interval)
+
+    def _connect(self) -> Producer:
+        app = self._app
+        options = self._policy.transport_options(dict(app.conf.broker_transport_options or {}))
+        connection = app.connection_for_write(
+            transport_options=options, connect_timeout=self._policy.connect_timeout
+        )
+        self._connection = connection
+        self._registry.add(connection)
+        channel = connection.default_channel  # connects and PINGs (Redis)
+        self._producer = Producer(channel, auto_declare=False)
+        return self._producer
+
+    def discard(self) -> None:
+        """Drop the connection (after an error); the next publish reconnects."""
+        connection, self._connection, self._producer = self._connection, None, None
+        if connection is not None:
+            self._registry.remove(connection)
+            _close_quietly(connection)
+
+
+#: Seconds before the caller's deadline at which retrying stops, so the caller
+#: receives the precise "nothing was sent" error rather than an ambiguous timeout.
+GIVE_UP_MARGIN = 0.05
+
+
+def _time_for_another(deadline: float, pause: float) -> bool:
+    return deadline - time.monotonic() > pause + GIVE_UP_MARGIN
+
+
+class ConnectionRegistry:
+    """Every connection the publishing threads hold, so close() can release them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connections: set[Connection] = set()
+
+    def add(self, connection: Connection) -> None:
+        with self._lock:
+            self._connections.add(connection)
+
+    def remove(self, connection: Connection) -> None:
+        with self._lock:
+            self._connections.discard(connection)
+
+    def close_all(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            _close_quietly(connection)
+
+
+def _close_quietly(connection: Connection) -> None:
+    # Closing a broken connection may raise; it is gone either way.
+    with contextlib.suppress(Exception):
+        connection.release()
