@@ -8,6 +8,7 @@ only in how they wait for it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from typing import Any
 
 from celery import Celery
@@ -55,6 +56,43 @@ class ControllerCore:
     def statistics(self) -> ControllerStatistics:
         """A frozen snapshot: counters, the publish pool and the circuit breaker."""
         return self._engine.statistics()
+
+    def health(self) -> dict[str, Any]:
+        """A JSON-ready summary for status pages and probes.
+
+        ``ok`` is false while the breaker refuses calls (open, or forced open).
+        Counts are since the controller was created; the breaker's state is this
+        process's own (each process has its own breaker).
+        """
+        stats = self._engine.statistics()
+        breaker = stats.breaker
+        return {
+            "ok": breaker.state.value not in ("open", "forced_open"),
+            "breaker": {
+                **{k: v for k, v in asdict(breaker).items() if k != "state"},
+                "state": breaker.state.value,
+            },
+            "pool": asdict(stats.pool),
+            "dispatched": stats.dispatched,
+            "failed": stats.failed,
+            "timed_out": stats.timed_out,
+            "overloaded": stats.overloaded,
+            "rejected_open": stats.rejected_open,
+            "late_completions": stats.late_completions,
+            "bounded_transport": self._engine.bounded,
+        }
+
+    def probe(self, timeout: float | None = None) -> float:
+        """Check that the broker answers; return the connect time in seconds.
+
+        Blocks the calling thread for at most ``timeout`` seconds (default: the
+        dispatch deadline). Publishes nothing; the breaker is not consulted.
+
+        Raises:
+            TaskDispatchError: a subclass saying why the broker did not answer.
+        """
+        limit = self._default_timeout if timeout is None else check_timeout(timeout, name="timeout")
+        return self._engine.probe(limit)
 
     def _timeout(self, options: dict[str, Any]) -> float:
         override = options.pop("dispatch_timeout", None)

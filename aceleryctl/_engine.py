@@ -19,7 +19,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import kombu.exceptions
 from celery import Celery
@@ -37,7 +37,7 @@ from aceleryctl._transport import (
     is_bounded_transport,
     nothing_sent,
 )
-from aceleryctl.breaker import BreakerStatistics, CircuitBreaker, Permit
+from aceleryctl.breaker import BreakerStatistics, CircuitBreaker
 from aceleryctl.exceptions import (
     BrokerError,
     CircuitOpenError,
@@ -54,6 +54,14 @@ _SERIALIZATION_ERRORS: tuple[type[BaseException], ...] = (
     kombu.exceptions.EncodeError,
     kombu.exceptions.ContentDisallowed,
 )
+
+
+class _Permit(Protocol):
+    """What the engine needs of a breaker permit (see ``aceleryctl.breaker.Permit``)."""
+
+    def record_success(self, duration: float) -> None: ...
+    def record_failure(self, duration: float) -> None: ...
+    def release(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +197,7 @@ class DispatchEngine:
 
     # -- steps -------------------------------------------------------------
 
-    def _begin(self, call: Call) -> tuple[Permit, Future[Any]]:
+    def _begin(self, call: Call) -> tuple[_Permit, Future[Any]]:
         try:
             permit = self.breaker.acquire()
         except CircuitOpenError as exc:
@@ -231,7 +239,7 @@ class DispatchEngine:
             ) from exc
         return permit, future
 
-    def _finish(self, call: Call, permit: Permit, outcome: WaitOutcome[Any]) -> Any:
+    def _finish(self, call: Call, permit: _Permit, outcome: WaitOutcome[Any]) -> Any:
         future = outcome.future
         if outcome.done:
             exc = future.exception()
@@ -282,7 +290,7 @@ class DispatchEngine:
         )
 
     def _classify(
-        self, call: Call, permit: Permit, exc: BaseException
+        self, call: Call, permit: _Permit, exc: BaseException
     ) -> tuple[TaskDispatchError, str]:
         name, task_id = call.task_name, call.task_id
         if isinstance(exc, _SERIALIZATION_ERRORS):
@@ -383,6 +391,30 @@ class DispatchEngine:
             self._connections.close_all()
         return drained
 
+    def probe(self, timeout: float) -> float:
+        """Connect to the broker on a publishing thread and return the seconds it took.
+
+        Uses the same bounded connection a publish would (on Redis, a connect and
+        a PING); nothing is published and the breaker is not consulted. Blocks the
+        calling thread at most ``timeout`` seconds.
+
+        Raises:
+            BrokerError: the broker could not be reached.
+            DispatchTimeout, DispatchOverloaded: no answer or no thread in time.
+        """
+
+        def connect(producer: Any) -> float:
+            return time.monotonic()
+
+        call = Call("probe", "broker probe", None, (), {}, timeout, connect)
+        call.deadline = time.monotonic() + timeout
+        future = self.pool.submit(lambda: self._publish(call))
+        outcome = self.pool.wait(future, timeout)
+        if outcome.done and future.exception() is None:
+            return call.finished_at - call.started_at
+        permit = _NoPermit()
+        return float(self._finish(call, permit, outcome))
+
     # -- on a pool thread ----------------------------------------------------
 
     def _publish(self, call: Call) -> Any:
@@ -402,3 +434,16 @@ class DispatchEngine:
             publisher = ThreadPublisher(self.app, self.transport, self._connections)
             self._local.publisher = publisher
         return publisher
+
+
+class _NoPermit:
+    """Stands in for a breaker permit where the breaker is not consulted (probes)."""
+
+    def record_success(self, duration: float) -> None:
+        """Ignored."""
+
+    def record_failure(self, duration: float) -> None:
+        """Ignored."""
+
+    def release(self) -> None:
+        """Ignored."""

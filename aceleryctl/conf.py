@@ -28,6 +28,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from celery import Celery
+
+from aceleryctl._calls import current_celery_app
 from aceleryctl._logging import DEFAULT_REDACT_KEYS
 from aceleryctl.breaker import CircuitBreaker
 from aceleryctl.controller import AsyncCeleryController
@@ -39,6 +42,7 @@ __all__ = [
     "load_settings",
     "override_default",
     "reset_default_controller",
+    "resolve_celery_app",
     "settings_problems",
 ]
 
@@ -176,9 +180,24 @@ def _import_app(path: str) -> Any:
     return getattr(module, attr)
 
 
+def resolve_celery_app(conf: ControllerSettings | None = None) -> Celery:
+    """The Celery app the default controller publishes with.
+
+    ``ACELERYCTL['CELERY_APP']`` when set, else Celery's current app.
+
+    Raises:
+        ImportError, AttributeError: the dotted path does not resolve.
+    """
+    conf = conf if conf is not None else load_settings()
+    if conf.celery_app:
+        app: Celery = _import_app(conf.celery_app)
+        return app
+    return current_celery_app()
+
+
 def build_controller(conf: ControllerSettings) -> AsyncCeleryController:
     """A new controller configured from ``conf``."""
-    app = _import_app(conf.celery_app) if conf.celery_app else None
+    app = resolve_celery_app(conf)
     breaker = CircuitBreaker(**{k.lower(): v for k, v in conf.breaker.items()})
     return AsyncCeleryController(
         app,

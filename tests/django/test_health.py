@@ -1,0 +1,97 @@
+"""System checks for unbounded Celery settings, health(), probe() and the command."""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import override_settings
+
+from aceleryctl import AsyncCeleryController, conf
+from aceleryctl.checks import check_celery_bounds
+from aceleryctl.exceptions import BrokerError
+from tests.django import celery_fixture
+
+
+def ids(messages: list[object]) -> list[str]:
+    return [m.id for m in messages]  # type: ignore[attr-defined]
+
+
+def test_unbounded_redis_settings_warn_with_the_setting_to_change() -> None:
+    with override_settings(ACELERYCTL={"CELERY_APP": "tests.django.celery_fixture:unbounded"}):
+        [warning] = check_celery_bounds()
+    assert warning.id == "aceleryctl.W001"
+    assert "socket_timeout or socket_connect_timeout" in warning.msg
+    assert "CELERY_BROKER_TRANSPORT_OPTIONS" in (warning.hint or "")
+
+
+def test_bounded_settings_pass_and_other_brokers_warn() -> None:
+    with override_settings(ACELERYCTL={"CELERY_APP": "tests.django.celery_fixture:refused"}):
+        assert check_celery_bounds() == []
+    with override_settings(ACELERYCTL={"CELERY_APP": "tests.django.celery_fixture:amqp"}):
+        assert ids(check_celery_bounds()) == ["aceleryctl.W002"]
+    with override_settings(ACELERYCTL={"CELERY_APP": "tests.django.nowhere:app"}):
+        assert ids(check_celery_bounds()) == ["aceleryctl.E002"]
+
+
+def test_forever_publish_retry_warns() -> None:
+    app = celery_fixture.refused
+    app.conf.task_publish_retry_policy = {"max_retries": None}
+    try:
+        with override_settings(ACELERYCTL={"CELERY_APP": "tests.django.celery_fixture:refused"}):
+            assert ids(check_celery_bounds()) == ["aceleryctl.W001"]
+    finally:
+        app.conf.task_publish_retry_policy = {"max_retries": 3}
+
+
+def test_health_is_json_ready_and_follows_the_breaker() -> None:
+    ctl = AsyncCeleryController(celery_fixture.app, max_workers=1)
+    try:
+        health = ctl.health()
+        assert json.loads(json.dumps(health)) == health
+        assert health["ok"] is True
+        assert health["breaker"]["state"] == "closed"
+        assert health["pool"]["max_workers"] == 1
+        assert health["bounded_transport"] is True
+        ctl.breaker.force_open()
+        assert ctl.health()["ok"] is False
+        assert ctl.health()["breaker"]["state"] == "forced_open"
+    finally:
+        ctl.sync.close()
+
+
+def test_probe_reports_connect_time_and_refusal() -> None:
+    ok = AsyncCeleryController(celery_fixture.app, max_workers=1)
+    refused = AsyncCeleryController(celery_fixture.refused, max_workers=1, dispatch_timeout=0.5)
+    try:
+        assert ok.probe() >= 0.0
+        with pytest.raises(BrokerError, match="nothing was sent") as info:
+            refused.probe()
+        assert info.value.message_may_exist is False
+        assert refused.breaker.statistics().total_failures == 0  # probes never count
+    finally:
+        ok.sync.close()
+        refused.sync.close()
+
+
+def test_health_command_json_and_exit_status() -> None:
+    out = StringIO()
+    with override_settings(ACELERYCTL={"CELERY_APP": "tests.django.celery_fixture:app"}):
+        call_command("aceleryctl_health", "--json", stdout=out)
+    report = json.loads(out.getvalue())
+    assert report["reachable"] is True
+    assert report["broker"].startswith("memory://")
+    with (
+        override_settings(
+            ACELERYCTL={
+                "CELERY_APP": "tests.django.celery_fixture:refused",
+                "DISPATCH_TIMEOUT": 0.5,
+            }
+        ),
+        pytest.raises(CommandError, match="did not answer"),
+    ):
+        call_command("aceleryctl_health", stdout=StringIO())
+    conf.reset_default_controller()
