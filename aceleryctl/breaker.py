@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from aceleryctl._clock import Clock
+from aceleryctl._window import SlidingWindow
 from aceleryctl.exceptions import CircuitOpenError
 
 __all__ = [
@@ -56,9 +57,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("aceleryctl.breaker")
-
-_WINDOW_BUCKETS: Final = 30
-"""How many buckets the sliding window is cut into, whatever its duration."""
 
 
 class BreakerState(enum.Enum):
@@ -182,61 +180,6 @@ class Permit:
 _SUCCESS: Final = 0
 _FAILURE: Final = 1
 _RELEASE: Final = 2
-
-
-class _SlidingWindow:
-    """Calls, failures and slow calls recorded over roughly the last ``duration`` seconds.
-
-    Time is cut into ``_WINDOW_BUCKETS`` buckets of ``duration / _WINDOW_BUCKETS``
-    seconds, kept in fixed-size ring arrays; the window is the current bucket and the
-    ones before it, so a call ages out between ``(1 - 1/_WINDOW_BUCKETS) * duration``
-    and ``duration`` seconds after it was recorded. Memory is the same for ten calls or
-    ten million; recording costs O(1) amortised. Not thread-safe: the breaker's lock
-    guards it.
-    """
-
-    __slots__ = ("_calls", "_failures", "_head", "_slow", "_width", "calls", "failures", "slow")
-
-    def __init__(self, duration: float, now: float) -> None:
-        self._width = duration / _WINDOW_BUCKETS
-        self._head = int(now // self._width)
-        self._calls = [0] * _WINDOW_BUCKETS
-        self._failures = [0] * _WINDOW_BUCKETS
-        self._slow = [0] * _WINDOW_BUCKETS
-        self.calls = self.failures = self.slow = 0
-
-    def advance(self, now: float) -> None:
-        """Forget the buckets that have left the window by ``now``."""
-        epoch = int(now // self._width)
-        if epoch <= self._head:
-            return  # same bucket, or a clock that went backwards: keep the current one
-        if epoch - self._head >= _WINDOW_BUCKETS:
-            self.clear()
-        else:
-            for bucket in range(self._head + 1, epoch + 1):
-                i = bucket % _WINDOW_BUCKETS
-                self.calls -= self._calls[i]
-                self.failures -= self._failures[i]
-                self.slow -= self._slow[i]
-                self._calls[i] = self._failures[i] = self._slow[i] = 0
-        self._head = epoch
-
-    def record(self, now: float, failed: bool, slow: bool) -> None:
-        self.advance(now)
-        i = self._head % _WINDOW_BUCKETS
-        self._calls[i] += 1
-        self.calls += 1
-        if failed:
-            self._failures[i] += 1
-            self.failures += 1
-        if slow:
-            self._slow[i] += 1
-            self.slow += 1
-
-    def clear(self) -> None:
-        for counts in (self._calls, self._failures, self._slow):
-            counts[:] = [0] * _WINDOW_BUCKETS
-        self.calls = self.failures = self.slow = 0
 
 
 class _State:
@@ -500,7 +443,7 @@ class CircuitBreaker:
         self._notifying = False
         # Everything below is guarded by self._lock.
         self._current: _State = _ClosedState()
-        self._window = _SlidingWindow(self._window_duration, clock())
+        self._window = SlidingWindow(self._window_duration, clock())
         self._current_reset_timeout = self._reset_timeout
         self._consecutive_failures = 0
         self._total_successes = self._total_failures = self._total_rejections = 0

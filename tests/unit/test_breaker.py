@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from aceleryctl._clock import ManualClock
+from aceleryctl._window import WINDOW_BUCKETS
 from aceleryctl.breaker import (
-    _WINDOW_BUCKETS,
     BreakerState,
     CircuitBreaker,
     Permit,
@@ -738,7 +738,7 @@ def test_the_window_memory_is_bounded_whatever_the_traffic(clock: ManualClock) -
     stats = breaker.statistics()
     assert stats.total_successes == 100_000
     assert 29_000 <= stats.window_calls <= 30_000
-    assert len(window._calls) == len(window._failures) == len(window._slow) == _WINDOW_BUCKETS
+    assert len(window._calls) == len(window._failures) == len(window._slow) == WINDOW_BUCKETS
 
 
 # -- property test -----------------------------------------------------------------
