@@ -10,8 +10,8 @@ connection and producer of its own, configured so that:
 * connecting and every socket read or write give up after bounded time;
 * a publish is never replayed: Celery's publish retry is off (unless the caller
   asks for it), and redis-py is left without a retry policy (kombu's default);
-* a connection that was *refused* is retried until the call's deadline, because
-  then nothing can have been sent.
+* a connection that was *refused* is retried a few times within the call's
+  deadline, because then nothing can have been sent.
 
 Only Redis transports (``redis://``, ``rediss://``, ``sentinel://``, ``socket://``) are
 bounded this way; others publish through Celery's stock path.
@@ -79,9 +79,18 @@ class TransportPolicy:
         connect_timeout: bound on one TCP connect.
         retry_interval: first pause between connection attempts after a refusal;
             doubles up to ``max_retry_interval``.
+        max_attempts: connection attempts per publish after refusals (>= 1); with
+            the defaults three attempts span about 0.15 s of pauses, enough for a
+            broker that is restarting, short enough that a dead one fails fast.
     """
 
-    __slots__ = ("connect_timeout", "max_retry_interval", "retry_interval", "socket_timeout")
+    __slots__ = (
+        "connect_timeout",
+        "max_attempts",
+        "max_retry_interval",
+        "retry_interval",
+        "socket_timeout",
+    )
 
     def __init__(
         self,
@@ -90,11 +99,13 @@ class TransportPolicy:
         connect_timeout: float,
         retry_interval: float = 0.05,
         max_retry_interval: float = 0.5,
+        max_attempts: int = 3,
     ) -> None:
         self.socket_timeout = socket_timeout
         self.connect_timeout = connect_timeout
         self.retry_interval = retry_interval
         self.max_retry_interval = max_retry_interval
+        self.max_attempts = max_attempts
 
     @classmethod
     def for_deadline(cls, dispatch_timeout: float) -> TransportPolicy:
@@ -160,8 +171,9 @@ class ThreadPublisher:
 
         ``publish`` gets the producer and must publish without retrying. A
         connection error drops the connection; if the error proves nothing was
-        sent (a refused reconnect) the publish is tried again, with backoff, until
-        ``deadline`` (``time.monotonic()`` seconds). Blocks the calling thread.
+        sent (a refused reconnect) the publish is tried again, with backoff, within
+        the policy's attempt budget and ``deadline`` (``time.monotonic()``
+        seconds). Blocks the calling thread.
 
         Raises:
             ConnectFailed: no connection before the deadline (nothing was sent).
@@ -169,22 +181,25 @@ class ThreadPublisher:
                 message may or may not have reached the broker.
         """
         pause = self._policy.retry_interval
+        attempts = 1
         while True:
             producer = self.producer(deadline)
             try:
                 return publish(producer)
             except BROKER_ERRORS as exc:
                 self.discard()
-                if not nothing_sent(exc) or not _time_for_another(deadline, pause):
+                if not nothing_sent(exc) or not self._again(attempts, deadline, pause):
                     raise
             time.sleep(pause)  # back off before reconnecting
             pause = min(pause * 2, self._policy.max_retry_interval)
+            attempts += 1
 
     def producer(self, deadline: float) -> Producer:
         """A connected producer, connecting first if needed.
 
-        Refused connections are retried with backoff until ``deadline``
-        (``time.monotonic()`` seconds). Blocks the calling thread.
+        Refused connections are retried with backoff, at most ``max_attempts``
+        attempts and never past ``deadline`` (``time.monotonic()`` seconds).
+        Blocks the calling thread.
 
         Raises:
             ConnectFailed: no connection before the deadline (nothing was sent).
@@ -192,15 +207,21 @@ class ThreadPublisher:
         if self._producer is not None:
             return self._producer
         pause = self._policy.retry_interval
+        attempts = 1
         while True:
             try:
                 return self._connect()
             except Exception as exc:
                 self.discard()
-                if not nothing_sent(exc) or not _time_for_another(deadline, pause):
+                if not nothing_sent(exc) or not self._again(attempts, deadline, pause):
                     raise ConnectFailed(f"could not connect to the broker: {exc}") from exc
                 time.sleep(pause)  # back off before the next connection attempt
                 pause = min(pause * 2, self._policy.max_retry_interval)
+                attempts += 1
+
+    def _again(self, attempts: int, deadline: float, pause: float) -> bool:
+        # Another attempt only within the attempt budget and the caller's deadline.
+        return attempts < self._policy.max_attempts and _time_for_another(deadline, pause)
 
     def _connect(self) -> Producer:
         app = self._app

@@ -27,7 +27,9 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: Any ASGI 3 application. Typed loosely on purpose: Django's ``ASGIHandler``,
+#: Channels' routers and Starlette apps each declare their own scope/message types.
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 
 async def _close_default() -> None:
