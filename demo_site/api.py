@@ -1,0 +1,103 @@
+"""DRF views on the sync facade, as a project moving from the original controller has them.
+
+The only change from the original controller is the import line::
+
+    from aceleryctl.sync import controller
+
+Django runs these sync views on a worker thread (never the event loop's thread), so
+the blocking facade is the right one here.
+"""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.http import HttpResponseBase
+from django.urls import reverse
+from rest_framework import serializers, status
+from rest_framework.decorators import api_view
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from aceleryctl import TaskDispatchError
+from aceleryctl.sync import controller
+from demo_site.models import Report
+from demo_site.tasks import add, process_report, record_audit
+from demo_site.views import dispatch_error_response
+
+__all__ = ["ReportListCreate", "schedule_add"]
+
+
+class ReportSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Report
+        fields = ["id", "title", "status", "task_id", "word_count", "created_at", "processed_at"]
+        read_only_fields = ["status", "task_id", "word_count", "created_at", "processed_at"]
+
+
+class ReportListCreate(APIView):
+    """``GET``: the latest reports. ``POST {"title": ...}``: create one and process it."""
+
+    def get(self, request: Request) -> Response:
+        reports = Report.objects.all()[:20]
+        return Response(ReportSerializer(reports, many=True).data)
+
+    def post(self, request: Request) -> Response:
+        serializer = ReportSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        with transaction.atomic():
+            report = serializer.save()
+            # Published only once the transaction commits (never if it rolls back),
+            # yet the task id is known now, so the record can keep it.
+            result = controller.delay_on_commit(process_report, report.pk)
+            report.task_id = result.id
+            report.save(update_fields=["task_id"])
+        # Non-critical: a failure is logged and reported, never raised.
+        audit_sent, _ = controller.safe_execute(
+            record_audit, "report.created", suppress_exceptions=True, report_id=report.pk
+        )
+        return Response(
+            {
+                "task_id": result.id,
+                "task": process_report.name,
+                "status_url": reverse("task-state", args=[result.id]),
+                "report": ReportSerializer(report).data,
+                "audit_sent": audit_sent,
+            },
+            status=status.HTTP_202_ACCEPTED,
+        )
+
+
+class ScheduleAddSerializer(serializers.Serializer):
+    x = serializers.IntegerField()
+    y = serializers.IntegerField()
+    countdown = serializers.IntegerField(min_value=0, max_value=300, default=3)
+
+
+@api_view(["POST"])
+def schedule_add(request: Request) -> HttpResponseBase:
+    """``POST {"x": 2, "y": 3, "countdown": 3}``: ``add(x, y)``, started ``countdown`` s later.
+
+    Celery calling options pass straight through ``apply_async``.
+    """
+    serializer = ScheduleAddSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    data = serializer.validated_data
+    try:
+        result = controller.apply_async(
+            add,
+            args=(data["x"], data["y"]),
+            countdown=data["countdown"],
+            queue=controller.app.conf.task_default_queue,
+        )
+    except TaskDispatchError as exc:
+        return dispatch_error_response(exc)
+    return Response(
+        {
+            "task_id": result.id,
+            "task": add.name,
+            "status_url": reverse("task-state", args=[result.id]),
+            "countdown": data["countdown"],
+        },
+        status=status.HTTP_202_ACCEPTED,
+    )

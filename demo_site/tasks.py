@@ -1,0 +1,68 @@
+"""The demo's Celery tasks. They run in the worker started by ``demo_site.run``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import Task
+from django.utils import timezone
+
+from demo_site.celery_app import app
+
+logger = logging.getLogger(__name__)
+
+#: Progress updates per second of ``long_task``.
+_TICKS_PER_SECOND = 4
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    """Add two numbers."""
+    return x + y
+
+
+@app.task(bind=True)
+def long_task(self: Task[Any, Any], seconds: int) -> dict[str, int]:
+    """Work for ``seconds`` seconds, reporting progress as the custom ``PROGRESS`` state."""
+    total = max(1, seconds * _TICKS_PER_SECOND)
+    for done in range(1, total + 1):
+        time.sleep(1 / _TICKS_PER_SECOND)
+        if done < total:
+            self.update_state(state="PROGRESS", meta={"current": done, "total": total})
+    return {"current": total, "total": total}
+
+
+class FlakyError(RuntimeError):
+    """What ``flaky`` raises, on purpose."""
+
+
+@app.task(bind=True, max_retries=2, default_retry_delay=1)
+def flaky(self: Task[Any, Any]) -> None:
+    """Fail, retry twice (state ``RETRY``), then fail for good (state ``FAILURE``)."""
+    attempt = self.request.retries + 1
+    exc = FlakyError(f"the flaky task failed on attempt {attempt} (on purpose)")
+    raise self.retry(exc=exc)
+
+
+@app.task(bind=True)
+def process_report(self: Task[Any, Any], report_id: int) -> dict[str, Any]:
+    """Fill in a ``Report`` created by the API: a stand-in for real processing."""
+    from demo_site.models import Report
+
+    report = Report.objects.get(pk=report_id)
+    report.status = Report.Status.PROCESSING
+    report.save(update_fields=["status"])
+    time.sleep(1)
+    report.word_count = len(report.title.split())
+    report.status = Report.Status.DONE
+    report.processed_at = timezone.now()
+    report.save(update_fields=["status", "word_count", "processed_at"])
+    return {"report_id": report.pk, "word_count": report.word_count}
+
+
+@app.task(ignore_result=True)
+def record_audit(event: str, **details: Any) -> None:
+    """A non-critical side task: the API dispatches it with ``safe_execute``."""
+    logger.info("audit: %s %s", event, details)

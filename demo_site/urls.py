@@ -1,0 +1,19 @@
+"""URL routes of the demo."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from demo_site import api, views
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    # Async Django views on `aceleryctl.controller`.
+    path("api/tasks/long/", views.start_long_task, name="start-long-task"),
+    path("api/tasks/flaky/", views.start_flaky_task, name="start-flaky-task"),
+    path("api/tasks/<uuid:task_id>/", views.task_state, name="task-state"),
+    path("api/status/", views.dispatch_status, name="dispatch-status"),
+    # DRF views on the sync facade, `aceleryctl.sync.controller`.
+    path("api/reports/", api.ReportListCreate.as_view(), name="reports"),
+    path("api/scheduled-add/", api.schedule_add, name="scheduled-add"),
+]
