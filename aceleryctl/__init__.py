@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import cast
 
 from aceleryctl._engine import ControllerStatistics
+from aceleryctl._logging import DEFAULT_REDACT_KEYS
 from aceleryctl._pool import PoolStatistics
 from aceleryctl._proxy import LazyProxy
 from aceleryctl.breaker import (
@@ -51,6 +52,7 @@ __all__ = [
     "CircuitOpenError",
     "ControllerClosed",
     "ControllerStatistics",
+    "DEFAULT_REDACT_KEYS",
     "DispatchOverloaded",
     "DispatchRejected",
     "DispatchTimeout",

@@ -82,26 +82,22 @@ class ControllerCore:
             "bounded_transport": self._engine.bounded,
         }
 
-    def probe(self, timeout: float | None = None) -> float:
-        """Check that the broker answers; return the connect time in seconds.
-
-        Blocks the calling thread for at most ``timeout`` seconds (default: the
-        dispatch deadline). Publishes nothing; the breaker is not consulted.
-
-        Raises:
-            TaskDispatchError: a subclass saying why the broker did not answer.
-        """
+    def _probe_call(self, timeout: float | None) -> Call:
         limit = self._default_timeout if timeout is None else check_timeout(timeout, name="timeout")
-        return self._engine.probe(limit)
+        return self._engine.probe_call(limit)
 
     def _timeout(self, options: dict[str, Any]) -> float:
         override = options.pop("dispatch_timeout", None)
         return self._default_timeout if override is None else check_timeout(override)
 
     def _delay_call(
-        self, task: Dispatchable, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        task: Dispatchable,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        method: str = "delay",
     ) -> Call:
-        return build_apply_async(self.app, "delay", task, args, kwargs, {}, self._default_timeout)
+        return build_apply_async(self.app, method, task, args, kwargs, {}, self._default_timeout)
 
     def _apply_async_call(
         self,

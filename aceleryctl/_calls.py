@@ -42,6 +42,12 @@ class Call:
             callable dispatches on its own and cannot).
         deadline: ``time.monotonic()`` by which the caller gives up, set when the
             call is started.
+        prepare: runs on the pool thread before connecting (canvases freeze their
+            ids there, so that a deadline passing mid-connect can still name them).
+        parent_task: the Celery task executing on the caller's thread, if any; the
+            result joins its trail as Celery's own ``apply_async`` would do.
+        signature_of: the task object whose signature names positional arguments
+            in the failure log (so secrets passed positionally are masked too).
         started_at, finished_at: ``time.monotonic()`` stamps set by the pool thread.
     """
 
@@ -54,6 +60,9 @@ class Call:
     publish: Callable[[Producer | None], Any] = field(repr=False)
     accepts_producer: bool = True
     deadline: float = 0.0
+    prepare: Callable[[], None] | None = field(default=None, repr=False)
+    parent_task: Any = field(default=None, repr=False)
+    signature_of: Any = field(default=None, repr=False)
     started_at: float = 0.0
     finished_at: float = 0.0
 
@@ -111,6 +120,25 @@ def _sending(options: dict[str, Any], producer: Producer | None) -> dict[str, An
     return sent
 
 
+def _inherit_parent(app: Celery, options: dict[str, Any]) -> Any:
+    """Do on the caller's thread what Celery does on the publishing one.
+
+    Inside a running task, Celery links a child to its parent (``parent_id``,
+    ``root_id``, optionally the priority) by reading the *thread's* current task;
+    the pool thread has none, so the links are taken here. Returns the parent task
+    (for ``add_trail``) or ``None``.
+    """
+    parent = app.current_worker_task
+    if not parent:
+        return None
+    request = parent.request
+    options.setdefault("parent_id", request.id)
+    options.setdefault("root_id", request.root_id or request.id)
+    if app.conf.task_inherit_parent_priority:
+        options.setdefault("priority", (request.delivery_info or {}).get("priority"))
+    return parent if options.get("add_to_parent", True) else None
+
+
 def _new_id() -> str:
     return str(uuid.uuid4())
 
@@ -135,6 +163,7 @@ def build_apply_async(
     if isinstance(task, Signature):
         task_id = options.get("task_id") or task.options.get("task_id") or _new_id()
         options["task_id"] = task_id
+        parent = _inherit_parent(app, options)
         sig = task
         return Call(
             method,
@@ -144,11 +173,14 @@ def build_apply_async(
             {**dict(sig.kwargs or {}), **call_kwargs},
             timeout,
             lambda producer: sig.apply_async(call_args, call_kwargs, **_sending(options, producer)),
+            parent_task=parent,
+            signature_of=sig.type if sig.get("task") in app.tasks else None,
         )
     if isinstance(task, Task):
         bound = _resolve_task(app, task)
         task_id = options.get("task_id") or _new_id()
         options["task_id"] = task_id
+        parent = _inherit_parent(app, options)
         return Call(
             method,
             bound.name,
@@ -159,6 +191,8 @@ def build_apply_async(
             lambda producer: bound.apply_async(
                 call_args, call_kwargs, **_sending(options, producer)
             ),
+            parent_task=parent,
+            signature_of=bound,
         )
     if callable(task):
         if call_args or call_kwargs or options:
@@ -182,6 +216,7 @@ def _canvas_call(
     options: dict[str, Any],
     timeout: float,
 ) -> Call:
+    parent = _inherit_parent(app, options)
     call = Call(
         method,
         f"{type(canvas).__name__.lstrip('_')}({canvas!r:.120})",
@@ -190,17 +225,21 @@ def _canvas_call(
         kwargs,
         timeout,
         publish=lambda producer: None,
+        parent_task=parent,
     )
 
+    def prepare() -> None:
+        # Freezing assigns every id in the canvas. It runs on the pool thread (the
+        # controller's app current) before connecting, and the id is recorded on
+        # the call, so that a deadline passing mid-connect or mid-publish can still
+        # name the id the canvas is sent under.
+        call.task_id = canvas.freeze(_id=options.get("task_id")).id
+
     def publish(producer: Producer | None) -> Any:
-        # Freezing assigns every id in the canvas; done here (on the pool thread,
-        # the controller's app current) and recorded on the call first, so that a
-        # deadline passing mid-publish can still name the id it was sent under.
-        frozen = canvas.freeze(_id=options.get("task_id"))
-        call.task_id = frozen.id
-        sent = _sending({**options, "task_id": frozen.id}, producer)
+        sent = _sending({**options, "task_id": call.task_id}, producer)
         return canvas.apply_async(args, kwargs, **sent)
 
+    call.prepare = prepare
     call.publish = publish
     return call
 
@@ -220,6 +259,7 @@ def build_send_task(
     call_args, call_kwargs = _check_args(args, kwargs)
     task_id = options.get("task_id") or _new_id()
     options["task_id"] = task_id
+    parent = _inherit_parent(app, options)
     return Call(
         method,
         name,
@@ -228,6 +268,7 @@ def build_send_task(
         call_kwargs,
         timeout,
         lambda producer: app.send_task(name, call_args, call_kwargs, **_sending(options, producer)),
+        parent_task=parent,
     )
 
 

@@ -15,6 +15,7 @@ Both follow the same steps:
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from concurrent.futures import Future
@@ -161,7 +162,16 @@ class DispatchEngine:
                 had not started never will, one already running finishes on its own.
         """
         permit, future = self._begin(call)
-        outcome = await self.pool.wait_async(future, call.timeout)
+        try:
+            outcome = await self.pool.wait_async(future, call.timeout)
+        except asyncio.CancelledError:
+            # Nobody will read the outcome, but the breaker must still hear it:
+            # an unsettled half-open probe would keep the breaker half-open.
+            if future.cancelled():
+                permit.release()
+            else:
+                future.add_done_callback(lambda f: self._settle_unobserved(call, permit, f))
+            raise
         return self._finish(call, permit, outcome)
 
     def run_sync(self, call: Call) -> Any:
@@ -183,6 +193,12 @@ class DispatchEngine:
         """
         try:
             permit, future = self._begin(call)
+        except CircuitOpenError as exc:
+            # _begin does not log rejections (they are cheap and counted), but a
+            # rejected on-commit dispatch is a task lost after its data committed:
+            # that must be visible.
+            self._log(call, exc, "not_sent")
+            return
         except TaskDispatchError:
             return  # already counted and logged by _begin
 
@@ -247,7 +263,10 @@ class DispatchEngine:
                 permit.record_success(call.finished_at - call.started_at)
                 with self._counters.lock:
                     self._counters.dispatched += 1
-                return rebind(future.result(), self.app)
+                result = rebind(future.result(), self.app)
+                if call.parent_task is not None:
+                    call.parent_task.add_trail(result)
+                return result
             error, outcome_name = self._classify(call, permit, exc)
             raise self._fail(call, error, exc, outcome_name) from exc
         if outcome.never_started:
@@ -314,10 +333,11 @@ class DispatchEngine:
                 note, outcome = "nothing was sent", "not_sent"
             else:
                 note, outcome = "the message may or may not have reached the broker", "failed"
+            shown = exc.__cause__ if isinstance(exc, ConnectFailed) and exc.__cause__ else exc
             return (
                 BrokerError(
-                    f"the broker failed while dispatching {name}: {type(exc).__name__}: "
-                    f"{exc}; {note}",
+                    f"the broker failed while dispatching {name}: {type(shown).__name__}: "
+                    f"{shown}; {note}",
                     task_name=name,
                     task_id=task_id,
                     message_may_exist=outcome != "not_sent",
@@ -341,12 +361,18 @@ class DispatchEngine:
         cause: BaseException | None,
         outcome: str,
     ) -> TaskDispatchError:
+        if isinstance(cause, ConnectFailed) and cause.__cause__ is not None:
+            cause = cause.__cause__  # the broker's own error, not our internal marker
         if error is not cause:
             error.__cause__ = cause
         with self._counters.lock:
             self._counters.failed += 1
             if isinstance(error, DispatchOverloaded):
                 self._counters.overloaded += 1
+        self._log(call, error, outcome)
+        return error
+
+    def _log(self, call: Call, error: TaskDispatchError, outcome: str) -> None:
         log_dispatch_failure(
             redactor=self.redactor,
             task_name=call.task_name,
@@ -356,8 +382,22 @@ class DispatchEngine:
             error=error,
             outcome=outcome,
             dispatch_method=call.method,
+            signature_of=call.signature_of,
         )
-        return error
+
+    def _settle_unobserved(self, call: Call, permit: _Permit, future: Future[Any]) -> None:
+        # The caller was cancelled while its publish ran; tell the breaker how the
+        # publish ended, without logging or raising (there is no caller).
+        if future.cancelled():
+            permit.release()
+            return
+        exc = future.exception()
+        if exc is None:
+            permit.record_success(call.finished_at - call.started_at)
+        elif isinstance(exc, (ConnectFailed, *BROKER_ERRORS)):
+            permit.record_failure(call.finished_at - call.started_at)
+        else:
+            permit.release()
 
     def _late_completion(self, future: Future[Any]) -> None:
         if not future.cancelled():
@@ -391,29 +431,41 @@ class DispatchEngine:
             self._connections.close_all()
         return drained
 
-    def probe(self, timeout: float) -> float:
-        """Connect to the broker on a publishing thread and return the seconds it took.
+    def probe_call(self, timeout: float) -> Call:
+        """A call that connects the way a publish would and publishes nothing.
 
-        Uses the same bounded connection a publish would (on Redis, a connect and
-        a PING); nothing is published and the breaker is not consulted. Blocks the
-        calling thread at most ``timeout`` seconds.
-
-        Raises:
-            BrokerError: the broker could not be reached.
-            DispatchTimeout, DispatchOverloaded: no answer or no thread in time.
+        On the bounded path that is a connect and a PING on the thread's own
+        connection (or nothing, when it is already connected); on the stock path
+        a connection from Celery's pool.
         """
 
-        def connect(producer: Any) -> float:
-            return time.monotonic()
+        def connect(producer: Any) -> None:
+            if producer is None:
+                with self.app.connection_for_write() as connection:
+                    connection.ensure_connection(max_retries=1)
 
-        call = Call("probe", "broker probe", None, (), {}, timeout, connect)
-        call.deadline = time.monotonic() + timeout
+        return Call("probe", "broker probe", None, (), {}, timeout, connect)
+
+    async def run_probe_async(self, call: Call) -> float:
+        """Run a :meth:`probe_call` on the pool, bypassing the breaker; await it.
+
+        Returns:
+            Seconds the connect took.
+
+        Raises:
+            TaskDispatchError: a subclass saying why the broker did not answer.
+        """
+        call.deadline = time.monotonic() + call.timeout
         future = self.pool.submit(lambda: self._publish(call))
-        outcome = self.pool.wait(future, timeout)
-        if outcome.done and future.exception() is None:
-            return call.finished_at - call.started_at
-        permit = _NoPermit()
-        return float(self._finish(call, permit, outcome))
+        self._finish(call, _NoPermit(), await self.pool.wait_async(future, call.timeout))
+        return call.finished_at - call.started_at
+
+    def run_probe_sync(self, call: Call) -> float:
+        """:meth:`run_probe_async`, blocking the calling thread."""
+        call.deadline = time.monotonic() + call.timeout
+        future = self.pool.submit(lambda: self._publish(call))
+        self._finish(call, _NoPermit(), self.pool.wait(future, call.timeout))
+        return call.finished_at - call.started_at
 
     # -- on a pool thread ----------------------------------------------------
 
@@ -422,6 +474,8 @@ class DispatchEngine:
         # is what the breaker's slow-call rule should see.
         call.started_at = time.monotonic()
         try:
+            if call.prepare is not None:
+                call.prepare()
             if self.bounded and call.accepts_producer:
                 return self._publisher().run(call.publish, call.deadline)
             return call.publish(None)

@@ -14,9 +14,10 @@ for objects whose ``repr`` does. This module imports only the standard library.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -98,6 +99,18 @@ class Redactor:
         except Exception:  # a hostile __repr__/__iter__; never fail the caller
             return f"<unrepresentable {type(value).__name__}>"
 
+    def sanitize_args(self, args: object, names: Sequence[str] = ()) -> Any:
+        """Sanitize positional arguments; those whose parameter name (``names``,
+        in order) looks secret are masked like mapping values. Never raises."""
+        if not isinstance(args, list | tuple):
+            return self.sanitize(args)
+        cleaned = self.sanitize(list(args))
+        if isinstance(cleaned, list):
+            for index, name in enumerate(names[: len(cleaned)]):
+                if self.is_secret_key(name):
+                    cleaned[index] = MASK
+        return cleaned
+
     def _text(self, text: str) -> str:
         text = scrub_credentials(text)
         if len(text) > self.max_value_length:
@@ -148,6 +161,7 @@ def log_dispatch_failure(
     error: BaseException,
     outcome: str,
     dispatch_method: str,
+    signature_of: object = None,
     level: int = logging.ERROR,
 ) -> None:
     """Emit the one record for a failed dispatch. Never raises.
@@ -158,9 +172,11 @@ def log_dispatch_failure(
             library raised; see ``error``).
         error: the exception raised to the caller; its ``__cause__`` chain and
             traceback are attached through ``exc_info``.
+        signature_of: a task whose ``run`` signature names the positional
+            arguments, so that a secret passed positionally is masked too.
     """
     try:
-        clean_args = redactor.sanitize(list(args) if isinstance(args, tuple) else args)
+        clean_args = redactor.sanitize_args(args, _parameter_names(signature_of))
         clean_kwargs = redactor.sanitize(kwargs)
         message = redactor._text(str(error))
         logger.log(
@@ -186,3 +202,16 @@ def log_dispatch_failure(
         )
     except Exception:  # logging must never turn a dispatch error into another one
         logger.exception("aceleryctl could not log a dispatch failure for %s", task_name)
+
+
+def _parameter_names(task: object) -> tuple[str, ...]:
+    """Positional parameter names of a Celery task's ``run``; empty when unknown."""
+    run = getattr(task, "run", None)
+    if run is None:
+        return ()
+    try:
+        parameters = inspect.signature(run).parameters.values()
+    except (TypeError, ValueError):
+        return ()
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return tuple(p.name for p in parameters if p.kind in kinds)

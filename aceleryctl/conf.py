@@ -122,7 +122,11 @@ def settings_problems(raw: object) -> list[str]:
             f"ACELERYCTL['CELERY_APP'] must be a dotted path such as 'proj.celery:app', got {app!r}"
         )
     keys = raw.get("REDACT_KEYS", ())
-    if isinstance(keys, str) or not all(isinstance(k, str) and k for k in keys):
+    if (
+        isinstance(keys, str)
+        or not isinstance(keys, list | tuple | set | frozenset)
+        or not all(isinstance(k, str) and k for k in keys)
+    ):
         problems.append("ACELERYCTL['REDACT_KEYS'] must be a list of non-empty strings")
     breaker = raw.get("BREAKER", {})
     if not isinstance(breaker, Mapping):
@@ -192,7 +196,35 @@ def resolve_celery_app(conf: ControllerSettings | None = None) -> Celery:
     if conf.celery_app:
         app: Celery = _import_app(conf.celery_app)
         return app
-    return current_celery_app()
+    return _project_app()
+
+
+def _project_app() -> Celery:
+    # Celery's current app is per thread: on a thread other than the one that
+    # created the project's app it is a bare fallback app named "default", whose
+    # broker is amqp://localhost. Never publish with that by accident.
+    from celery import _state
+
+    current = current_celery_app()
+    if not _is_fallback(current):
+        return current
+    active: list[Celery] = list(getattr(_state, "_get_active_apps")())  # noqa: B009
+    candidates = [a for a in active if not _is_fallback(a)]
+    if len(candidates) == 1:
+        return candidates[0]
+    from django.core.exceptions import ImproperlyConfigured
+
+    found = ", ".join(sorted(repr(a.main) for a in candidates)) or "none"
+    raise ImproperlyConfigured(
+        "aceleryctl cannot tell which Celery app to publish with (apps found: "
+        f"{found}); set ACELERYCTL['CELERY_APP'] to its dotted path, e.g. 'proj.celery:app'"
+    )
+
+
+def _is_fallback(app: Celery) -> bool:
+    from celery import _state
+
+    return app is getattr(_state, "default_app", None) and app.main == "default"
 
 
 def build_controller(conf: ControllerSettings) -> AsyncCeleryController:

@@ -246,7 +246,8 @@ class AsyncCeleryController(ControllerCore):
             TaskDispatchError: only when publishing right away (no transaction).
             TypeError: for a canvas or a callable (their ids are not known up front).
         """
-        return await self._on_commit(self._delay_call(task, args, kwargs), None)
+        call = self._delay_call(task, args, kwargs, method="delay_on_commit")
+        return await self._on_commit(call, None)
 
     async def apply_async_on_commit(
         self,
@@ -288,7 +289,7 @@ class AsyncCeleryController(ControllerCore):
         Returns:
             ``True`` if everything drained in time.
         """
-        limit = self._drain_timeout if timeout is None else check_timeout(timeout, name="timeout")
+        limit = self._close_limit(timeout)
         self._closed = True
         loop = asyncio.get_running_loop()
         done: asyncio.Future[bool] = loop.create_future()
@@ -300,12 +301,30 @@ class AsyncCeleryController(ControllerCore):
         threading.Thread(target=drain, name="aceleryctl-close", daemon=True).start()
         return await done
 
-    def _close_blocking(self, timeout: float | None) -> bool:
-        if timeout is not None and not timeout >= 0:
+    def _close_limit(self, timeout: float | None) -> float:
+        if timeout is None:
+            return self._drain_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
             raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
-        limit = self._drain_timeout if timeout is None else float(timeout)
+        return float(timeout)
+
+    def _close_blocking(self, timeout: float | None) -> bool:
+        limit = self._close_limit(timeout)
         self._closed = True
         return self._engine.close(limit)
+
+    async def probe(self, timeout: float | None = None) -> float:
+        """Check that the broker answers; return the connect time in seconds.
+
+        Connects on a publishing thread exactly as a publish would (on Redis, a
+        connect and a PING) and publishes nothing; the breaker is not consulted.
+        Awaits at most ``timeout`` seconds (default: the dispatch deadline).
+
+        Raises:
+            TaskDispatchError: a subclass saying why the broker did not answer.
+        """
+        call = self._probe_call(timeout)
+        return float(await self._engine.run_probe_async(call))
 
     async def __aenter__(self) -> AsyncCeleryController:
         return self

@@ -74,6 +74,16 @@ class SyncCeleryController:
         """A frozen snapshot: counters, the publish pool and the circuit breaker."""
         return self._core.statistics()
 
+    def health(self) -> dict[str, Any]:
+        """A JSON-ready summary; see ``AsyncCeleryController.health``."""
+        return self._core.health()
+
+    def probe(self, timeout: float | None = None) -> float:
+        """Check that the broker answers; see ``AsyncCeleryController.probe``. Blocks."""
+        _refuse_in_event_loop("probe")
+        core = self._core
+        return float(core._engine.run_probe_sync(core._probe_call(timeout)))
+
     def delay(self, task: Dispatchable, /, *args: Any, **kwargs: Any) -> Any:
         """Send ``task(*args, **kwargs)``; see ``AsyncCeleryController.delay``.
 
@@ -162,7 +172,8 @@ class SyncCeleryController:
         Looks for the transaction on the calling thread. Returns at once.
         """
         _refuse_in_event_loop("delay_on_commit")
-        return self._on_commit(self._core._delay_call(task, args, kwargs), None)
+        call = self._core._delay_call(task, args, kwargs, method="delay_on_commit")
+        return self._on_commit(call, None)
 
     def apply_async_on_commit(
         self,

@@ -27,5 +27,6 @@ DATABASES = {
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 ACELERYCTL: dict[str, object] = {
+    "CELERY_APP": "tests.django.celery_fixture:app",
     "DISPATCH_TIMEOUT": 5.0,
 }

@@ -67,9 +67,9 @@ def test_probe_reports_connect_time_and_refusal() -> None:
     ok = AsyncCeleryController(celery_fixture.app, max_workers=1)
     refused = AsyncCeleryController(celery_fixture.refused, max_workers=1, dispatch_timeout=0.5)
     try:
-        assert ok.probe() >= 0.0
+        assert ok.sync.probe() >= 0.0
         with pytest.raises(BrokerError, match="nothing was sent") as info:
-            refused.probe()
+            refused.sync.probe()
         assert info.value.message_may_exist is False
         assert refused.breaker.statistics().total_failures == 0  # probes never count
     finally:

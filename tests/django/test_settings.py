@@ -51,6 +51,7 @@ def test_each_problem_names_the_key(value: Any, fragment: str) -> None:
 
 def test_valid_setting_has_no_errors_and_is_loaded() -> None:
     value = {
+        "CELERY_APP": "tests.django.celery_fixture:app",
         "DISPATCH_TIMEOUT": 1.5,
         "MAX_WORKERS": 3,
         "MAX_PENDING": 50,
@@ -73,7 +74,8 @@ def test_default_instance_is_built_once_and_rebuilt_after_setting_change() -> No
     first = conf.default_controller()
     assert conf.default_controller() is first
     assert aceleryctl.controller.dispatch_timeout == first.dispatch_timeout
-    with override_settings(ACELERYCTL={"DISPATCH_TIMEOUT": 0.75}):
+    changed = {"CELERY_APP": "tests.django.celery_fixture:app", "DISPATCH_TIMEOUT": 0.75}
+    with override_settings(ACELERYCTL=changed):
         second = conf.default_controller()
         assert second is not first
         assert aceleryctl.controller.dispatch_timeout == 0.75
@@ -100,3 +102,28 @@ def test_close_default_controller_closes_and_forgets() -> None:
 def test_the_proxy_refuses_assignment() -> None:
     with pytest.raises(AttributeError, match=r"configured through settings\.ACELERYCTL"):
         aceleryctl.controller.dispatch_timeout = 3  # type: ignore[misc]
+
+
+def test_without_celery_app_an_ambiguous_process_is_refused_clearly() -> None:
+    from celery import Celery
+
+    others = [Celery(f"candidate-{i}", set_as_current=False) for i in range(2)]
+    with (
+        override_settings(ACELERYCTL={}),
+        pytest.raises(ImproperlyConfigured, match=r"set ACELERYCTL\['CELERY_APP'\]"),
+    ):
+        conf.resolve_celery_app()
+    assert others  # kept alive: Celery tracks apps weakly
+
+
+def test_without_celery_app_the_thread_current_app_is_used() -> None:
+    from celery import Celery, _state
+
+    previous = _state._tls.current_app
+    app = Celery("current-here", set_as_current=False)
+    app.set_current()
+    try:
+        with override_settings(ACELERYCTL={}):
+            assert conf.resolve_celery_app() is app
+    finally:
+        _state._set_current_app(previous)

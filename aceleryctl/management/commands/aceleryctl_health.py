@@ -32,9 +32,7 @@ class Command(BaseCommand):
         controller = build_controller(conf)
         report: dict[str, Any] = {"broker": _safe_url(controller.app.conf.broker_url)}
         try:
-            report["connect_seconds"] = round(
-                controller.sync.async_controller.probe(options["timeout"]), 4
-            )
+            report["connect_seconds"] = round(controller.sync.probe(options["timeout"]), 4)
             report["reachable"] = True
         except TaskDispatchError as exc:
             report["reachable"] = False

@@ -1,0 +1,164 @@
+"""Behaviour found by review: cancellation settles the breaker, parent links survive the
+thread hop, positional secrets are masked, lost on-commit dispatches are logged, and a
+canvas names its id even when the deadline passes before it is published."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery, group
+
+from aceleryctl import AsyncCeleryController, BreakerState, CircuitBreaker
+from aceleryctl._calls import Call
+from aceleryctl._logging import MASK
+from aceleryctl.exceptions import DispatchTimeout
+from aceleryctl.testing import ManualClock
+
+WAIT = 10.0
+
+
+@pytest.fixture
+def app() -> Celery:
+    app = Celery("fixes", broker="memory://", backend="cache+memory://", set_as_current=False)
+
+    @app.task(name="fixes.login", shared=False)
+    def login(user: str, password: str) -> str:
+        return user
+
+    return app
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def ctl(app: Celery, clock: ManualClock) -> Iterator[AsyncCeleryController]:
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=1.0, clock=clock)
+    controller = AsyncCeleryController(app, max_workers=1, breaker=breaker)
+    yield controller
+    controller.sync.close(WAIT)
+
+
+def blocking_call(release: threading.Event, started: threading.Event) -> Call:
+    def publish(producer: Any) -> str:
+        started.set()
+        release.wait(WAIT)
+        return "done"
+
+    return Call("delay", "fixes.block", "id-x", (), {}, WAIT, publish)
+
+
+async def test_cancelled_half_open_probe_still_settles_the_breaker(
+    ctl: AsyncCeleryController, clock: ManualClock
+) -> None:
+    ctl.breaker.force_open()
+    ctl.breaker.reset()
+    # Open the breaker for real, then let the reset timeout pass: the next call is a probe.
+    permit = ctl.breaker.acquire()
+    permit.record_failure(0.1)
+    assert ctl.breaker.state is BreakerState.OPEN
+    clock.advance(1.5)
+    started, release = threading.Event(), threading.Event()
+    probe = asyncio.ensure_future(ctl._engine.run_async(blocking_call(release, started)))
+    assert await asyncio.to_thread(started.wait, WAIT)
+    assert ctl.breaker.state is BreakerState.HALF_OPEN
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    release.set()
+    ctl._engine.pool.submit(lambda: None).result(WAIT)  # the probe's callback ran before
+    assert ctl.breaker.state is BreakerState.CLOSED
+
+
+async def test_cancelled_queued_call_releases_its_permit(ctl: AsyncCeleryController) -> None:
+    started, release = threading.Event(), threading.Event()
+    blocker = asyncio.ensure_future(ctl._engine.run_async(blocking_call(release, started)))
+    assert await asyncio.to_thread(started.wait, WAIT)
+    queued = asyncio.ensure_future(ctl._engine.run_async(blocking_call(release, threading.Event())))
+    await asyncio.sleep(0)  # one loop turn: the second call is now queued
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    release.set()
+    await blocker
+    stats = ctl.breaker.statistics()
+    assert (stats.total_successes, stats.total_failures) == (1, 0)
+
+
+def test_parent_links_are_taken_on_the_callers_thread(app: Celery) -> None:
+    seen: dict[str, Any] = {}
+
+    @app.task(name="fixes.parent", bind=True, shared=False)
+    def parent(self: Any) -> None:
+        controller = AsyncCeleryController(app, max_workers=1)
+        try:
+            child = controller.sync.delay(app.tasks["fixes.login"], "ann", "pw")
+            seen["child"] = child.id
+            seen["trail"] = [r.id for r in self.request.children]
+        finally:
+            controller.sync.close(WAIT)
+
+    parent.apply(task_id="parent-id")
+    with app.connection_for_read() as conn:
+        simple = conn.SimpleQueue("celery")
+        message = simple.get(block=True, timeout=WAIT)
+        message.ack()
+        simple.close()
+    assert message.headers["parent_id"] == "parent-id"
+    assert message.headers["root_id"] == "parent-id"
+    assert seen["trail"] == [seen["child"]]
+
+
+async def test_positional_secret_is_masked_in_the_failure_log(
+    app: Celery, ctl: AsyncCeleryController, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(Exception, match="serialized"):
+        await ctl.delay(app.tasks["fixes.login"], object(), "hunter2-positional")
+    [record] = [r for r in caplog.records if r.name == "aceleryctl.controller"]
+    assert record.task_args[1] == MASK  # type: ignore[attr-defined]
+    assert "hunter2-positional" not in record.getMessage()
+
+
+def test_on_commit_dispatch_refused_by_open_breaker_is_logged(
+    app: Celery, ctl: AsyncCeleryController, caplog: pytest.LogCaptureFixture
+) -> None:
+    ctl.breaker.force_open()
+    call = Call("delay_on_commit", "fixes.login", "lost-id", (), {}, WAIT, lambda p: None)
+    ctl._engine.submit_detached(call)
+    [record] = [r for r in caplog.records if r.name == "aceleryctl.controller"]
+    assert record.levelno == logging.ERROR
+    assert (record.task_id, record.outcome) == ("lost-id", "not_sent")  # type: ignore[attr-defined]
+    assert record.error_type == "CircuitOpenError"  # type: ignore[attr-defined]
+
+
+async def test_canvas_timeout_during_publish_still_names_the_group_id(
+    app: Celery, ctl: AsyncCeleryController
+) -> None:
+    started, release = threading.Event(), threading.Event()
+    blocked: list[str] = []
+
+    def slow_connect(self: Any, deadline: float) -> Any:
+        started.set()
+        blocked.append("connect")
+        release.wait(WAIT)
+        raise ConnectionRefusedError(111, "refused")
+
+    from aceleryctl import _transport
+
+    original = _transport.ThreadPublisher.producer
+    _transport.ThreadPublisher.producer = slow_connect  # type: ignore[method-assign]
+    try:
+        with pytest.raises(DispatchTimeout) as info:
+            await ctl.apply_async(group(app.tasks["fixes.login"].s("a", "b")), dispatch_timeout=0.2)
+    finally:
+        release.set()
+        _transport.ThreadPublisher.producer = original  # type: ignore[method-assign]
+    assert blocked == ["connect"]
+    assert info.value.task_id is not None
