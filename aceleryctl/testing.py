@@ -37,6 +37,7 @@ from aceleryctl._calls import current_celery_app as _current_celery_app
 from aceleryctl._clock import ManualClock
 from aceleryctl._oncommit import check_deferrable
 from aceleryctl.exceptions import TaskDispatchError
+from aceleryctl.sync import _refuse_in_event_loop
 
 __all__ = ["ManualClock", "RecordedDispatch", "RecordingController", "recording"]
 
@@ -90,7 +91,13 @@ class RecordingController:
     # The recording core, shared by both facades (all synchronous: nothing blocks).
 
     def _record(
-        self, call: Call, given: dict[str, Any], sent: dict[str, Any], task: Any, on_commit: bool
+        self,
+        call: Call,
+        given: dict[str, Any],
+        sent: dict[str, Any],
+        task: Any,
+        on_commit: bool,
+        using: str | None = None,
     ) -> Any:
         if on_commit:
             check_deferrable(call)
@@ -103,26 +110,35 @@ class RecordingController:
             {k: v for k, v in given.items() if k not in CONTROLLER_OPTIONS},
             on_commit,
         )
-        if on_commit and call.task_id and self._defer(lambda: self.outbox.append(entry)):
+
+        def deliver() -> Any:
+            self.outbox.append(entry)
+            if self.eager and hasattr(task, "apply"):
+                return task.apply(call.args, call.kwargs, **sent)
+            if self.eager and not call.accepts_producer:
+                return task()  # a zero-argument dispatcher: run it as given
+            return None if call.task_id is None else self.app.AsyncResult(call.task_id)
+
+        if on_commit and call.task_id and self._defer(deliver, using):
             return self.app.AsyncResult(call.task_id)
-        self.outbox.append(entry)
-        if self.eager and hasattr(task, "apply"):
-            result: EagerResult[Any] = task.apply(call.args, call.kwargs, **sent)
-            return result
-        if call.task_id is None:
-            return None
-        return self.app.AsyncResult(call.task_id)
+        return deliver()
 
     @staticmethod
-    def _defer(action: Callable[[], None]) -> bool:
-        try:
-            from django.db import transaction
-        except ImportError:  # pragma: no cover - Django is a dependency
+    def _defer(action: Callable[[], object], using: str | None) -> bool:
+        from django.db import transaction
+
+        if not transaction.get_connection(using).in_atomic_block:
             return False
-        if not transaction.get_connection().in_atomic_block:
-            return False
-        transaction.on_commit(action)
+        transaction.on_commit(action, using=using)
         return True
+
+    def statistics(self) -> dict[str, int]:
+        """Counts of what was recorded (the real controller returns its statistics)."""
+        return {"dispatched": len(self.outbox), "failed": 0}
+
+    def health(self) -> dict[str, Any]:
+        """Always healthy: nothing is published."""
+        return {"ok": True, "recording": True, "dispatched": len(self.outbox)}
 
     def _apply(
         self,
@@ -133,10 +149,11 @@ class RecordingController:
         options: dict[str, Any],
         on_commit: bool,
     ) -> Any:
+        using = options.get("using")
         given = {k: v for k, v in options.items() if k != "using"}
         sent = dict(given)
         call = build_apply_async(self.app, method, task, args, kwargs, sent, 1.0)
-        return self._record(call, given, sent, task, on_commit)
+        return self._record(call, given, sent, task, on_commit, using)
 
     def _send(self, name: str, args: Any, kwargs: Any, options: dict[str, Any]) -> AsyncResult[Any]:
         sent = dict(options)
@@ -202,7 +219,11 @@ class RecordingController:
 
 
 class _RecordingSync:
-    """The blocking facade of a :class:`RecordingController` (same outbox)."""
+    """The blocking facade of a :class:`RecordingController` (same outbox).
+
+    Like the real sync facade, it raises :class:`~aceleryctl.exceptions.AsyncContextError`
+    on a thread that runs an event loop, so a test catches that mistake too.
+    """
 
     def __init__(self, owner: RecordingController) -> None:
         self._owner = owner
@@ -211,31 +232,43 @@ class _RecordingSync:
     def outbox(self) -> list[RecordedDispatch]:
         return self._owner.outbox
 
+    def statistics(self) -> dict[str, int]:
+        return self._owner.statistics()
+
+    def health(self) -> dict[str, Any]:
+        return self._owner.health()
+
     def delay(self, task: Any, /, *args: Any, **kwargs: Any) -> Any:
+        _refuse_in_event_loop("delay")
         return self._owner._apply("delay", task, args, kwargs, {}, False)
 
     def apply_async(
         self, task: Any, /, args: Iterable[Any] | None = None, kwargs: Any = None, **options: Any
     ) -> Any:
+        _refuse_in_event_loop("apply_async")
         return self._owner._apply("apply_async", task, args, kwargs, options, False)
 
     def send_task(
         self, name: str, /, args: Iterable[Any] | None = None, kwargs: Any = None, **options: Any
     ) -> AsyncResult[Any]:
+        _refuse_in_event_loop("send_task")
         return self._owner._send(name, args, kwargs, options)
 
     def apply(
         self, task: Any, /, args: Iterable[Any] | None = None, kwargs: Any = None, **options: Any
     ) -> EagerResult[Any]:
+        _refuse_in_event_loop("apply")
         result: EagerResult[Any] = task.apply(args, kwargs, **options)
         return result
 
     def safe_execute(
         self, task: Any, /, *args: Any, suppress_exceptions: bool = False, **kwargs: Any
     ) -> tuple[Literal[True], Any] | tuple[Literal[False], TaskDispatchError]:
+        _refuse_in_event_loop("safe_execute")
         return True, self.delay(task, *args, **kwargs)
 
     def delay_on_commit(self, task: Any, /, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
+        _refuse_in_event_loop("delay_on_commit")
         result: AsyncResult[Any] = self._owner._apply(
             "delay_on_commit", task, args, kwargs, {}, True
         )
@@ -244,12 +277,14 @@ class _RecordingSync:
     def apply_async_on_commit(
         self, task: Any, /, args: Iterable[Any] | None = None, kwargs: Any = None, **options: Any
     ) -> AsyncResult[Any]:
+        _refuse_in_event_loop("apply_async_on_commit")
         result: AsyncResult[Any] = self._owner._apply(
             "apply_async_on_commit", task, args, kwargs, options, True
         )
         return result
 
     def close(self, timeout: float | None = None) -> bool:
+        _refuse_in_event_loop("close")
         self._owner.closed = True
         return True
 

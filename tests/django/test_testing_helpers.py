@@ -96,3 +96,37 @@ def test_manual_clock() -> None:
     assert clock() == 12.5
     with pytest.raises(ValueError, match=r"negative|backwards|>= 0"):
         clock.advance(-1)
+
+
+async def test_recording_sync_facade_refuses_on_an_event_loop(app: Celery) -> None:
+    from aceleryctl.exceptions import AsyncContextError
+
+    rec = RecordingController(app)
+    with pytest.raises(AsyncContextError, match="await aceleryctl.controller.delay"):
+        rec.sync.delay(app.tasks["rec.mul"], 1, 2)
+    assert rec.outbox == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_eager_on_commit_runs_the_task_at_commit(app: Celery) -> None:
+    ran: list[int] = []
+
+    @app.task(name="rec.note", shared=False)
+    def note(x: int) -> int:
+        ran.append(x)
+        return x
+
+    rec = RecordingController(app, eager=True)
+    with transaction.atomic():
+        rec.sync.apply_async_on_commit(note, (7,), using="default")
+        assert ran == []
+    assert ran == [7]
+    assert rec.health()["dispatched"] == 1
+
+
+def test_eager_mode_calls_a_zero_argument_dispatcher(app: Celery) -> None:
+    calls: list[str] = []
+    rec = RecordingController(app, eager=True)
+    assert rec.sync.delay(lambda: calls.append("sent") or "result") == "result"
+    assert calls == ["sent"]
+    assert rec.outbox[0].task_id is None
