@@ -24,13 +24,16 @@ def _describe(message: str | Callable[[], str]) -> str:
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     *,
     timeout: float,
     interval: float = 0.02,
     message: str | Callable[[], str] = "condition not met",
 ) -> T:
     """Call ``predicate`` until it returns a truthy value, and return that value.
+
+    ``predicate`` returns a falsy value (``None``, ``False``, empty) while the
+    condition does not hold.
 
     Runs on the calling thread and blocks it. ``timeout`` and ``interval`` are
     seconds. The predicate is always called at least once, and once more after the
@@ -55,7 +58,7 @@ def wait_until(
 
 
 async def wait_until_async(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     *,
     timeout: float,
     interval: float = 0.02,

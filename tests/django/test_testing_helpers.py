@@ -102,7 +102,7 @@ async def test_recording_sync_facade_refuses_on_an_event_loop(app: Celery) -> No
     from aceleryctl.exceptions import AsyncContextError
 
     rec = RecordingController(app)
-    with pytest.raises(AsyncContextError, match="await aceleryctl.controller.delay"):
+    with pytest.raises(AsyncContextError, match=r"await aceleryctl\.controller\.delay"):
         rec.sync.delay(app.tasks["rec.mul"], 1, 2)
     assert rec.outbox == []
 
