@@ -48,6 +48,8 @@ class Call:
             result joins its trail as Celery's own ``apply_async`` would do.
         signature_of: the task object whose signature names positional arguments
             in the failure log (so secrets passed positionally are masked too).
+        counted: ``False`` for broker probes, which are neither dispatches nor
+            failures in the statistics and are not logged.
         started_at, finished_at: ``time.monotonic()`` stamps set by the pool thread.
     """
 
@@ -63,6 +65,7 @@ class Call:
     prepare: Callable[[], None] | None = field(default=None, repr=False)
     parent_task: Any = field(default=None, repr=False)
     signature_of: Any = field(default=None, repr=False)
+    counted: bool = True
     started_at: float = 0.0
     finished_at: float = 0.0
 

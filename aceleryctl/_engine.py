@@ -261,14 +261,16 @@ class DispatchEngine:
             exc = future.exception()
             if exc is None:
                 permit.record_success(call.finished_at - call.started_at)
-                with self._counters.lock:
-                    self._counters.dispatched += 1
+                if call.counted:
+                    with self._counters.lock:
+                        self._counters.dispatched += 1
                 result = rebind(future.result(), self.app)
                 if call.parent_task is not None:
                     call.parent_task.add_trail(result)
                 return result
             error, outcome_name = self._classify(call, permit, exc)
-            raise self._fail(call, error, exc, outcome_name) from exc
+            failure = self._fail(call, error, exc, outcome_name)
+            raise failure from failure.__cause__
         if outcome.never_started:
             permit.release()
             closed = self.pool.statistics().closed
@@ -290,9 +292,10 @@ class DispatchEngine:
             )
         # Still running: the broker may or may not have the message.
         permit.record_failure(call.timeout)
-        future.add_done_callback(self._late_completion)
-        with self._counters.lock:
-            self._counters.timed_out += 1
+        if call.counted:
+            future.add_done_callback(self._late_completion)
+            with self._counters.lock:
+                self._counters.timed_out += 1
         id_note = f" under task id {call.task_id}" if call.task_id else ""
         raise self._fail(
             call,
@@ -365,11 +368,12 @@ class DispatchEngine:
             cause = cause.__cause__  # the broker's own error, not our internal marker
         if error is not cause:
             error.__cause__ = cause
-        with self._counters.lock:
-            self._counters.failed += 1
-            if isinstance(error, DispatchOverloaded):
-                self._counters.overloaded += 1
-        self._log(call, error, outcome)
+        if call.counted:  # probes are neither dispatches nor failures
+            with self._counters.lock:
+                self._counters.failed += 1
+                if isinstance(error, DispatchOverloaded):
+                    self._counters.overloaded += 1
+            self._log(call, error, outcome)
         return error
 
     def _log(self, call: Call, error: TaskDispatchError, outcome: str) -> None:
@@ -443,8 +447,12 @@ class DispatchEngine:
             if producer is None:
                 with self.app.connection_for_write() as connection:
                     connection.ensure_connection(max_retries=1)
+                return
+            client = getattr(producer.channel, "client", None)
+            if client is not None:
+                client.ping()  # a round trip even on an established connection
 
-        return Call("probe", "broker probe", None, (), {}, timeout, connect)
+        return Call("probe", "broker probe", None, (), {}, timeout, connect, counted=False)
 
     async def run_probe_async(self, call: Call) -> float:
         """Run a :meth:`probe_call` on the pool, bypassing the breaker; await it.

@@ -63,7 +63,7 @@ def test_health_is_json_ready_and_follows_the_breaker() -> None:
         ctl.sync.close()
 
 
-def test_probe_reports_connect_time_and_refusal() -> None:
+def test_probe_reports_connect_time_and_refusal(caplog: pytest.LogCaptureFixture) -> None:
     ok = AsyncCeleryController(celery_fixture.app, max_workers=1)
     refused = AsyncCeleryController(celery_fixture.refused, max_workers=1, dispatch_timeout=0.5)
     try:
@@ -71,6 +71,13 @@ def test_probe_reports_connect_time_and_refusal() -> None:
         with pytest.raises(BrokerError, match="nothing was sent") as info:
             refused.sync.probe()
         assert info.value.message_may_exist is False
+        # The cause is the broker's own error, never aceleryctl's internal marker.
+        assert type(info.value.__cause__).__module__.startswith(("kombu", "redis"))
+        # Probes are neither dispatches nor failures, and are not logged.
+        for ctl in (ok, refused):
+            stats = ctl.statistics()
+            assert (stats.dispatched, stats.failed) == (0, 0)
+        assert not [r for r in caplog.records if r.name == "aceleryctl.controller"]
         assert refused.breaker.statistics().total_failures == 0  # probes never count
     finally:
         ok.sync.close()
