@@ -1,0 +1,259 @@
+"""Dispatch throughput, CPU and event-loop lag: aceleryctl against the ways people offload.
+
+    python -m bench.dispatch                # 20,000 dispatches a mode, 3 interleaved rounds
+    python -m bench.dispatch --n 2000 --rounds 1
+    python -m bench.dispatch --smoke        # tiny: CI checks that it runs, nothing more
+
+Modes, all against one private Redis on 127.0.0.1, publishing ``add(i, i)`` to a
+queue nobody consumes (the landed count is then checked exactly):
+
+* ``bare delay()``: a plain loop on one thread, no event loop (the reference);
+* ``sync_to_async(thread_sensitive=True)``: each caller in its own
+  ``ThreadSensitiveContext``, as Django's ASGI handler runs a request;
+* ``sync_to_async(thread_sensitive=False)``, ``anyio.to_thread``,
+  ``run_in_executor`` (the loop's default executor);
+* ``await controller.delay``: aceleryctl.
+
+The async modes run ``--callers`` coroutines (default 100) sharing the work, with
+a 1 ms ticker measuring how late the event loop wakes up. Rounds interleave the
+modes so that drift on a shared machine hits all of them alike; each figure is the
+median over rounds. The table is printed and, unless ``--smoke``, written to
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import celery
+import django
+import kombu
+import redis
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from celery import Celery
+
+from aceleryctl import AsyncCeleryController
+from bench._support import LagTicker, Measurement, cpu_seconds, redis_server
+
+QUEUE = "bench"
+
+
+def make_app(url: str) -> Celery:
+    app = Celery("bench", broker=f"{url}/0", set_as_current=False)
+    app.conf.update(
+        task_default_queue=QUEUE,
+        broker_transport_options={"socket_timeout": 5, "socket_connect_timeout": 5},
+    )
+
+    @app.task(name="bench.add", shared=False)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    return app
+
+
+def run_bare(app: Celery, n: int, callers: int) -> Measurement:
+    add = app.tasks["bench.add"]
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    for i in range(n):
+        add.delay(i, i)
+    return Measurement("bare delay()", n, time.perf_counter() - t0, cpu_seconds() - cpu0, 0)
+
+
+Dispatch = Callable[[int], Awaitable[Any]]
+
+
+async def _drive(
+    mode: str, n: int, callers: int, dispatch: Dispatch, per_caller: Any = None
+) -> Measurement:
+    ticker = LagTicker()
+    share = [n // callers + (1 if c < n % callers else 0) for c in range(callers)]
+
+    async def caller(count: int, base: int) -> None:
+        async def body() -> None:
+            for i in range(count):
+                await dispatch(base + i)
+
+        if per_caller is None:
+            await body()
+        else:
+            async with per_caller():
+                await body()
+
+    bases = [sum(share[:c]) for c in range(callers)]
+    ticker.start()
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    await asyncio.gather(*(caller(share[c], bases[c]) for c in range(callers)))
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    p99, worst = await ticker.stop()
+    return Measurement(mode, n, wall, cpu, 0, p99, worst)
+
+
+def run_async_mode(mode: str, app: Celery, n: int, callers: int) -> Measurement:
+    add = app.tasks["bench.add"]
+
+    async def main() -> Measurement:
+        if mode == "sync_to_async(thread_sensitive=True)":
+            call = sync_to_async(add.delay, thread_sensitive=True)
+            return await _drive(mode, n, callers, lambda i: call(i, i), ThreadSensitiveContext)
+        if mode == "sync_to_async(thread_sensitive=False)":
+            call = sync_to_async(add.delay, thread_sensitive=False)
+            return await _drive(mode, n, callers, lambda i: call(i, i))
+        if mode == "anyio.to_thread":
+            return await _drive(
+                mode, n, callers, lambda i: anyio.to_thread.run_sync(add.delay, i, i)
+            )
+        if mode == "run_in_executor":
+            loop = asyncio.get_running_loop()
+            return await _drive(
+                mode, n, callers, lambda i: loop.run_in_executor(None, add.delay, i, i)
+            )
+        if mode == "await controller.delay":
+            ctl = AsyncCeleryController(app, dispatch_timeout=10.0, max_pending=n + callers)
+            try:
+                return await _drive(mode, n, callers, lambda i: ctl.delay(add, i, i))
+            finally:
+                await ctl.aclose()
+        raise ValueError(mode)
+
+    return asyncio.run(main())
+
+
+MODES = [
+    "bare delay()",
+    "sync_to_async(thread_sensitive=True)",
+    "sync_to_async(thread_sensitive=False)",
+    "anyio.to_thread",
+    "run_in_executor",
+    "await controller.delay",
+]
+
+
+def run_mode(mode: str, app: Celery, client: redis.Redis, n: int, callers: int) -> Measurement:
+    client.delete(QUEUE)
+    if mode == "bare delay()":
+        m = run_bare(app, n, callers)
+    else:
+        m = run_async_mode(mode, app, n, callers)
+    landed = int(client.llen(QUEUE))
+    client.delete(QUEUE)
+    return Measurement(m.mode, m.n, m.wall, m.cpu, landed, m.lag_p99, m.lag_max)
+
+
+def median_of(runs: list[Measurement]) -> dict[str, float | None]:
+    def med(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return statistics.median(present) if present else None
+
+    return {
+        "rate": med([r.rate for r in runs]),
+        "cpu_us": med([r.cpu_us for r in runs]),
+        "lag_p99": med([r.lag_p99 for r in runs]),
+        "lag_max": med([r.lag_max for r in runs]),
+        "landed_ok": float(all(r.landed == r.n for r in runs)),
+    }
+
+
+def table(results: dict[str, list[Measurement]], n: int) -> str:
+    bare = median_of(results["bare delay()"])
+    lines = [
+        "| mode | dispatches/s | CPU µs/dispatch | x bare throughput | CPU x bare | "
+        "loop lag p99 ms | loop lag max ms | landed |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for mode in MODES:
+        m = median_of(results[mode])
+        rate, cpu = m["rate"] or 0.0, m["cpu_us"] or 0.0
+        lag = "-" if m["lag_p99"] is None else f"{1000 * m['lag_p99']:.1f}"
+        worst = "-" if m["lag_max"] is None else f"{1000 * m['lag_max']:.1f}"
+        landed = f"{n}/{n} exact" if m["landed_ok"] else "MISMATCH"
+        lines.append(
+            f"| {mode} | {rate:,.0f} | {cpu:.0f} | {rate / (bare['rate'] or 1):.2f} | "
+            f"{cpu / (bare['cpu_us'] or 1):.2f} | {lag} | {worst} | {landed} |"
+        )
+    return "\n".join(lines)
+
+
+def environment() -> str:
+    return (
+        f"Python {platform.python_version()}, Django {django.get_version()}, "
+        f"Celery {celery.__version__}, kombu {kombu.__version__}, redis-py {redis.__version__}; "
+        f"{platform.machine()}, {__import__('os').cpu_count()} cores"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=20_000, help="dispatches per mode per round")
+    parser.add_argument("--callers", type=int, default=100, help="concurrent coroutines")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--smoke", action="store_true", help="tiny run, docs untouched")
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.n, args.rounds, args.callers = 200, 1, 20
+    results: dict[str, list[Measurement]] = {mode: [] for mode in MODES}
+    with redis_server() as (url, _process):
+        app = make_app(url)
+        client = redis.Redis.from_url(f"{url}/0")
+        for round_index in range(args.rounds):
+            order = MODES[round_index % len(MODES) :] + MODES[: round_index % len(MODES)]
+            for mode in order:
+                m = run_mode(mode, app, client, args.n, args.callers)
+                results[mode].append(m)
+                print(
+                    f"round {round_index + 1} {mode:40s} {m.rate:9,.0f}/s {m.cpu_us:6.0f} µs"
+                    f" landed {m.landed}/{m.n}",
+                    flush=True,
+                )
+        client.close()
+    text = table(results, args.n)
+    print()
+    print(text)
+    mismatched = [mode for mode in MODES if not all(r.landed == r.n for r in results[mode])]
+    if not args.smoke:
+        write_report(args.output, text, args)
+    if mismatched:
+        print(f"landed-count mismatch in: {mismatched}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_report(path: Path, text: str, args: argparse.Namespace) -> None:
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    body = (
+        f"\n## Dispatch throughput ({stamp})\n\n"
+        f"`python -m bench.dispatch --n {args.n} --callers {args.callers} --rounds {args.rounds}`"
+        f" — {environment()}. Medians over {args.rounds} interleaved rounds of {args.n:,} "
+        f"dispatches per mode; async modes use {args.callers} concurrent coroutines.\n\n"
+        f"{text}\n"
+    )
+    replace_section(path, "## Dispatch throughput", body)
+
+
+def replace_section(path: Path, heading: str, body: str) -> None:
+    """Replace the section starting with ``heading`` (up to the next ``## ``) in ``path``."""
+    existing = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = existing.find(heading)
+    if start == -1:
+        path.write_text(existing.rstrip() + "\n" + body)
+        return
+    end = existing.find("\n## ", start + len(heading))
+    tail = existing[end:] if end != -1 else "\n"
+    path.write_text(existing[:start].rstrip() + "\n" + body + tail)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
