@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import kombu.exceptions
 from celery import Celery
+from celery.backends.redis import RedisBackend
 
 from aceleryctl._calls import Call
 from aceleryctl._logging import Redactor, log_dispatch_failure
@@ -147,7 +148,8 @@ class DispatchEngine:
             max_workers=max_workers,
             max_pending=max_pending,
             name="aceleryctl",
-            initializer=app.set_current,
+            initializer=lambda: _prepare_publishing_thread(app),
+            finalizer=lambda: self._release_publishing_thread(),
         )
         self._counters = _Counters()
 
@@ -490,12 +492,61 @@ class DispatchEngine:
         finally:
             call.finished_at = time.monotonic()
 
+    def _release_publishing_thread(self) -> None:
+        # Runs on a publishing thread as it exits: close what it opened, rather than
+        # leaving sockets for the garbage collector.
+        publisher: ThreadPublisher | None = getattr(self._local, "publisher", None)
+        if publisher is not None:
+            publisher.discard()
+        _release_thread_backend(self.app)
+
     def _publisher(self) -> ThreadPublisher:
         publisher: ThreadPublisher | None = getattr(self._local, "publisher", None)
         if publisher is None:
             publisher = ThreadPublisher(self.app, self.transport, self._connections)
             self._local.publisher = publisher
         return publisher
+
+
+def _prepare_publishing_thread(app: Celery) -> None:
+    """Runs once on each new publishing thread, before its first publish.
+
+    Makes the controller's app current here (a ``@shared_task`` resolves against
+    the thread's current app). And for a Redis result backend, stops Celery from
+    subscribing this thread to every task it publishes: Celery keeps a result
+    backend per thread, and ``on_task_call`` subscribes that backend's pub/sub
+    connection to each task id (a SUBSCRIBE and later an UNSUBSCRIBE per dispatch,
+    on a connection nothing closes). The result built here is thrown away and
+    rebuilt in the caller's thread, whose backend subscribes when someone waits
+    on it and then reads the stored state, so nothing is lost.
+    """
+    app.set_current()
+    backend = app.backend  # this thread's own instance
+    if isinstance(backend, RedisBackend):
+        backend.on_task_call = _no_subscription  # type: ignore[method-assign]
+
+
+def _release_thread_backend(app: Celery) -> None:
+    """Close the calling thread's result backend connections, if it made any.
+
+    Celery keeps a result backend per thread (``app._local.backend``) and nothing
+    closes it when the thread ends. Only a Redis backend is handled here (its
+    client pool and pub/sub consumer); others are left to their own cleanup.
+    """
+    backend = getattr(getattr(app, "_local", None), "backend", None)
+    if not isinstance(backend, RedisBackend):
+        return
+    consumer = getattr(backend, "result_consumer", None)
+    if consumer is not None and getattr(consumer, "_pubsub", None) is not None:
+        consumer.subscribed_to.clear()
+        consumer.stop()
+    client = backend.__dict__.get("client")  # a cached property: only if ever used
+    if client is not None:
+        client.connection_pool.disconnect()
+
+
+def _no_subscription(producer: Any, task_id: str) -> None:
+    """Stands in for ``RedisBackend.on_task_call`` on publishing threads."""
 
 
 class _NoPermit:

@@ -136,6 +136,9 @@ class PublishPool:
         initializer: called once on each new thread before its first job (the
             controller makes its Celery app current there). If it raises, the
             error is logged and the thread goes on.
+        finalizer: called on each thread as it exits after :meth:`shutdown` (the
+            controller releases the thread's own broker and backend connections).
+            If it raises, the error is logged.
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class PublishPool:
         max_pending: int,
         name: str = "aceleryctl",
         initializer: Callable[[], object] | None = None,
+        finalizer: Callable[[], object] | None = None,
     ) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers!r}")
@@ -154,6 +158,7 @@ class PublishPool:
         self._max_pending = max_pending
         self._name = name
         self._initializer = initializer
+        self._finalizer = finalizer
         self._cond = threading.Condition(threading.Lock())
         self._queue: collections.deque[_Job[object]] = collections.deque()
         self._threads: list[threading.Thread] = []
@@ -340,11 +345,22 @@ class PublishPool:
                 # abandoned while queued: already discounted by abandon()
 
     def _work(self) -> None:
-        if self._initializer is not None:
-            try:
-                self._initializer()
-            except Exception:
-                logging.getLogger("aceleryctl.pool").exception("pool thread initializer failed")
+        self._call_hook(self._initializer, "initializer")
+        try:
+            self._serve()
+        finally:
+            self._call_hook(self._finalizer, "finalizer")
+
+    @staticmethod
+    def _call_hook(hook: Callable[[], object] | None, name: str) -> None:
+        if hook is None:
+            return
+        try:
+            hook()
+        except Exception:
+            logging.getLogger("aceleryctl.pool").exception("pool thread %s failed", name)
+
+    def _serve(self) -> None:
         while (job := self._next_job()) is not None:
             try:
                 result = job.context.run(job.fn)
