@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,7 +29,15 @@ from celery.backends.redis import RedisBackend
 
 from aceleryctl._calls import Call
 from aceleryctl._logging import Redactor, log_dispatch_failure
-from aceleryctl._pool import PoolClosed, PoolSaturated, PoolStatistics, PublishPool, WaitOutcome
+from aceleryctl._pool import (
+    BatchJob,
+    PoolClosed,
+    PoolSaturated,
+    PoolStatistics,
+    PublishPool,
+    WaitOutcome,
+    run_each,
+)
 from aceleryctl._results import rebind
 from aceleryctl._transport import (
     BROKER_ERRORS,
@@ -125,6 +134,8 @@ class DispatchEngine:
         breaker: shared by every caller of this engine.
         redactor: sanitizes arguments for the failure log.
         transport: socket and connect bounds of the publishing connections (Redis).
+        max_batch: publishes a thread takes at once and sends in one pipelined
+            round trip (bounded Redis path only).
     """
 
     def __init__(
@@ -136,6 +147,7 @@ class DispatchEngine:
         breaker: CircuitBreaker,
         redactor: Redactor,
         transport: TransportPolicy,
+        max_batch: int = 16,
     ) -> None:
         self.app = app
         self.transport = transport
@@ -150,6 +162,9 @@ class DispatchEngine:
             name="aceleryctl",
             initializer=lambda: _prepare_publishing_thread(app),
             finalizer=lambda: self._release_publishing_thread(),
+            max_batch=max_batch if self.bounded else 1,
+            batch_runner=self._run_batch,
+            batch_ready=self._connected,
         )
         self._counters = _Counters()
 
@@ -229,7 +244,7 @@ class DispatchEngine:
             raise
         try:
             call.deadline = time.monotonic() + call.timeout
-            future = self.pool.submit(lambda: self._publish(call))
+            future = self.pool.submit(_PublishJob(self, call))
         except PoolSaturated as exc:
             permit.release()
             raise self._fail(
@@ -492,6 +507,55 @@ class DispatchEngine:
         finally:
             call.finished_at = time.monotonic()
 
+    def _run_batch(self, jobs: Sequence[BatchJob]) -> None:
+        """Publish several calls on this thread's connection in one round trip.
+
+        Runs on a pool thread. Celery builds every message as usual; kombu's
+        publish batch buffers the Redis commands and sends them in one pipeline
+        (never retried). If the pipeline fails, every message it held shares the
+        error: each of them may or may not have reached the broker.
+        """
+        calls = [getattr(job.fn, "call", None) for job in jobs]
+        if len(jobs) == 1 or not all(c is not None and c.accepts_producer for c in calls):
+            run_each(jobs)
+            return
+        batch_calls: list[Call] = [c for c in calls if c is not None]
+        publisher = self._publisher()
+        try:
+            producer = publisher.producer(min(c.deadline for c in batch_calls))
+        except Exception:
+            run_each(jobs)  # each job connects, retries and fails on its own
+            return
+        outcomes: list[tuple[bool, Any]] = []
+        started = time.monotonic()
+        flush_error: BaseException | None = None
+        try:
+            batching: Any = producer  # kombu 5.7's Producer.batch is not in the stubs
+            with batching.batch(max_size=4 * len(jobs) + 8):
+                for job, call in zip(jobs, batch_calls, strict=True):
+                    call.started_at = started
+                    try:
+                        outcomes.append((True, job.context.run(_buffer, call, producer)))
+                    except BaseException as exc:
+                        outcomes.append((False, exc))
+        except BaseException as exc:
+            flush_error = exc
+            publisher.discard()
+        finished = time.monotonic()
+        for job, call, (ok, value) in zip(jobs, batch_calls, outcomes, strict=False):
+            call.finished_at = finished
+            if ok and flush_error is None:
+                job.future.set_result(value)
+            else:
+                job.future.set_exception(flush_error if ok and flush_error else value)
+        for job in jobs[len(outcomes) :]:  # not reached: the batch itself failed first
+            job.future.set_exception(flush_error or RuntimeError("publish batch failed"))
+
+    def _connected(self) -> bool:
+        # On a pool thread: whether it holds a live producer (batches only then).
+        publisher: ThreadPublisher | None = getattr(self._local, "publisher", None)
+        return publisher is not None and publisher.connected
+
     def _release_publishing_thread(self) -> None:
         # Runs on a publishing thread as it exits: close what it opened, rather than
         # leaving sockets for the garbage collector.
@@ -547,6 +611,26 @@ def _release_thread_backend(app: Celery) -> None:
 
 def _no_subscription(producer: Any, task_id: str) -> None:
     """Stands in for ``RedisBackend.on_task_call`` on publishing threads."""
+
+
+class _PublishJob:
+    """A pool job that publishes one call; the batch runner reads ``call``."""
+
+    __slots__ = ("call", "engine")
+
+    def __init__(self, engine: DispatchEngine, call: Call) -> None:
+        self.engine = engine
+        self.call = call
+
+    def __call__(self) -> Any:
+        return self.engine._publish(self.call)
+
+
+def _buffer(call: Call, producer: Any) -> Any:
+    # Inside a kombu publish batch: builds the message and buffers its commands.
+    if call.prepare is not None:
+        call.prepare()
+    return call.publish(producer)
 
 
 class _NoPermit:

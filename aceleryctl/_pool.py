@@ -27,17 +27,20 @@ import contextlib
 import contextvars
 import logging
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 __all__ = [
+    "BatchJob",
     "PoolClosed",
     "PoolSaturated",
     "PoolStatistics",
     "PublishPool",
     "WaitOutcome",
+    "run_each",
     "settle",
 ]
 
@@ -101,15 +104,62 @@ def settle(future: asyncio.Future[T], value: T) -> None:
         future.set_result(value)
 
 
-def _wake(signal: asyncio.Future[None]) -> None:
-    settle(signal, None)
+class _LoopWaker:
+    """Wakes awaiting coroutines of one event loop, many per loop turn.
+
+    ``call_soon_threadsafe`` writes to the loop's self-pipe on every call; a batch
+    of jobs completing together needs only one write. Signals carry no result
+    (the caller reads the concurrent future), so nothing can go unretrieved.
+    """
+
+    __slots__ = ("_lock", "_loop", "_pending", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[asyncio.Future[None]] = []
+        self._scheduled = False
+
+    def wake(self, signal: asyncio.Future[None]) -> None:
+        """Any thread: have ``signal`` set on the loop thread, soon."""
+        with self._lock:
+            self._pending.append(signal)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        with contextlib.suppress(RuntimeError):  # the loop closed while the publish ran
+            self._loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            pending, self._pending, self._scheduled = self._pending, [], False
+        for signal in pending:
+            settle(signal, None)
 
 
-def _wake_soon(loop: asyncio.AbstractEventLoop, signal: asyncio.Future[None]) -> None:
-    # Runs on whichever thread completes the job. The signal carries no result
-    # (the caller reads the concurrent future), so nothing can go unretrieved.
-    with contextlib.suppress(RuntimeError):  # the loop closed while the publish ran
-        loop.call_soon_threadsafe(_wake, signal)
+_wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaker] = (
+    weakref.WeakKeyDictionary()
+)
+_wakers_lock = threading.Lock()
+
+
+def _waker_for(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
+    waker = _wakers.get(loop)
+    if waker is None:
+        with _wakers_lock:
+            waker = _wakers.setdefault(loop, _LoopWaker(loop))
+    return waker
+
+
+class BatchJob(Protocol):
+    """What a batch runner sees of one job: run ``fn`` in ``context``, settle ``future``."""
+
+    @property
+    def fn(self) -> Callable[[], Any]: ...
+    @property
+    def context(self) -> contextvars.Context: ...
+    @property
+    def future(self) -> Future[Any]: ...
 
 
 class _Job(Generic[T]):
@@ -139,6 +189,17 @@ class PublishPool:
         finalizer: called on each thread as it exits after :meth:`shutdown` (the
             controller releases the thread's own broker and backend connections).
             If it raises, the error is logged.
+        max_batch: jobs a thread takes from the queue at once (>= 1) and hands to
+            ``batch_runner`` together: the controller publishes them in one
+            pipelined round trip. Each batch holds the GIL for its CPU time, which
+            the event loop feels as lag: keep it small.
+        batch_runner: runs a batch on the pool thread and must settle every job's
+            future (default: :func:`run_each`, one job after the other).
+        batch_ready: asked on the pool thread before taking more than one job;
+            while it says no, the thread takes one job at a time. The controller
+            says yes only once the thread holds a live broker connection, so that
+            jobs queued behind a thread stuck connecting stay abandonable ("never
+            started") instead of becoming outcome-unknown.
     """
 
     def __init__(
@@ -149,16 +210,24 @@ class PublishPool:
         name: str = "aceleryctl",
         initializer: Callable[[], object] | None = None,
         finalizer: Callable[[], object] | None = None,
+        max_batch: int = 1,
+        batch_runner: Callable[[Sequence[BatchJob]], None] | None = None,
+        batch_ready: Callable[[], bool] | None = None,
     ) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers!r}")
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending!r}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch!r}")
         self._max_workers = max_workers
         self._max_pending = max_pending
         self._name = name
         self._initializer = initializer
         self._finalizer = finalizer
+        self._max_batch = max_batch
+        self._batch_runner = batch_runner
+        self._batch_ready = batch_ready
         self._cond = threading.Condition(threading.Lock())
         self._queue: collections.deque[_Job[object]] = collections.deque()
         self._threads: list[threading.Thread] = []
@@ -259,7 +328,8 @@ class PublishPool:
         if not future.done():
             loop = asyncio.get_running_loop()
             signal: asyncio.Future[None] = loop.create_future()
-            future.add_done_callback(lambda _f: _wake_soon(loop, signal))
+            waker = _waker_for(loop)
+            future.add_done_callback(lambda _f: waker.wake(signal))
             try:
                 async with asyncio.timeout(max(timeout, 0.0)):
                     await signal
@@ -328,21 +398,29 @@ class PublishPool:
         self._threads.append(thread)
         thread.start()
 
-    def _next_job(self) -> _Job[object] | None:
+    def _next_jobs(self) -> list[_Job[object]]:
+        """Block until jobs are queued; take up to ``max_batch`` of them (empty: exit)."""
+        limit = self._max_batch
+        if limit > 1 and self._batch_ready is not None and not self._batch_ready():
+            limit = 1
         with self._cond:
             while True:
                 while not self._queue:
                     if self._closed:
-                        return None
+                        return []
                     self._idle += 1
                     self._cond.wait()
                     self._idle -= 1
-                job = self._queue.popleft()
-                if job.future.set_running_or_notify_cancel():
-                    self._waiting -= 1
-                    self._running += 1
-                    return job
-                # abandoned while queued: already discounted by abandon()
+                jobs: list[_Job[object]] = []
+                while self._queue and len(jobs) < limit:
+                    job = self._queue.popleft()
+                    if job.future.set_running_or_notify_cancel():
+                        jobs.append(job)
+                    # else: abandoned while queued, already discounted by abandon()
+                if jobs:
+                    self._waiting -= len(jobs)
+                    self._running += len(jobs)
+                    return jobs
 
     def _work(self) -> None:
         self._call_hook(self._initializer, "initializer")
@@ -361,16 +439,29 @@ class PublishPool:
             logging.getLogger("aceleryctl.pool").exception("pool thread %s failed", name)
 
     def _serve(self) -> None:
-        while (job := self._next_job()) is not None:
+        runner = self._batch_runner or run_each
+        while jobs := self._next_jobs():
             try:
-                result = job.context.run(job.fn)
-            except BaseException as exc:
-                job.future.set_exception(exc)
-            else:
-                job.future.set_result(result)
+                runner(jobs)
+            except BaseException as exc:  # a runner must settle every job; make sure
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
             finally:
-                del job
+                count = len(jobs)
+                del jobs
                 with self._cond:
-                    self._running -= 1
-                    self._completed += 1
+                    self._running -= count
+                    self._completed += count
                     self._cond.notify_all()
+
+
+def run_each(jobs: Sequence[BatchJob]) -> None:
+    """The default batch runner: run each job in its own context, settle its future."""
+    for job in jobs:
+        try:
+            result = job.context.run(job.fn)
+        except BaseException as exc:
+            job.future.set_exception(exc)
+        else:
+            job.future.set_result(result)

@@ -32,6 +32,7 @@ from kombu import Connection, Producer
 
 __all__ = [
     "BROKER_ERRORS",
+    "LeanProducer",
     "ConnectFailed",
     "ConnectionRegistry",
     "ThreadPublisher",
@@ -166,6 +167,11 @@ class ThreadPublisher:
         self._connection: Connection | None = None
         self._producer: Producer | None = None
 
+    @property
+    def connected(self) -> bool:
+        """Whether this thread holds a connected producer (until an error drops it)."""
+        return self._producer is not None
+
     def run(self, publish: Callable[[Producer], T], deadline: float) -> T:
         """Publish once on this thread's connection; reconnect and retry only on refusal.
 
@@ -232,7 +238,7 @@ class ThreadPublisher:
         self._connection = connection
         self._registry.add(connection)
         channel = connection.default_channel  # connects and PINGs (Redis)
-        self._producer = Producer(channel, auto_declare=False)
+        self._producer = LeanProducer(channel)
         return self._producer
 
     def discard(self) -> None:
@@ -250,6 +256,28 @@ GIVE_UP_MARGIN = 0.05
 
 def _time_for_another(deadline: float, pause: float) -> bool:
     return deadline - time.monotonic() > pause + GIVE_UP_MARGIN
+
+
+class LeanProducer(Producer):
+    """kombu's ``Producer``, declaring each queue and exchange once per connection.
+
+    Celery asks for its queue to be declared on every publish; kombu then copies
+    (binds) the entities before finding them in its own declared cache, which
+    costs about a sixth of a publish. Everything else is kombu's own code, so the
+    messages are exactly the stock ones.
+    """
+
+    def __init__(self, channel: Any) -> None:
+        super().__init__(channel, auto_declare=False)
+        self._declared: set[int] = set()
+
+    def publish(self, body: Any, *args: Any, declare: Any = None, **kwargs: Any) -> Any:
+        """``Producer.publish``, skipping entities this producer already declared."""
+        fresh = [e for e in declare or () if hash(e) not in self._declared]
+        publish: Any = super().publish  # the stubs predate kombu 5.7's signature
+        result = publish(body, *args, declare=fresh, **kwargs)
+        self._declared.update(hash(e) for e in fresh)
+        return result
 
 
 class ConnectionRegistry:

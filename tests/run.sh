@@ -21,12 +21,17 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-find_python() {  # find_python 3.12 -> path of an interpreter of that minor version
+find_python() {  # find_python 3.12 -> path of a working interpreter of that minor version
   local v=$1 p
-  for p in "python$v" "$HOME/.pyenv/versions/$v"*/bin/python "/root/.pyenv/versions/$v"*/bin/python \
-           "/usr/local/bin/python$v" "/usr/bin/python$v"; do
-    if command -v "$p" >/dev/null 2>&1; then command -v "$p"; return 0; fi
-    if [ -x "$p" ]; then echo "$p"; return 0; fi
+  # pyenv's shims are on PATH but refuse versions that are not selected: try the
+  # real interpreters first, and accept a candidate only if it runs and says so.
+  for p in "$HOME/.pyenv/versions/$v"*/bin/python "/root/.pyenv/versions/$v"*/bin/python \
+           "/usr/local/bin/python$v" "/usr/bin/python$v" "$(command -v "python$v" || true)"; do
+    [ -n "$p" ] && [ -x "$p" ] || continue
+    if "$p" -c "import sys; sys.exit(f'{sys.version_info[0]}.{sys.version_info[1]}' != '$v')" \
+         >/dev/null 2>&1; then
+      echo "$p"; return 0
+    fi
   done
   return 1
 }

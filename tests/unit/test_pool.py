@@ -6,11 +6,11 @@ import asyncio
 import contextvars
 import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
-from aceleryctl._pool import PoolClosed, PoolSaturated, PublishPool
+from aceleryctl._pool import BatchJob, PoolClosed, PoolSaturated, PublishPool, run_each
 
 GATE_TIMEOUT = 10.0  # seconds; a bound on every wait, never expected to be reached
 
@@ -233,3 +233,60 @@ def test_statistics_are_frozen(pool: PublishPool) -> None:
 def test_rejects_bad_limits(workers: int, pending: int) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         PublishPool(max_workers=workers, max_pending=pending)
+
+
+def test_batches_up_to_max_batch_once_ready() -> None:
+    batches: list[int] = []
+    ready = threading.Event()
+
+    def runner(jobs: Sequence[BatchJob]) -> None:
+        batches.append(len(jobs))
+        run_each(jobs)
+
+    p = PublishPool(
+        max_workers=1, max_pending=50, name="batch", max_batch=4,
+        batch_runner=runner, batch_ready=ready.is_set,
+    )  # fmt: skip
+    gate = Gate()
+    p.submit(gate)
+    assert gate.started.wait(GATE_TIMEOUT)
+    futures = [p.submit(lambda i=i: i) for i in range(10)]
+    ready.set()  # the next take may batch
+    gate.release.set()
+    assert [f.result(GATE_TIMEOUT) for f in futures] == list(range(10))
+    assert batches == [1, 4, 4, 2]
+    p.shutdown(GATE_TIMEOUT)
+
+
+def test_not_ready_means_one_job_at_a_time_and_the_rest_stay_abandonable() -> None:
+    taken: list[int] = []
+
+    def runner(jobs: Sequence[BatchJob]) -> None:
+        taken.append(len(jobs))
+        run_each(jobs)
+
+    p = PublishPool(
+        max_workers=1, max_pending=50, name="unready", max_batch=8,
+        batch_runner=runner, batch_ready=lambda: False,
+    )  # fmt: skip
+    gate = Gate()
+    p.submit(gate)
+    assert gate.started.wait(GATE_TIMEOUT)
+    queued = [p.submit(lambda: None) for _ in range(3)]
+    assert all(p.abandon(f) for f in queued[1:])
+    gate.release.set()
+    queued[0].result(GATE_TIMEOUT)
+    assert set(taken) == {1}
+    p.shutdown(GATE_TIMEOUT)
+
+
+def test_a_runner_that_fails_still_settles_every_job() -> None:
+    def broken(jobs: Sequence[BatchJob]) -> None:
+        jobs[0].future.set_result("first")
+        raise RuntimeError("runner bug")
+
+    p = PublishPool(max_workers=1, max_pending=5, name="broken", batch_runner=broken)
+    assert p.submit(lambda: None).result(GATE_TIMEOUT) == "first"
+    future = p.submit(lambda: None)
+    assert future.result(GATE_TIMEOUT) == "first"
+    p.shutdown(GATE_TIMEOUT)
