@@ -104,15 +104,33 @@ def test_the_proxy_refuses_assignment() -> None:
         aceleryctl.controller.dispatch_timeout = 3  # type: ignore[misc]
 
 
-def test_without_celery_app_an_ambiguous_process_is_refused_clearly() -> None:
-    from celery import Celery
+def test_without_celery_app_an_ambiguous_process_is_refused_clearly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
 
+    from celery import Celery, _state
+
+    # Celery makes the first app a process creates its default; a project that
+    # created none before (or several, none of them default) is the ambiguous case.
     others = [Celery(f"candidate-{i}", set_as_current=False) for i in range(2)]
-    with (
-        override_settings(ACELERYCTL={}),
-        pytest.raises(ImproperlyConfigured, match=r"set ACELERYCTL\['CELERY_APP'\]"),
-    ):
-        conf.resolve_celery_app()
+    monkeypatch.setattr(_state, "default_app", None)
+    outcome: list[BaseException | object] = []
+
+    def resolve() -> None:
+        # A fresh thread has no current app of its own: only Celery's fallback.
+        try:
+            outcome.append(conf.resolve_celery_app())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with override_settings(ACELERYCTL={}):
+        thread = threading.Thread(target=resolve)
+        thread.start()
+        thread.join(10)
+    [result] = outcome
+    assert isinstance(result, ImproperlyConfigured), result
+    assert "set ACELERYCTL['CELERY_APP']" in str(result)
     assert others  # kept alive: Celery tracks apps weakly
 
 
