@@ -3,6 +3,11 @@
 ``REDIS_URL`` (default ``redis://127.0.0.1:6379``) names the Redis server: the broker
 uses database 0 and the result backend database 1. The SQLite database lives in
 ``DEMO_DATA_DIR`` (default ``<repository root>/.demo``).
+
+``DJANGO_SECRET_KEY`` unset: a demo-only key, for the local run. Set but empty (what
+docker-compose.yml passes when no key was given): refuse to start. ``DJANGO_DEBUG=1``
+turns DEBUG on; ``DJANGO_ALLOWED_HOSTS`` is a comma-separated list (unset or empty:
+the loopback names).
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from django.core.exceptions import ImproperlyConfigured
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("DEMO_DATA_DIR", REPO_ROOT / ".demo"))
@@ -25,9 +32,23 @@ def redis_db_url(url: str, db: int) -> str:
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
 
 # A demo running on your own machine: not a production configuration.
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "demo-only-insecure-key-do-not-deploy")
+_secret_key = os.environ.get("DJANGO_SECRET_KEY")
+if _secret_key is None:  # the local demo (python -m demo_site.run)
+    SECRET_KEY = "demo-only-insecure-key-do-not-deploy"
+elif _secret_key.strip():
+    SECRET_KEY = _secret_key
+else:  # set but empty: a deployment (docker-compose.yml) that was given no key
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY is empty: set it to a long random string, in the environment or "
+        "in .env next to docker-compose.yml (python -c 'import secrets; "
+        "print(secrets.token_urlsafe(50))' makes one)"
+    )
 DEBUG = os.environ.get("DJANGO_DEBUG", "") == "1"
-ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",")
+ALLOWED_HOSTS = [
+    host.strip()
+    for host in (os.environ.get("DJANGO_ALLOWED_HOSTS") or "127.0.0.1,localhost,[::1]").split(",")
+    if host.strip()
+]
 
 INSTALLED_APPS = [
     "django.contrib.auth",
