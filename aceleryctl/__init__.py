@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import cast
 
+from aceleryctl._controller import AsyncCeleryController
 from aceleryctl._engine import ControllerStatistics
 from aceleryctl._logging import DEFAULT_REDACT_KEYS
 from aceleryctl._pool import PoolStatistics
@@ -28,7 +29,6 @@ from aceleryctl.breaker import (
     CircuitBreaker,
     StateChange,
 )
-from aceleryctl.controller import AsyncCeleryController
 from aceleryctl.exceptions import (
     AsyncContextError,
     BrokerError,

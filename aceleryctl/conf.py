@@ -33,7 +33,7 @@ from celery import Celery
 from aceleryctl._calls import current_celery_app
 from aceleryctl._logging import DEFAULT_REDACT_KEYS
 from aceleryctl.breaker import CircuitBreaker
-from aceleryctl.controller import AsyncCeleryController
+from aceleryctl._controller import AsyncCeleryController
 
 __all__ = [
     "SETTING_NAME",

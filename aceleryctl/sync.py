@@ -28,7 +28,7 @@ from aceleryctl._proxy import LazyProxy
 from aceleryctl.exceptions import AsyncContextError, TaskDispatchError
 
 if TYPE_CHECKING:
-    from aceleryctl.controller import AsyncCeleryController
+    from aceleryctl._controller import AsyncCeleryController
 
 __all__ = ["SyncCeleryController", "controller"]
 
