@@ -147,7 +147,7 @@ class DispatchEngine:
         breaker: CircuitBreaker,
         redactor: Redactor,
         transport: TransportPolicy,
-        max_batch: int = 16,
+        max_batch: int = 8,
     ) -> None:
         self.app = app
         self.transport = transport

@@ -9,7 +9,8 @@ controller is rebuilt when the setting changes (``override_settings`` in tests).
     ACELERYCTL = {
         "CELERY_APP": "proj.celery:app",  # dotted path; default: Celery's current app
         "DISPATCH_TIMEOUT": 2.0,          # seconds, per call
-        "MAX_WORKERS": 2,                 # publishing threads
+        "MAX_WORKERS": 1,                 # publishing threads
+        "MAX_BATCH": 8,                   # publishes sent in one pipelined round trip
         "MAX_PENDING": 10_000,            # calls waiting for a thread, at most
         "DRAIN_TIMEOUT": 5.0,             # seconds to drain on close
         "REDACT_KEYS": [...],             # key substrings masked in failure logs
@@ -31,9 +32,9 @@ from typing import Any, cast
 from celery import Celery
 
 from aceleryctl._calls import current_celery_app
+from aceleryctl._controller import AsyncCeleryController
 from aceleryctl._logging import DEFAULT_REDACT_KEYS
 from aceleryctl.breaker import CircuitBreaker
-from aceleryctl._controller import AsyncCeleryController
 
 __all__ = [
     "SETTING_NAME",
@@ -68,7 +69,8 @@ class ControllerSettings:
 
     celery_app: str | None = None
     dispatch_timeout: float = 2.0
-    max_workers: int = 2
+    max_workers: int = 1
+    max_batch: int = 8
     max_pending: int = 10_000
     drain_timeout: float = 5.0
     redact_keys: tuple[str, ...] = DEFAULT_REDACT_KEYS
@@ -100,6 +102,7 @@ def settings_problems(raw: object) -> list[str]:
         "CELERY_APP",
         "DISPATCH_TIMEOUT",
         "MAX_WORKERS",
+        "MAX_BATCH",
         "MAX_PENDING",
         "DRAIN_TIMEOUT",
         "REDACT_KEYS",
@@ -113,7 +116,7 @@ def settings_problems(raw: object) -> list[str]:
     for key in ("DISPATCH_TIMEOUT", "DRAIN_TIMEOUT"):
         if key in raw and (p := _positive_number(key, raw[key])):
             problems.append(p)
-    for key in ("MAX_WORKERS", "MAX_PENDING"):
+    for key in ("MAX_WORKERS", "MAX_BATCH", "MAX_PENDING"):
         if key in raw and (p := _positive_int(key, raw[key])):
             problems.append(p)
     app = raw.get("CELERY_APP")
@@ -169,6 +172,7 @@ def load_settings() -> ControllerSettings:
         celery_app=raw.get("CELERY_APP"),
         dispatch_timeout=float(raw.get("DISPATCH_TIMEOUT", defaults.dispatch_timeout)),
         max_workers=int(raw.get("MAX_WORKERS", defaults.max_workers)),
+        max_batch=int(raw.get("MAX_BATCH", defaults.max_batch)),
         max_pending=int(raw.get("MAX_PENDING", defaults.max_pending)),
         drain_timeout=float(raw.get("DRAIN_TIMEOUT", defaults.drain_timeout)),
         redact_keys=tuple(raw.get("REDACT_KEYS", defaults.redact_keys)),
@@ -235,6 +239,7 @@ def build_controller(conf: ControllerSettings) -> AsyncCeleryController:
         app,
         dispatch_timeout=conf.dispatch_timeout,
         max_workers=conf.max_workers,
+        max_batch=conf.max_batch,
         max_pending=conf.max_pending,
         drain_timeout=conf.drain_timeout,
         breaker=breaker,
