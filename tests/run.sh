@@ -83,6 +83,11 @@ if [ -f docker-compose.yml ]; then
   "$compose" -f docker-compose.yml config -q
 fi
 
+log "benchmarks, smoke only (tiny N; no speed is asserted)"
+ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$root/.venv-py311-dj52/bin/python" -m bench.dispatch --smoke
+ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$root/.venv-py311-dj52/bin/python" -m bench.faults --smoke \
+  2> >(grep -v -e '^Task dispatch failed' -e '^Traceback' -e '^  ' -e '^$' >&2 || true)
+
 run_suite "$root/.venv-py311-dj52" "py3.11 + Django 5.2" "$@"
 run_suite "$root/.venv-py312-dj61" "py3.12 + Django 6.1" "$@"
 log "all checks passed"
