@@ -29,6 +29,7 @@ from aceleryctl.breaker import (
     CircuitBreaker,
     StateChange,
 )
+from aceleryctl.events import TaskEvent
 from aceleryctl.exceptions import (
     AsyncContextError,
     BrokerError,
@@ -40,6 +41,8 @@ from aceleryctl.exceptions import (
     TaskDispatchError,
     TaskSerializationError,
 )
+from aceleryctl.signals import report_progress
+from aceleryctl.tokens import make_subscription_token
 
 __all__ = [
     "AsyncCeleryController",
@@ -59,9 +62,12 @@ __all__ = [
     "PoolStatistics",
     "StateChange",
     "TaskDispatchError",
+    "TaskEvent",
     "TaskSerializationError",
     "__version__",
     "controller",
+    "make_subscription_token",
+    "report_progress",
 ]
 
 __version__ = "0.1.0"

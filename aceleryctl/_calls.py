@@ -18,6 +18,8 @@ from celery.canvas import Signature, _chain, chord, group
 from celery.local import Proxy
 from kombu import Producer
 
+from aceleryctl.correlation import CORRELATION_HEADER, correlation_id
+
 __all__ = ["Call", "build_apply_async", "build_callable", "build_send_task", "check_timeout"]
 
 #: Option names the controller consumes; they are never handed to Celery.
@@ -142,6 +144,20 @@ def _inherit_parent(app: Celery, options: dict[str, Any]) -> Any:
     return parent if options.get("add_to_parent", True) else None
 
 
+def _with_correlation(options: dict[str, Any]) -> None:
+    """Put the current request's correlation id in the task's headers.
+
+    Read on the caller's thread (the context variable is the caller's); a header
+    the caller set itself wins.
+    """
+    cid = correlation_id.get()
+    if cid is None:
+        return
+    headers = options.get("headers") or {}
+    if CORRELATION_HEADER not in headers:
+        options["headers"] = {**headers, CORRELATION_HEADER: cid}
+
+
 def _new_id() -> str:
     return str(uuid.uuid4())
 
@@ -167,6 +183,7 @@ def build_apply_async(
         task_id = options.get("task_id") or task.options.get("task_id") or _new_id()
         options["task_id"] = task_id
         parent = _inherit_parent(app, options)
+        _with_correlation(options)
         sig = task
         return Call(
             method,
@@ -184,6 +201,7 @@ def build_apply_async(
         task_id = options.get("task_id") or _new_id()
         options["task_id"] = task_id
         parent = _inherit_parent(app, options)
+        _with_correlation(options)
         return Call(
             method,
             bound.name,
@@ -220,6 +238,7 @@ def _canvas_call(
     timeout: float,
 ) -> Call:
     parent = _inherit_parent(app, options)
+    _with_correlation(options)
     call = Call(
         method,
         f"{type(canvas).__name__.lstrip('_')}({canvas!r:.120})",
@@ -263,6 +282,7 @@ def build_send_task(
     task_id = options.get("task_id") or _new_id()
     options["task_id"] = task_id
     parent = _inherit_parent(app, options)
+    _with_correlation(options)
     return Call(
         method,
         name,

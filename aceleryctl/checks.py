@@ -7,19 +7,26 @@
 * ``aceleryctl.W002``: the broker is not Redis, so publishes take Celery's stock
   path: deadlines still bound every caller, but a publishing thread can stay
   stuck on a silent broker until the broker's own timeouts fire.
+* ``aceleryctl.W003``: the websocket consumer is routed (``ASGI_APPLICATION``
+  reaches it, or :mod:`aceleryctl.routing` is imported) but no channel layer can
+  bring it the workers' events: ``CHANNEL_LAYERS`` has no ``default`` layer, or
+  that layer is the in-memory one, which lives inside a single process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from typing import Any
 
 from django.conf import settings
 from django.core import checks
 from django.core.checks import CheckMessage, Error, register
+from django.utils.module_loading import import_string
 
 from aceleryctl.conf import SETTING_NAME, resolve_celery_app, settings_problems
 
-__all__ = ["check_celery_bounds", "check_settings"]
+__all__ = ["check_celery_bounds", "check_channel_layer", "check_settings"]
 
 
 @register()
@@ -91,3 +98,79 @@ def check_celery_bounds(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
             )
         )
     return messages
+
+
+def _routes_consumer(app: object) -> bool:
+    """Whether an ASGI app (routers, middleware, closures) reaches the consumer."""
+    from aceleryctl.consumers import TaskEventsConsumer
+
+    pending: list[object] = [app]
+    seen: set[int] = set()
+    while pending and len(seen) < 500:  # bounded: routing trees are small
+        node = pending.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        consumer = getattr(node, "consumer_class", None)
+        if isinstance(consumer, type) and issubclass(consumer, TaskEventsConsumer):
+            return True
+        if isinstance(node, dict):
+            pending.extend(node.values())
+            continue
+        if isinstance(node, list | tuple):
+            pending.extend(node)
+            continue
+        for attr in ("application_mapping", "routes", "url_patterns", "callback", "inner", "app"):
+            child = getattr(node, attr, None)
+            if child is not None:
+                pending.append(child)
+        for cell in getattr(node, "__closure__", None) or ():
+            with contextlib.suppress(ValueError):  # an empty cell
+                pending.append(cell.cell_contents)
+    return False
+
+
+def _consumer_routed() -> bool:
+    if "aceleryctl.routing" in sys.modules:
+        return True
+    path = getattr(settings, "ASGI_APPLICATION", None)
+    if not path:
+        return False
+    try:
+        application = import_string(path)
+    except Exception:  # the project's ASGI module is not ours to diagnose here
+        return False
+    return _routes_consumer(application)
+
+
+@register()
+def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """``aceleryctl.W003``: the consumer is routed but no layer can carry worker events."""
+    if not _consumer_routed():
+        return []
+    layers = getattr(settings, "CHANNEL_LAYERS", None) or {}
+    default = layers.get("default") if isinstance(layers, dict) else None
+    hint = (
+        "Set CHANNEL_LAYERS = {'default': {'BACKEND': 'channels_redis.core.RedisChannelLayer', "
+        "'CONFIG': {'hosts': ['redis://...']}}}, the same in the web and worker processes."
+    )
+    if not default:
+        return [
+            checks.Warning(
+                "the aceleryctl websocket consumer is routed but CHANNEL_LAYERS has no "
+                "'default' layer: every websocket handshake will be refused (close 1011)",
+                hint=hint,
+                id="aceleryctl.W003",
+            )
+        ]
+    backend = str(default.get("BACKEND", "")) if isinstance(default, dict) else ""
+    if backend.endswith("InMemoryChannelLayer"):
+        return [
+            checks.Warning(
+                "the 'default' channel layer is InMemoryChannelLayer: it lives inside one "
+                "process, so task events published by Celery workers never reach browsers",
+                hint=hint,
+                id="aceleryctl.W003",
+            )
+        ]
+    return []

@@ -7,7 +7,7 @@ controller is rebuilt when the setting changes (``override_settings`` in tests).
 ``settings.ACELERYCTL`` keys (all optional)::
 
     ACELERYCTL = {
-        "CELERY_APP": "proj.celery:app",  # dotted path; default: Celery's current app
+        "CELERY_APP": "proj.celery:app",  # dotted path; default: see resolve_celery_app
         "DISPATCH_TIMEOUT": 2.0,          # seconds, per call
         "MAX_WORKERS": 1,                 # publishing threads
         "MAX_BATCH": 8,                   # publishes sent in one pipelined round trip
@@ -15,7 +15,21 @@ controller is rebuilt when the setting changes (``override_settings`` in tests).
         "DRAIN_TIMEOUT": 5.0,             # seconds to drain on close
         "REDACT_KEYS": [...],             # key substrings masked in failure logs
         "BREAKER": {...},                 # CircuitBreaker arguments, upper-case keys
+        # live task events (aceleryctl.signals), read in every process
+        "EVENTS_ENABLED": True,           # connect the signal receivers' events
+        "PROGRESS_MAX_RATE": 10.0,        # progress events a second per task, at most
+        "EVENT_QUEUE_SIZE": 1_000,        # events waiting to be published, per process
+        "EVENT_SEND_TIMEOUT": 1.0,        # seconds per channel-layer group_send
+        "LOG_FILE": "logs/celery_logs.txt",  # worker ERROR log file; None: no file
+        # the websocket consumer (aceleryctl.consumers), read per connection
+        "WEBSOCKET_ALLOWED_ORIGINS": None,  # None: hosts in ALLOWED_HOSTS; or ["https://..."]
+        "WEBSOCKET_MAX_FRAME_BYTES": 4096,  # larger client frames close the socket (4413)
+        "WEBSOCKET_MAX_SUBSCRIPTIONS": 32,  # tasks one connection follows at once
+        "SNAPSHOT_TIMEOUT": 5.0,          # seconds for the result-backend read on subscribe
     }
+
+Two top-level settings switch on optional execution-time log records in workers:
+``CELERY_ENABLE_SUCCESS_LOGGING`` and ``CELERY_ENABLE_PRERUN_LOGGING`` (default ``False``).
 """
 
 from __future__ import annotations
@@ -39,8 +53,10 @@ from aceleryctl.breaker import CircuitBreaker
 __all__ = [
     "SETTING_NAME",
     "ControllerSettings",
+    "WebsocketSettings",
     "default_controller",
     "load_settings",
+    "load_websocket_settings",
     "override_default",
     "reset_default_controller",
     "resolve_celery_app",
@@ -75,6 +91,13 @@ class ControllerSettings:
     drain_timeout: float = 5.0
     redact_keys: tuple[str, ...] = DEFAULT_REDACT_KEYS
     breaker: Mapping[str, Any] = field(default_factory=dict)
+    events_enabled: bool = True
+    progress_max_rate: float = 10.0
+    event_queue_size: int = 1_000
+    event_send_timeout: float = 1.0
+    log_file: str | None = "logs/celery_logs.txt"
+    success_logging: bool = False
+    prerun_logging: bool = False
 
 
 def _positive_number(key: str, value: object) -> str | None:
@@ -89,6 +112,93 @@ def _positive_int(key: str, value: object) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         return f"ACELERYCTL[{key!r}] must be a whole number >= 1, got {value!r}"
     return None
+
+
+#: Keys read by the websocket consumer (:func:`load_websocket_settings`).
+_WEBSOCKET_KEYS = (
+    "WEBSOCKET_ALLOWED_ORIGINS",
+    "WEBSOCKET_MAX_FRAME_BYTES",
+    "WEBSOCKET_MAX_SUBSCRIPTIONS",
+    "SNAPSHOT_TIMEOUT",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WebsocketSettings:
+    """What the websocket consumer reads from settings, validated.
+
+    Attributes:
+        allowed_origins: ``ACELERYCTL['WEBSOCKET_ALLOWED_ORIGINS']``: exact origins
+            (``"https://app.example.com"``) or ``"*"``; ``None`` accepts any origin
+            whose host is allowed by ``allowed_hosts``.
+        allowed_hosts: Django's ``ALLOWED_HOSTS`` (with Django's own fallback to the
+            localhost names when ``DEBUG`` is on and it is empty).
+        max_frame_bytes: largest client frame, in bytes of UTF-8.
+        max_subscriptions: tasks one connection may follow at once.
+        snapshot_timeout: seconds to wait for the result backend on subscribe.
+    """
+
+    allowed_origins: tuple[str, ...] | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    max_frame_bytes: int = 4096
+    max_subscriptions: int = 32
+    snapshot_timeout: float = 5.0
+
+
+def _websocket_problems(raw: Mapping[str, Any]) -> list[str]:
+    problems: list[str] = []
+    origins = raw.get("WEBSOCKET_ALLOWED_ORIGINS")
+    if origins is not None and (
+        isinstance(origins, str)
+        or not isinstance(origins, list | tuple)
+        or not all(
+            isinstance(o, str) and (o == "*" or (o.count("://") == 1 and not o.endswith("/")))
+            for o in origins
+        )
+    ):
+        problems.append(
+            "ACELERYCTL['WEBSOCKET_ALLOWED_ORIGINS'] must be None (use ALLOWED_HOSTS) or a list "
+            "of origins such as 'https://app.example.com' (no path, no trailing slash) or '*'"
+        )
+    for key in ("WEBSOCKET_MAX_FRAME_BYTES", "WEBSOCKET_MAX_SUBSCRIPTIONS"):
+        if key in raw and (p := _positive_int(key, raw[key])):
+            problems.append(p)
+    timeout = raw.get("SNAPSHOT_TIMEOUT", 1.0)
+    if p := _positive_number("SNAPSHOT_TIMEOUT", timeout):
+        problems.append(p)
+    return problems
+
+
+def load_websocket_settings() -> WebsocketSettings:
+    """Read the websocket consumer's settings (``ACELERYCTL`` and ``ALLOWED_HOSTS``).
+
+    Cheap (a dict lookup and a few checks): the consumer calls it per connection,
+    so ``override_settings`` takes effect at once.
+
+    Raises:
+        django.core.exceptions.ImproperlyConfigured: a websocket key is invalid.
+    """
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    raw = getattr(settings, SETTING_NAME, None) or {}
+    if not isinstance(raw, Mapping):
+        raise ImproperlyConfigured(f"ACELERYCTL must be a dict, got {type(raw).__name__}")
+    problems = _websocket_problems(raw)
+    if problems:
+        raise ImproperlyConfigured("; ".join(problems))
+    hosts = list(settings.ALLOWED_HOSTS)
+    if settings.DEBUG and not hosts:
+        hosts = [".localhost", "127.0.0.1", "[::1]"]  # as django.http.HttpRequest.get_host
+    origins = raw.get("WEBSOCKET_ALLOWED_ORIGINS")
+    defaults = WebsocketSettings()
+    return WebsocketSettings(
+        allowed_origins=None if origins is None else tuple(o.lower() for o in origins),
+        allowed_hosts=tuple(hosts),
+        max_frame_bytes=int(raw.get("WEBSOCKET_MAX_FRAME_BYTES", defaults.max_frame_bytes)),
+        max_subscriptions=int(raw.get("WEBSOCKET_MAX_SUBSCRIPTIONS", defaults.max_subscriptions)),
+        snapshot_timeout=float(raw.get("SNAPSHOT_TIMEOUT", defaults.snapshot_timeout)),
+    )
 
 
 def settings_problems(raw: object) -> list[str]:
@@ -107,18 +217,40 @@ def settings_problems(raw: object) -> list[str]:
         "DRAIN_TIMEOUT",
         "REDACT_KEYS",
         "BREAKER",
+        "EVENTS_ENABLED",
+        "PROGRESS_MAX_RATE",
+        "EVENT_QUEUE_SIZE",
+        "EVENT_SEND_TIMEOUT",
+        "LOG_FILE",
+        *_WEBSOCKET_KEYS,
     }
     for key in raw:
         if key not in known:
             problems.append(
                 f"ACELERYCTL has an unknown key {key!r}; the keys are {', '.join(sorted(known))}"
             )
-    for key in ("DISPATCH_TIMEOUT", "DRAIN_TIMEOUT"):
+    for key in ("DISPATCH_TIMEOUT", "DRAIN_TIMEOUT", "EVENT_SEND_TIMEOUT"):
         if key in raw and (p := _positive_number(key, raw[key])):
             problems.append(p)
-    for key in ("MAX_WORKERS", "MAX_BATCH", "MAX_PENDING"):
+    for key in ("MAX_WORKERS", "MAX_BATCH", "MAX_PENDING", "EVENT_QUEUE_SIZE"):
         if key in raw and (p := _positive_int(key, raw[key])):
             problems.append(p)
+    rate = raw.get("PROGRESS_MAX_RATE", 1.0)
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < math.inf:
+        problems.append(
+            "ACELERYCTL['PROGRESS_MAX_RATE'] must be a finite number of events a second > 0, "
+            f"got {rate!r}"
+        )
+    if not isinstance(raw.get("EVENTS_ENABLED", True), bool):
+        problems.append(
+            f"ACELERYCTL['EVENTS_ENABLED'] must be True or False, got {raw['EVENTS_ENABLED']!r}"
+        )
+    log_file = raw.get("LOG_FILE", "-")
+    if log_file is not None and (not isinstance(log_file, str) or not log_file.strip()):
+        problems.append(
+            f"ACELERYCTL['LOG_FILE'] must be a file path or None (no file), got {log_file!r}"
+        )
+    problems.extend(_websocket_problems(raw))
     app = raw.get("CELERY_APP")
     if app is not None and (not isinstance(app, str) or not app.strip()):
         problems.append(
@@ -177,6 +309,17 @@ def load_settings() -> ControllerSettings:
         drain_timeout=float(raw.get("DRAIN_TIMEOUT", defaults.drain_timeout)),
         redact_keys=tuple(raw.get("REDACT_KEYS", defaults.redact_keys)),
         breaker=dict(raw.get("BREAKER", {})),
+        events_enabled=bool(raw.get("EVENTS_ENABLED", defaults.events_enabled)),
+        progress_max_rate=float(raw.get("PROGRESS_MAX_RATE", defaults.progress_max_rate)),
+        event_queue_size=int(raw.get("EVENT_QUEUE_SIZE", defaults.event_queue_size)),
+        event_send_timeout=float(raw.get("EVENT_SEND_TIMEOUT", defaults.event_send_timeout)),
+        log_file=raw.get("LOG_FILE", defaults.log_file),
+        success_logging=bool(
+            settings.configured and getattr(settings, "CELERY_ENABLE_SUCCESS_LOGGING", False)
+        ),
+        prerun_logging=bool(
+            settings.configured and getattr(settings, "CELERY_ENABLE_PRERUN_LOGGING", False)
+        ),
     )
 
 
@@ -191,7 +334,9 @@ def _import_app(path: str) -> Any:
 def resolve_celery_app(conf: ControllerSettings | None = None) -> Celery:
     """The Celery app the default controller publishes with.
 
-    ``ACELERYCTL['CELERY_APP']`` when set, else Celery's current app.
+    ``ACELERYCTL['CELERY_APP']`` when set. Otherwise the thread's current Celery app,
+    unless that is Celery's bare fallback app; then the one project app if exactly
+    one exists; otherwise ``ImproperlyConfigured`` naming the setting.
 
     Raises:
         ImportError, AttributeError: the dotted path does not resolve.

@@ -29,4 +29,6 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 ACELERYCTL: dict[str, object] = {
     "CELERY_APP": "tests.django.celery_fixture:app",
     "DISPATCH_TIMEOUT": 5.0,
+    # The integration workers inherit this settings module: no log file in the repo.
+    "LOG_FILE": None,
 }

@@ -183,3 +183,20 @@ def test_sync_facade_shares_the_engine(app: Celery) -> None:
     assert controller.statistics().dispatched == 1
     assert controller.sync.close() is True
     assert controller.closed
+
+
+async def test_the_requests_correlation_id_travels_in_the_headers(
+    app: Celery, ctl: AsyncCeleryController
+) -> None:
+    from aceleryctl.correlation import CORRELATION_HEADER, use_correlation_id
+
+    with use_correlation_id("req-7f3a"):
+        await ctl.delay(app.tasks["calls.add"], 1, 2)
+        await ctl.apply_async(
+            app.tasks["calls.add"], (1, 2), headers={CORRELATION_HEADER: "callers-own"}
+        )
+    await ctl.delay(app.tasks["calls.add"], 3, 4)
+    first, second, third = read_messages(app)
+    assert first.headers[CORRELATION_HEADER] == "req-7f3a"
+    assert second.headers[CORRELATION_HEADER] == "callers-own"
+    assert CORRELATION_HEADER not in third.headers

@@ -218,7 +218,9 @@ def clients(url: str) -> list[dict[str, Any]]:
 
 
 def thread_names() -> set[str]:
-    return {t.name for t in threading.enumerate() if t.name.startswith("aceleryctl")}
+    """The publish pool's threads (other aceleryctl threads, such as the websocket
+    consumer's snapshot readers, are not the controller's)."""
+    return {t.name for t in threading.enumerate() if t.name.startswith("aceleryctl-publish")}
 
 
 async def fault_persists(ctl: AsyncCeleryController, rejections: int, timeout: float) -> None:

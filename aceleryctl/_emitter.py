@@ -1,0 +1,506 @@
+"""Publish task events to a channel layer without ever blocking or failing the caller.
+
+An :class:`Emitter` owns one daemon thread running its own asyncio event loop. Any
+thread hands it a :class:`~aceleryctl.events.TaskEvent` with :meth:`Emitter.emit`,
+which appends to a bounded in-memory queue and returns in about a microsecond; the
+emitter thread sends each event with ``layer.group_send(group_name(task_id),
+event.to_layer_message())`` under a timeout. When the queue is full the *oldest*
+event is dropped (the newest, often a terminal event, matters most); drops, send
+failures and timeouts are counted (:meth:`Emitter.statistics`) and logged once
+per kind, not once per event, at logger ``aceleryctl.emitter``.
+
+Why a long-lived loop of our own: channels_redis keeps its Redis connections per
+event loop. Calling ``async_to_sync(layer.group_send)`` from a worker makes a new
+loop per call and leaves connections bound to closed loops behind ("Event loop is
+closed", channels_redis #332, celery-progress #106). Here one loop lives as long as
+its process, and the layer is only ever used on it.
+
+Fork safety: a prefork pool forks its children from a process whose emitter may
+be running. The child inherits neither the thread nor a usable loop or lock, so an
+emitter re-creates its state in the child (``os.register_at_fork``, and a process
+id check on every :meth:`~Emitter.emit`) and starts a new thread on first use.
+Events still queued in the parent at fork time are sent by the parent only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from aceleryctl._logging import scrub_credentials
+from aceleryctl.events import TaskEvent, clip_text, group_name
+
+__all__ = [
+    "Emitter",
+    "EmitterStatistics",
+    "GroupSender",
+    "default_emitter",
+    "reset_default_emitter",
+    "set_default_factory",
+]
+
+logger: Final = logging.getLogger("aceleryctl.emitter")
+
+
+class GroupSender(Protocol):
+    """What the emitter needs of a channel layer."""
+
+    def group_send(self, group: str, message: dict[str, Any]) -> Awaitable[Any]:
+        """Send ``message`` to every channel in ``group``."""
+        ...
+
+
+#: Returns the channel layer to send with, or ``None`` when there is none. Called on
+#: the emitter thread (inside its event loop) before every send, so that a layer
+#: replaced at run time (``override_settings(CHANNEL_LAYERS=...)``) is picked up.
+LayerFactory = Callable[[], GroupSender | None]
+#: Runs on the emitter thread when a timer is due; returns an event to send, or None.
+TimerCallback = Callable[[], TaskEvent | None]
+
+
+@dataclass(frozen=True, slots=True)
+class EmitterStatistics:
+    """A snapshot of one process's emitter. Counts are since the emitter started in
+    this process (a forked child starts from zero).
+
+    Attributes:
+        pid: the process the numbers belong to.
+        queued: events waiting to be sent now.
+        accepted: events handed to :meth:`Emitter.emit`.
+        sent: events the layer accepted.
+        failed: sends that raised.
+        timed_out: sends that did not finish within the send timeout.
+        dropped_full: events dropped because the queue was full (the oldest go).
+        dropped_no_layer: events dropped because no channel layer was available.
+        dropped_invalid: events whose task id cannot name a channel-layer group.
+        dropped_closed: events emitted after :meth:`Emitter.close`, or still queued
+            when it gave up waiting.
+    """
+
+    pid: int
+    queued: int
+    accepted: int
+    sent: int
+    failed: int
+    timed_out: int
+    dropped_full: int
+    dropped_no_layer: int
+    dropped_invalid: int
+    dropped_closed: int
+
+
+_live: weakref.WeakSet[Emitter] = weakref.WeakSet()
+#: Threads and loops inherited through fork: unusable, but kept referenced so that
+#: their finalizers never run in the child (they would warn about a running loop).
+_abandoned: list[object] = []
+
+
+class Emitter:
+    """A bounded, non-blocking publisher of task events (see the module docstring).
+
+    Thread-safety: :meth:`emit`, :meth:`schedule`, :meth:`flush`, :meth:`close`
+    and :meth:`statistics` may be called from any thread, and from forked children.
+
+    Args:
+        layer_factory: returns the layer to send with (see :data:`LayerFactory`).
+        max_queue: events that may wait to be sent (>= 1); beyond that the oldest
+            is dropped.
+        send_timeout: seconds one ``group_send`` may take before it is abandoned
+            (the event is dropped and counted in ``timed_out``).
+        name: the emitter thread's name.
+
+    Raises:
+        ValueError: ``max_queue`` < 1 or ``send_timeout`` not a positive number.
+    """
+
+    def __init__(
+        self,
+        layer_factory: LayerFactory,
+        *,
+        max_queue: int = 1_000,
+        send_timeout: float = 1.0,
+        name: str = "aceleryctl-events",
+    ) -> None:
+        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
+            raise ValueError(f"max_queue must be an int >= 1, got {max_queue!r}")
+        if not isinstance(send_timeout, int | float) or not 0 < send_timeout < float("inf"):
+            raise ValueError(
+                f"send_timeout must be a positive number of seconds, got {send_timeout!r}"
+            )
+        self._factory = layer_factory
+        self._max_queue = max_queue
+        self._send_timeout = float(send_timeout)
+        self._name = name
+        self._reset_state()
+        _live.add(self)
+
+    # -- process-local state ---------------------------------------------------------------
+
+    def _reset_state(self) -> None:
+        """Fresh state for this process (at construction and in a forked child)."""
+        self._pid = os.getpid()
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[TaskEvent] = deque()
+        self._timers: deque[tuple[float, TimerCallback]] = deque()
+        self._pending = 0  # events accepted and neither sent nor dropped yet
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._idle = False
+        self._closed = False
+        self._counts = dict.fromkeys(
+            (
+                "accepted",
+                "sent",
+                "failed",
+                "timed_out",
+                "dropped_full",
+                "dropped_no_layer",
+                "dropped_invalid",
+                "dropped_closed",
+            ),
+            0,
+        )
+        self._burst = 0  # events dropped for a full queue since it was last empty
+        self._logged: set[str] = set()
+
+    def _after_fork(self) -> None:
+        _abandoned.extend(x for x in (self._thread, self._loop) if x is not None)
+        self._reset_state()
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            self._after_fork()
+
+    # -- producer side (any thread) --------------------------------------------------------
+
+    def emit(self, event: TaskEvent) -> bool:
+        """Queue ``event`` for sending and return at once; never raises for a full
+        queue or a broken layer.
+
+        Runs on the caller's thread and blocks only on a short internal lock. The
+        first call in a process starts the emitter thread.
+
+        Returns:
+            ``False`` if the emitter is closed (the event is dropped), else ``True``
+            (a full queue drops its oldest event instead).
+        """
+        self._check_pid()
+        with self._cond:
+            if self._closed:
+                self._counts["dropped_closed"] += 1
+                return False
+            first_drop = self._append_locked(event)
+            wake = self._take_wake_locked()
+        if first_drop:
+            logger.warning(
+                "aceleryctl event queue is full (%d events): dropping the oldest; "
+                "the channel layer is slower than the tasks emitting events",
+                self._max_queue,
+            )
+        if wake:
+            self._wake()
+        return True
+
+    def schedule(self, due: float, callback: TimerCallback) -> None:
+        """Run ``callback`` on the emitter thread at ``due`` (``time.monotonic()``
+        seconds) and send the event it returns, if any. A callback that raises is
+        logged once and ignored. Never blocks; does nothing once closed."""
+        self._check_pid()
+        with self._cond:
+            if self._closed:
+                return
+            self._timers.append((due, callback))
+            self._ensure_thread_locked()
+            wake = self._take_wake_locked()
+        if wake:
+            self._wake()
+
+    def _append_locked(self, event: TaskEvent) -> bool:
+        self._ensure_thread_locked()
+        first_drop = False
+        if len(self._queue) >= self._max_queue:
+            self._queue.popleft()
+            self._pending -= 1
+            self._counts["dropped_full"] += 1
+            first_drop = self._burst == 0
+            self._burst += 1
+        self._queue.append(event)
+        self._pending += 1
+        self._counts["accepted"] += 1
+        return first_drop
+
+    def _take_wake_locked(self) -> bool:
+        wake, self._idle = self._idle, False
+        return wake
+
+    def _ensure_thread_locked(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        if self._thread is not None:  # died unexpectedly; its loop is gone
+            self._idle = False
+        thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def _wake(self) -> None:
+        loop, wakeup = self._loop, self._wakeup
+        if loop is None or wakeup is None:
+            return
+        try:
+            loop.call_soon_threadsafe(wakeup.set)
+        except RuntimeError:  # the loop closed under us: restart on the next event
+            with self._cond:
+                self._idle = False
+                if not self._closed:
+                    self._ensure_thread_locked()
+
+    def flush(self, timeout: float) -> bool:
+        """Block the calling thread until every event emitted so far has been sent
+        or dropped, for at most ``timeout`` seconds. Returns ``True`` if it was.
+
+        Timers scheduled with :meth:`schedule` and not yet due are not waited for.
+        """
+        self._check_pid()
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending <= 0, timeout)
+
+    def close(self, timeout: float = 2.0) -> bool:
+        """Send what is queued (for at most ``timeout`` seconds), then stop the thread,
+        close the loop (which closes the layer's connections on it) and refuse
+        further events. Idempotent. Blocks the calling thread up to ``timeout``
+        seconds; never call it on the emitter thread.
+
+        Returns:
+            ``True`` if everything queued was sent and the thread has stopped.
+        """
+        self._check_pid()
+        deadline = time.monotonic() + max(timeout, 0.0)
+        drained = self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._timers.clear()
+            thread = self._thread
+            wake = self._take_wake_locked()
+        if wake:
+            self._wake()
+        if thread is None or thread is threading.current_thread():
+            return drained
+        thread.join(max(deadline - time.monotonic(), 0.05))
+        return drained and not thread.is_alive()
+
+    def statistics(self) -> EmitterStatistics:
+        """A consistent snapshot of this process's counts."""
+        self._check_pid()
+        with self._cond:
+            return EmitterStatistics(pid=self._pid, queued=len(self._queue), **self._counts)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (in this process)."""
+        return self._closed
+
+    # -- the emitter thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._serve(loop))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        except BaseException:  # never let the thread die silently
+            logger.exception("aceleryctl event emitter thread stopped")
+        finally:
+            with self._cond:
+                self._idle = False
+                self._wakeup = None
+            # Closing the loop lets channels_redis close its connections on it.
+            with contextlib.suppress(Exception):
+                loop.close()
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
+        wakeup = asyncio.Event()
+        with self._cond:
+            self._loop, self._wakeup = loop, wakeup
+        while True:
+            ended_burst = 0
+            with self._cond:
+                timers = list(self._timers)
+                self._timers.clear()
+                if self._closed and self._queue:
+                    self._counts["dropped_closed"] += len(self._queue)
+                    self._pending -= len(self._queue)
+                    self._queue.clear()
+                    self._cond.notify_all()
+                event = self._queue.popleft() if self._queue else None
+                if event is None and not timers:
+                    if self._closed:
+                        return
+                    ended_burst, self._burst = self._burst, 0
+                    wakeup.clear()
+                    self._idle = True
+            for due, callback in timers:
+                loop.call_later(max(due - time.monotonic(), 0.0), self._fire, callback)
+            if event is not None:
+                await self._send(event)
+                with self._cond:
+                    self._pending -= 1
+                    if self._pending <= 0:
+                        self._cond.notify_all()
+                continue
+            if timers:
+                continue
+            if ended_burst:
+                logger.warning(
+                    "aceleryctl dropped %d events while the event queue was full", ended_burst
+                )
+            await wakeup.wait()
+
+    def _fire(self, callback: TimerCallback) -> None:
+        """A timer is due (emitter thread): queue the event its callback returns."""
+        try:
+            event = callback()
+        except Exception as exc:
+            self._problem(f"timer:{type(exc).__name__}", "an event timer raised %r", exc)
+            return
+        if event is None:
+            return
+        with self._cond:
+            if self._closed:
+                self._counts["dropped_closed"] += 1
+                return
+            self._append_locked(event)
+            self._idle = False
+            wakeup = self._wakeup
+        if wakeup is not None:
+            wakeup.set()
+
+    async def _send(self, event: TaskEvent) -> None:
+        try:
+            group = group_name(event.task_id)
+        except ValueError as exc:
+            self._count("dropped_invalid")
+            self._problem("invalid", "an event was dropped: %s", exc)
+            return
+        try:
+            layer = self._factory()
+        except Exception as exc:
+            layer = None
+            self._problem(
+                f"factory:{type(exc).__name__}",
+                "aceleryctl could not get a channel layer: %s",
+                _describe(exc),
+            )
+        if layer is None:
+            self._count("dropped_no_layer")
+            self._problem("no_layer", "no channel layer is configured: task events are dropped")
+            return
+        try:
+            await asyncio.wait_for(
+                layer.group_send(group, event.to_layer_message()), self._send_timeout
+            )
+        except TimeoutError:
+            self._count("timed_out")
+            self._problem(
+                "timeout",
+                "channel layer group_send took longer than %.3g s: events are being dropped",
+                self._send_timeout,
+            )
+        except Exception as exc:
+            self._count("failed")
+            self._problem(
+                f"send:{type(exc).__name__}",
+                "channel layer group_send failed (%s): events are being dropped",
+                _describe(exc),
+            )
+        else:
+            self._count("sent")
+            transport = {k for k in self._logged if k == "timeout" or k.startswith("send:")}
+            if transport:
+                self._logged -= transport
+                logger.info("channel layer group_send works again; task events flow")
+
+    def _count(self, key: str) -> None:
+        with self._cond:
+            self._counts[key] += 1
+
+    def _problem(self, kind: str, message: str, *args: object) -> None:
+        """Log ``message`` at WARNING the first time ``kind`` happens (again after a
+        successful send, for transport problems). Emitter thread only."""
+        if kind in self._logged:
+            return
+        self._logged.add(kind)
+        logger.warning(message, *args)
+
+
+def _describe(exc: BaseException) -> str:
+    return clip_text(scrub_credentials(f"{type(exc).__name__}: {exc}"), 300)
+
+
+# -- the process's default emitter ------------------------------------------------------------
+
+_default_lock = threading.Lock()
+_default: Emitter | None = None
+_default_resolved = False
+_default_factory: Callable[[], Emitter | None] | None = None
+
+
+def set_default_factory(factory: Callable[[], Emitter | None] | None) -> None:
+    """Set what builds the process's default emitter (``None`` from the factory:
+    events are off) and forget the current one. Called by
+    :func:`aceleryctl.signals.connect`."""
+    global _default_factory
+    with _default_lock:
+        _default_factory = factory
+    reset_default_emitter()
+
+
+def default_emitter() -> Emitter | None:
+    """The process's default emitter, built on first use; ``None`` when events are
+    off (no factory, or the factory found no channel layer). Thread-safe, and
+    cheap after the first call."""
+    global _default, _default_resolved
+    if _default_resolved:
+        return _default
+    with _default_lock:
+        if not _default_resolved:
+            factory = _default_factory
+            _default = factory() if factory is not None else None
+            _default_resolved = True
+        return _default
+
+
+def reset_default_emitter(timeout: float = 1.0) -> None:
+    """Close the default emitter (sending what is queued for up to ``timeout``
+    seconds, on the calling thread) and build a new one on next use."""
+    global _default, _default_resolved
+    with _default_lock:
+        old, _default, _default_resolved = _default, None, False
+    if old is not None:
+        old.close(timeout)
+
+
+def _at_exit() -> None:
+    emitter = _default
+    if emitter is not None and emitter._pid == os.getpid() and not emitter.closed:
+        emitter.close(2.0)
+
+
+def _after_fork_in_child() -> None:
+    global _default_lock
+    _default_lock = threading.Lock()
+    for emitter in list(_live):
+        emitter._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_at_exit)

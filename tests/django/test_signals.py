@@ -1,0 +1,360 @@
+"""The signal receivers and report_progress, in-process: eager tasks, a recording layer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery, Task
+from celery.exceptions import Retry
+from django.conf import settings
+from django.test import override_settings
+
+from aceleryctl import signals
+from aceleryctl._emitter import default_emitter
+from aceleryctl._receivers import on_received, on_rejected, on_revoked, on_unknown
+from aceleryctl.correlation import CORRELATION_HEADER, current_correlation_id, use_correlation_id
+from aceleryctl.events import TaskEvent, split_order
+
+TIMEOUT = 10.0
+
+app = Celery("signals-tests", broker="memory://", backend="cache+memory://", set_as_current=False)
+app.conf.update(
+    task_store_eager_result=True,
+    result_serializer="json",
+    task_default_queue="aceleryctl-signals-tests",  # not the memory broker's shared "celery"
+)
+
+
+class Flaky(Exception):
+    pass
+
+
+@app.task(bind=True, name="signals_tests.journey", max_retries=2)
+def journey(self: Task[Any, Any], steps: int, failures: int) -> dict[str, Any]:
+    for step in range(1, steps + 1):
+        signals.report_progress(self, step, steps, f"step {step}")
+    if self.request.retries < failures:
+        raise self.retry(exc=Flaky("again, see redis://u:pw-x@h/0"), countdown=30)
+    return {"ok": True, "password": "result-secret", "seen": current_correlation_id()}
+
+
+@app.task(bind=True, name="signals_tests.boom")
+def boom(self: Task[Any, Any], password: str) -> None:
+    raise ValueError(f"broken at https://admin:{password}@example.com/x")
+
+
+@app.task(bind=True, name="signals_tests.progress_only")
+def progress_only(self: Task[Any, Any], calls: int) -> int:
+    for i in range(1, calls + 1):
+        signals.report_progress(self, i, calls)
+    return calls
+
+
+class RecordingLayer:
+    """A channel layer that records group_send calls (from the emitter's thread)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        await asyncio.sleep(0)
+        with self.lock:
+            self.sent.append((group, message))
+
+    def events(self) -> list[TaskEvent]:
+        emitter = default_emitter()
+        assert emitter is not None, "events are off"
+        assert emitter.flush(TIMEOUT)
+        with self.lock:
+            return [TaskEvent.from_dict(m["event"]) for _, m in self.sent]
+
+
+@pytest.fixture
+def layer() -> Iterator[RecordingLayer]:
+    recording = RecordingLayer()
+    signals.connect(layer_factory=lambda: recording)
+    try:
+        yield recording
+    finally:
+        signals.connect()  # back to what the app connects
+
+
+def types_of(events: list[TaskEvent]) -> list[str]:
+    return [e.type.removeprefix("task.") for e in events]
+
+
+def test_an_eager_journey_emits_every_step_in_order(layer: RecordingLayer) -> None:
+    with use_correlation_id("outer-1"):
+        result = journey.apply((3, 1), headers={CORRELATION_HEADER: "corr-9"})
+        assert current_correlation_id() == "outer-1"
+    assert result.get()["seen"] == "corr-9"
+    events = layer.events()
+    assert types_of(events) == [
+        "started",
+        "progress",
+        "progress",  # the last report of the attempt, held by the throttle, then flushed
+        "retried",
+        "started",
+        "progress",
+        "progress",
+        "succeeded",
+    ]
+    orders = [e.order for e in events]
+    assert orders == sorted(set(orders))
+    assert [e.progress.current for e in events if e.progress] == [1, 3, 1, 3]
+    retried = events[3]
+    assert retried.retry is not None
+    assert (retried.retry.attempt, retried.retry.max_retries) == (1, 2)
+    assert retried.error_type == "Flaky"
+    assert retried.error_message == "again, see redis://********@h/0"
+    assert events[-1].result == {"ok": True, "password": "********", "seen": "corr-9"}
+    assert {e.correlation_id for e in events} == {"corr-9"}
+    assert {split_order(e.order)[0] for e in events[4:]} == {1}
+
+
+def test_an_eager_task_without_a_header_keeps_its_callers_id(layer: RecordingLayer) -> None:
+    with use_correlation_id("caller-7"):
+        assert journey.apply((1, 0)).get()["seen"] == "caller-7"
+    assert {e.correlation_id for e in layer.events()} == {"caller-7"}
+
+
+def test_a_failure_event_has_type_and_scrubbed_message_only(layer: RecordingLayer) -> None:
+    boom.apply(kwargs={"password": "pw-planted"})
+    events = layer.events()
+    assert types_of(events) == ["started", "failed"]
+    failed = events[-1]
+    assert failed.error_type == "ValueError"
+    assert failed.error_message == "broken at https://********@example.com/x"
+    text = json.dumps([e.to_dict() for e in events])
+    assert "pw-planted" not in text
+    assert "Traceback" not in text
+
+
+def test_progress_is_throttled_per_task_and_the_last_report_survives(
+    layer: RecordingLayer,
+) -> None:
+    with override_settings(ACELERYCTL={**settings.ACELERYCTL, "PROGRESS_MAX_RATE": 0.5}):
+        signals.connect(layer_factory=lambda: layer)
+        result = progress_only.apply((500,))
+    reports = [e for e in layer.events() if e.type == "task.progress"]
+    assert [(r.progress.current if r.progress else None) for r in reports] == [1, 500]
+    assert [split_order(r.order)[2] for r in reports] == [1, 500]
+    # The backend holds the last report that went out at once; then the outcome.
+    assert result.state == "SUCCESS"
+
+
+def test_sent_is_announced_by_the_publisher_for_first_messages_only(
+    layer: RecordingLayer,
+) -> None:
+    with use_correlation_id("pub-3"):
+        journey.apply_async((1, 0), task_id="sent-1")
+    journey.apply_async((1, 0), task_id="sent-2", retries=1)
+    events = layer.events()
+    assert [(e.type, e.task_id, e.correlation_id, e.order) for e in events] == [
+        ("task.sent", "sent-1", "pub-3", 0)
+    ]
+    assert events[0].task_name == "signals_tests.journey"
+
+
+def test_worker_side_signals_become_events(layer: RecordingLayer) -> None:
+    request = types.SimpleNamespace(
+        id="rx-1",
+        name="signals_tests.journey",
+        request_dict={"retries": 2, CORRELATION_HEADER: "c-1", "task": "signals_tests.journey"},
+    )
+    on_received(sender=None, request=request)
+    on_revoked(
+        sender=journey,
+        request=types.SimpleNamespace(id="rx-1", retries=None, task="signals_tests.journey"),
+        terminated=True,
+        signum="TERM",
+    )
+    message = types.SimpleNamespace(headers={"id": "rx-2", "task": "nope", "retries": 0})
+    on_unknown(sender=None, name="nope", id="rx-2", message=message)
+    on_rejected(sender=None, message=message, exc=None)
+    on_rejected(sender=None, message=types.SimpleNamespace(headers={}), exc=None)  # no id: ignored
+    events = layer.events()
+    assert [(e.type, e.task_id) for e in events] == [
+        ("task.received", "rx-1"),
+        ("task.revoked", "rx-1"),
+        ("task.rejected", "rx-2"),
+        ("task.rejected", "rx-2"),
+    ]
+    received, revoked, unknown, rejected = events
+    assert (received.attempt, received.correlation_id) == (2, "c-1")
+    assert revoked.attempt == 2  # remembered from task_received, as the main process does
+    assert (revoked.error_type, revoked.error_message) == (
+        "Terminated",
+        "terminated by signal TERM",
+    )
+    assert unknown.error_type == "NotRegistered"
+    assert rejected.error_type == "UnknownMessage"
+
+
+def test_receivers_never_raise(layer: RecordingLayer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="aceleryctl.emitter")
+
+    class Hostile:
+        @property
+        def id(self) -> str:
+            raise RuntimeError("hostile request")
+
+    on_received(sender=None, request=Hostile())
+    on_received(sender=None, request=Hostile())
+    on_revoked(sender=None, request=None)
+    logged = [r for r in caplog.records if "task_received receiver failed" in r.getMessage()]
+    assert len(logged) <= 1  # once per kind and process (maybe logged by an earlier test)
+
+
+def test_report_progress_outside_a_worker_does_nothing_and_checks_arguments(
+    layer: RecordingLayer,
+) -> None:
+    request = types.SimpleNamespace(id=None, called_directly=True, retries=0)
+    task = types.SimpleNamespace(request=request, name="x")
+    signals.report_progress(task, 1, 2)
+    request = types.SimpleNamespace(id="p-1", called_directly=False, retries=0)
+    task = types.SimpleNamespace(request=request, name="x", update_state=lambda **_: None)
+    with pytest.raises(ValueError, match="message"):
+        signals.report_progress(task, 1, 2, message=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="current"):
+        signals.report_progress(task, float("nan"))
+    assert layer.events() == []
+
+
+def test_a_failing_backend_write_never_fails_the_task(
+    layer: RecordingLayer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="aceleryctl.emitter")
+
+    def broken(**_: Any) -> None:
+        raise ConnectionError("result backend down")
+
+    request = types.SimpleNamespace(id="p-2", called_directly=False, retries=0)
+    task = types.SimpleNamespace(request=request, name="x", update_state=broken)
+    signals.report_progress(task, 1, 2)
+    assert [e.type for e in layer.events()] == ["task.progress"]
+
+
+def test_events_can_be_switched_off_while_logging_stays(layer: RecordingLayer) -> None:
+    with override_settings(ACELERYCTL={**settings.ACELERYCTL, "EVENTS_ENABLED": False}):
+        signals.connect(layer_factory=lambda: layer)
+        assert signals.is_connected() == {"events": False, "logging": True}
+        assert default_emitter() is None
+        journey.apply((1, 0))
+    assert layer.sent == []
+    signals.connect(layer_factory=lambda: layer)
+    assert signals.is_connected() == {"events": True, "logging": True}
+
+
+def test_connect_and_disconnect_are_idempotent(layer: RecordingLayer) -> None:
+    from celery import signals as celery_signals
+
+    def count() -> int:
+        return sum(
+            1
+            for receivers in (celery_signals.task_prerun.receivers,)
+            for (key, _) in receivers
+            if "aceleryctl" in str(key[0])
+        )
+
+    signals.connect(layer_factory=lambda: layer)
+    once = count()
+    signals.connect(layer_factory=lambda: layer)
+    assert count() == once == 3  # correlation, events, logging
+    signals.disconnect()
+    signals.disconnect()
+    assert count() == 0
+    assert signals.is_connected() == {"events": False, "logging": False}
+    assert default_emitter() is None
+    signals.connect(layer_factory=lambda: layer)
+    assert count() == once
+
+
+def test_retry_reason_without_an_exception() -> None:
+    from aceleryctl._receivers import retry_details
+
+    request = types.SimpleNamespace(id="r", retries=4)
+    info, error_type = retry_details(journey, request, Retry(when=2.5))
+    assert (info.attempt, info.max_retries, error_type) == (5, 2, None)
+    assert info.reason == "Retry in 2.5s"
+    assert info.eta is not None
+    info, _ = retry_details(journey, request, None)
+    assert (info.reason, info.eta) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [
+        ({"PROGRESS_MAX_RATE": 0}, "PROGRESS_MAX_RATE"),
+        ({"PROGRESS_MAX_RATE": "10"}, "PROGRESS_MAX_RATE"),
+        ({"PROGRESS_MAX_RATE": float("inf")}, "PROGRESS_MAX_RATE"),
+        ({"EVENT_QUEUE_SIZE": 0}, "EVENT_QUEUE_SIZE"),
+        ({"EVENT_SEND_TIMEOUT": -1}, "EVENT_SEND_TIMEOUT"),
+        ({"EVENTS_ENABLED": "yes"}, "EVENTS_ENABLED"),
+        ({"LOG_FILE": ""}, "LOG_FILE"),
+        ({"LOG_FILE": 3}, "LOG_FILE"),
+    ],
+)
+def test_each_event_setting_problem_names_its_key(value: dict[str, Any], key: str) -> None:
+    from aceleryctl.conf import settings_problems
+
+    problems = settings_problems(value)
+    assert len(problems) == 1
+    assert f"ACELERYCTL[{key!r}]" in problems[0]
+
+
+def test_event_settings_are_read_and_invalid_ones_fall_back_to_defaults(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from aceleryctl._worker_config import reset_worker_config, worker_config
+
+    value = {
+        **settings.ACELERYCTL,
+        "PROGRESS_MAX_RATE": 4,
+        "EVENT_QUEUE_SIZE": 7,
+        "EVENT_SEND_TIMEOUT": 0.25,
+        "LOG_FILE": None,
+        "REDACT_KEYS": ["pin"],
+    }
+    with override_settings(ACELERYCTL=value, CELERY_ENABLE_SUCCESS_LOGGING=True):
+        config = worker_config()
+        assert (config.progress_interval, config.queue_size, config.send_timeout) == (0.25, 7, 0.25)
+        assert (config.log_file, config.success_logging, config.prerun_logging) == (
+            None,
+            True,
+            False,
+        )
+        assert config.redactor.keys == frozenset({"pin"})
+    caplog.set_level(logging.WARNING, logger="aceleryctl.emitter")
+    with override_settings(ACELERYCTL={"PROGRESS_MAX_RATE": -1}):
+        config = worker_config()
+        assert config.progress_interval == 0.1
+        assert config.log_file is not None
+        assert config.log_file.endswith("logs/celery_logs.txt")
+    assert any("settings are invalid" in r.getMessage() for r in caplog.records)
+    reset_worker_config()
+
+
+def test_the_in_memory_layer_is_refused_not_fed_from_another_thread(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from aceleryctl import _worker_config
+
+    _worker_config._reported.discard("in_memory_layer")
+    caplog.set_level(logging.WARNING, logger="aceleryctl.emitter")
+    layers = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    with override_settings(CHANNEL_LAYERS=layers):
+        emitter = default_emitter()
+        assert emitter is not None
+        journey.apply((1, 0))
+        assert emitter.flush(TIMEOUT)
+        assert emitter.statistics().dropped_no_layer == 3
+    assert any("InMemoryChannelLayer" in r.getMessage() for r in caplog.records)
