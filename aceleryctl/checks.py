@@ -4,6 +4,9 @@
 * ``aceleryctl.W001``: the Celery app's broker settings let a publish hang. The
   controller bounds its own publishes on Redis, but zero-argument callables and
   other brokers publish through Celery's stock path, bounded only by these.
+* ``aceleryctl.W004``: ``ACELERYCTL["BREAKER"]["FORCE"]`` pins the circuit breaker
+  open (every dispatch fails at once) or closed (it never trips): an operator's
+  tool for maintenance or incidents that must not be forgotten in the settings.
 * ``aceleryctl.W002``: the broker is not Redis, so publishes take Celery's stock
   path: deadlines still bound every caller, but a publishing thread can stay
   stuck on a silent broker until the broker's own timeouts fire.
@@ -26,7 +29,12 @@ from django.utils.module_loading import import_string
 
 from aceleryctl.conf import SETTING_NAME, resolve_celery_app, settings_problems
 
-__all__ = ["check_celery_bounds", "check_channel_layer", "check_settings"]
+__all__ = [
+    "check_celery_bounds",
+    "check_channel_layer",
+    "check_forced_breaker",
+    "check_settings",
+]
 
 
 @register()
@@ -40,6 +48,30 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             id="aceleryctl.E001",
         )
         for problem in settings_problems(raw)
+    ]
+
+
+@register()
+def check_forced_breaker(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """``aceleryctl.W004``: the breaker is forced by settings."""
+    raw = getattr(settings, SETTING_NAME, None)
+    if settings_problems(raw) or not isinstance(raw, dict):
+        return []
+    breaker = raw.get("BREAKER")
+    force = breaker.get("FORCE") if isinstance(breaker, dict) else None
+    if force is None:
+        return []
+    effect = (
+        "every dispatch is refused at once with CircuitOpenError"
+        if force == "open"
+        else "the breaker never opens, whatever the broker does"
+    )
+    return [
+        checks.Warning(
+            f"ACELERYCTL['BREAKER']['FORCE'] is {force!r}: {effect}",
+            hint="Remove the FORCE key when the maintenance or incident is over.",
+            id="aceleryctl.W004",
+        )
     ]
 
 

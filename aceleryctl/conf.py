@@ -65,7 +65,11 @@ __all__ = [
 
 SETTING_NAME = "ACELERYCTL"
 
+#: ``ACELERYCTL["BREAKER"]["FORCE"]``: pin the breaker in a state from start-up.
+FORCE_STATES = ("open", "closed")
+
 _BREAKER_KEYS: dict[str, type | tuple[type, ...]] = {
+    "FORCE": (str, type(None)),
     "FAILURE_THRESHOLD": int,
     "FAILURE_RATE_THRESHOLD": (int, float),
     "SLOW_CALL_AFTER": (int, float),
@@ -276,9 +280,14 @@ def settings_problems(raw: object) -> list[str]:
                 )
             elif isinstance(value, bool) or not isinstance(value, expected):
                 problems.append(f"ACELERYCTL['BREAKER'][{key!r}] has the wrong type: {value!r}")
+        force = breaker.get("FORCE")
+        if isinstance(force, str) and force not in FORCE_STATES:
+            problems.append(
+                f"ACELERYCTL['BREAKER']['FORCE'] must be 'open', 'closed' or None, got {force!r}"
+            )
         if not any("BREAKER" in p for p in problems):
             try:
-                CircuitBreaker(**{k.lower(): v for k, v in breaker.items()})
+                CircuitBreaker(**_breaker_arguments(breaker))
             except ValueError as exc:
                 problems.append(f"ACELERYCTL['BREAKER']: {exc}")
     return problems
@@ -376,10 +385,19 @@ def _is_fallback(app: Celery) -> bool:
     return app is getattr(_state, "default_app", None) and app.main == "default"
 
 
+def _breaker_arguments(breaker: Mapping[str, Any]) -> dict[str, Any]:
+    return {k.lower(): v for k, v in breaker.items() if k != "FORCE"}
+
+
 def build_controller(conf: ControllerSettings) -> AsyncCeleryController:
     """A new controller configured from ``conf``."""
     app = resolve_celery_app(conf)
-    breaker = CircuitBreaker(**{k.lower(): v for k, v in conf.breaker.items()})
+    breaker = CircuitBreaker(**_breaker_arguments(conf.breaker))
+    force = conf.breaker.get("FORCE")
+    if force == "open":
+        breaker.force_open()
+    elif force == "closed":
+        breaker.force_closed()
     return AsyncCeleryController(
         app,
         dispatch_timeout=conf.dispatch_timeout,

@@ -102,3 +102,28 @@ def test_health_command_json_and_exit_status() -> None:
     ):
         call_command("aceleryctl_health", stdout=StringIO())
     conf.reset_default_controller()
+
+
+@pytest.mark.parametrize(("force", "state"), [("open", "forced_open"), ("closed", "forced_closed")])
+def test_breaker_forced_by_settings_warns_and_applies(force: str, state: str) -> None:
+    from aceleryctl.checks import check_forced_breaker
+
+    value = {"CELERY_APP": "tests.django.celery_fixture:app", "BREAKER": {"FORCE": force}}
+    with override_settings(ACELERYCTL=value):
+        [warning] = check_forced_breaker()
+        assert warning.id == "aceleryctl.W004"
+        assert f"is {force!r}" in warning.msg
+        ctl = conf.default_controller()
+        assert ctl.health()["breaker"]["state"] == state
+    conf.reset_default_controller()
+
+
+def test_bad_force_value_names_the_key() -> None:
+    from aceleryctl.checks import check_settings
+
+    value = {"BREAKER": {"FORCE": "half"}}
+    with override_settings(ACELERYCTL=value):
+        messages = [m.msg for m in check_settings()]
+    assert any(
+        "ACELERYCTL['BREAKER']['FORCE'] must be 'open', 'closed' or None" in m for m in messages
+    )
