@@ -396,3 +396,46 @@ def test_probe_reaches_the_broker_even_on_an_established_connection(
             fault_broker.server.resume()
     finally:
         ctl.sync.close(DEADLINE * 3)
+
+
+async def test_paused_mid_publish_each_task_id_is_queued_at_most_once(
+    fault_broker: FaultBroker, redis_server: RedisServer
+) -> None:
+    # Calls in flight when Redis freezes: their commands sit in the socket buffers.
+    # After SIGCONT Redis executes what it received; nothing may be re-sent on top.
+    queue = new_marker("pauseq")
+    ctl = make_controller(fault_broker.url(0), redis_server.url(1))
+    broker = redis.Redis.from_url(fault_broker.url(0), socket_timeout=5)
+    try:
+        await ctl.send_task(RECORD_TASK, ("warm",), queue=queue)  # connected first
+        fault_broker.server.pause()
+        try:
+            calls = [ctl.send_task(RECORD_TASK, (new_marker("p"),), queue=queue) for _ in range(30)]
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            fault_broker.server.resume()
+        unknown = {e.task_id for e in outcomes if isinstance(e, TaskDispatchError) and classify(e)}
+        not_sent = {
+            e.task_id for e in outcomes if isinstance(e, TaskDispatchError) and not classify(e)
+        }
+        assert unknown, f"no call was caught mid-publish: {outcomes}"
+
+        def queued() -> list[str]:
+            return [json.loads(raw)["headers"]["id"] for raw in broker.lrange(queue, 0, -1)]
+
+        # Everything Redis had received is executed right after SIGCONT; land a later
+        # publish behind it (once the breaker lets calls through again), then read.
+        started = time.monotonic()
+        while True:
+            try:
+                await ctl.send_task(RECORD_TASK, ("after",), queue=queue)
+                break
+            except TaskDispatchError:
+                assert time.monotonic() - started < 20, "never dispatched again"
+                await asyncio.sleep(0.05)  # pacing between attempts
+        ids = queued()
+        assert len(ids) == len(set(ids)), "a task id was queued twice"
+        assert not (not_sent & set(ids)), "a call reported as not sent is in the queue"
+    finally:
+        broker.close()
+        await ctl.aclose(DEADLINE * 3)
