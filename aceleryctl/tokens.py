@@ -5,7 +5,7 @@ the browser sends it in its ``subscribe`` frame (never in the URL, so it stays o
 of access logs)::
 
     result = await controller.delay(export_report, report_id)
-    token = make_subscription_token(result.id, user=request.user)
+    token = make_subscription_token(result.id, user=await request.auser())
     return JsonResponse({"task_id": result.id, "token": token})
 
 A token is a :class:`django.core.signing.Signer` signature (``SECRET_KEY``, with
