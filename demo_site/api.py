@@ -4,15 +4,19 @@ The only change from the original controller is the import line::
 
     from aceleryctl.sync import controller
 
+The demo calls :func:`demo_site.faults.active_sync_controller` instead, so that the
+page's dead-broker switch reaches these views too; while the switch is off it
+returns exactly ``aceleryctl.sync.controller``.
+
 Django runs these sync views on a worker thread (never the event loop's thread), so
-the blocking facade is the right one here.
+the blocking facade is the right one here. Like the async views, they answer with a
+subscription token, so a task started here shows up live on the page.
 """
 
 from __future__ import annotations
 
 from django.db import transaction
 from django.http import HttpResponseBase
-from django.urls import reverse
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view
 from rest_framework.request import Request
@@ -20,10 +24,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from aceleryctl import TaskDispatchError
-from aceleryctl.sync import controller
+from demo_site.faults import active_sync_controller
+from demo_site.live import session_key
 from demo_site.models import Report
 from demo_site.tasks import add, process_report, record_audit
-from demo_site.views import dispatch_error_response
+from demo_site.views import accepted_body, dispatch_error_response
 
 __all__ = ["ReportListCreate", "schedule_add"]
 
@@ -45,6 +50,8 @@ class ReportListCreate(APIView):
     def post(self, request: Request) -> Response:
         serializer = ReportSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        key = session_key(request._request)
+        controller = active_sync_controller()
         with transaction.atomic():
             report = serializer.save()
             # Published only once the transaction commits (never if it rolls back),
@@ -56,16 +63,14 @@ class ReportListCreate(APIView):
         audit_sent, _ = controller.safe_execute(
             record_audit, "report.created", suppress_exceptions=True, report_id=report.pk
         )
-        return Response(
-            {
-                "task_id": result.id,
-                "task": process_report.name,
-                "status_url": reverse("task-state", args=[result.id]),
-                "report": ReportSerializer(report).data,
-                "audit_sent": audit_sent,
-            },
-            status=status.HTTP_202_ACCEPTED,
+        body = accepted_body(
+            result.id,
+            process_report.name,
+            key,
+            report=ReportSerializer(report).data,
+            audit_sent=audit_sent,
         )
+        return Response(body, status=status.HTTP_202_ACCEPTED)
 
 
 class ScheduleAddSerializer(serializers.Serializer):
@@ -83,6 +88,8 @@ def schedule_add(request: Request) -> HttpResponseBase:
     serializer = ScheduleAddSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
     data = serializer.validated_data
+    key = session_key(request._request)
+    controller = active_sync_controller()
     try:
         result = controller.apply_async(
             add,
@@ -92,12 +99,5 @@ def schedule_add(request: Request) -> HttpResponseBase:
         )
     except TaskDispatchError as exc:
         return dispatch_error_response(exc)
-    return Response(
-        {
-            "task_id": result.id,
-            "task": add.name,
-            "status_url": reverse("task-state", args=[result.id]),
-            "countdown": data["countdown"],
-        },
-        status=status.HTTP_202_ACCEPTED,
-    )
+    body = accepted_body(result.id, add.name, key, countdown=data["countdown"])
+    return Response(body, status=status.HTTP_202_ACCEPTED)

@@ -1,7 +1,15 @@
 """The ASGI application: ``uvicorn demo_site.asgi:application --lifespan on``.
 
-``with_lifespan`` answers the server's lifespan messages, so aceleryctl's default
-controller drains its in-flight publishes when the server shuts down.
+* HTTP goes to Django, wrapped in ``ASGIStaticFilesHandler`` so that the page's
+  static files (and aceleryctl's ``client.js``) are served without a web server in
+  front (a demo: a real deployment serves them from a CDN or its proxy).
+* Websockets on ``ws/aceleryctl/tasks/`` go to aceleryctl's consumer, behind
+  Channels' ``AuthMiddlewareStack``, which puts the visitor's session in the scope:
+  subscription tokens are bound to it.
+* ``with_lifespan`` answers the server's lifespan messages, so aceleryctl's default
+  controller drains its in-flight publishes when the server shuts down.
+
+uvicorn needs the ``websockets`` package to serve websockets.
 """
 
 from __future__ import annotations
@@ -10,8 +18,21 @@ import os
 
 from django.core.asgi import get_asgi_application
 
-from aceleryctl.asgi import with_lifespan
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo_site.settings")
+django_application = get_asgi_application()  # first: it sets Django up
 
-application = with_lifespan(get_asgi_application())
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+from aceleryctl.asgi import with_lifespan  # noqa: E402
+from aceleryctl.routing import websocket_urlpatterns  # noqa: E402
+
+application = with_lifespan(
+    ProtocolTypeRouter(
+        {
+            "http": ASGIStaticFilesHandler(django_application),
+            "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+        }
+    )
+)

@@ -17,9 +17,14 @@ file, and its temporary directory is removed.
 
 ``--smoke`` starts everything on a free port with a throwaway database, drives the
 HTTP API (a long task from the async view, a report from the DRF view with on-commit
-dispatch, the status endpoint), waits (bounded) for both tasks to succeed on the
-worker, prints ``OK``, stops everything and exits 0; on any failure it prints the
-children's logs and exits 1. CI runs it as the demo's smoke test.
+dispatch, the status endpoint), follows the long task over the websocket with the
+token the view returned until its terminal event, checks that a forged token is
+refused, waits (bounded) for both tasks to succeed on the worker, prints ``OK``,
+stops everything and exits 0; on any failure it prints the children's logs and
+exits 1. CI runs it as the demo's smoke test.
+
+The page's dead-broker switch is on (``DEMO_FAULT_SWITCH=1``) unless the
+environment says otherwise.
 """
 
 from __future__ import annotations
@@ -371,6 +376,67 @@ def wait_until_serving(supervisor: Supervisor, base_url: str) -> None:
         supervisor.sleep(0.1)
 
 
+def watch_live(client: Client, started: dict[str, Any], *, token: str | None = None) -> list[str]:
+    """Follow a task over the websocket, as the page does, until its terminal event.
+
+    Returns the event types received; raises :class:`DemoError` when the server
+    refuses the subscription or no terminal event arrives in time.
+    """
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    base = urlsplit(client.base_url)
+    url = urlunsplit(("ws", base.netloc, started["websocket"], "", ""))
+    cookie = "; ".join(f"{c.name}={c.value}" for c in client.cookies)
+    frame = {
+        "type": "subscribe",
+        "task_id": started["task_id"],
+        "token": started["token"] if token is None else token,
+        "after": None,
+    }
+    seen: list[str] = []
+    deadline = time.monotonic() + SMOKE_TASK_TIMEOUT
+    with connect(
+        url,
+        origin=f"{base.scheme}://{base.netloc}",  # type: ignore[arg-type]
+        additional_headers={"Cookie": cookie},
+        open_timeout=10,
+        proxy=None,
+    ) as ws:
+        ws.send(json.dumps(frame))
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DemoError(f"no terminal event in {SMOKE_TASK_TIMEOUT:g} s: {seen}")
+            try:
+                message = json.loads(ws.recv(timeout=remaining))
+            except TimeoutError:
+                continue
+            except ConnectionClosed as closed:
+                code = closed.rcvd.code if closed.rcvd is not None else None
+                raise DemoError(f"the websocket was closed ({code}) after {seen}") from None
+            if message["type"] == "error":
+                raise DemoError(f"refused: {message['code']} {message['message']}")
+            event = message.get("event")
+            if event is not None:
+                seen.append(event["type"])
+                if event["type"] in ("task.succeeded", "task.failed", "task.revoked"):
+                    return seen
+
+
+def expect_refused(client: Client, started: dict[str, Any]) -> None:
+    """A subscription with a forged token must be refused (close code 4403)."""
+    forged = started["token"][:-6] + ("AAAAAA" if not started["token"].endswith("A") else "BBBBBB")
+    try:
+        watch_live(client, started, token=forged)
+    except DemoError as exc:
+        if "4403" not in str(exc):
+            raise DemoError(f"a forged token was refused the wrong way: {exc}") from None
+        print("smoke: a forged token is refused (4403)")
+        return
+    raise DemoError("a forged token was accepted")
+
+
 def smoke_test(supervisor: Supervisor, base_url: str) -> None:
     """Drive the HTTP API and wait for tasks to succeed on the worker; raise on failure."""
     client = Client(base_url)
@@ -398,6 +464,11 @@ def smoke_test(supervisor: Supervisor, base_url: str) -> None:
 
     expect(200, client.request("GET", ""), "the index page")
     started = expect(202, client.request("POST", "api/tasks/long/", {"seconds": 1}), "long task")
+    events = watch_live(client, started)
+    if events[-1] != "task.succeeded":
+        raise DemoError(f"long_task ended live with {events[-1]}: {events}")
+    print(f"smoke: long_task followed live: {' -> '.join(dict.fromkeys(events))}")
+    expect_refused(client, started)
     wait_for_success(started, "long_task via the async view")
     created = expect(202, client.request("POST", "api/reports/", {"title": "smoke test"}), "report")
     wait_for_success(created, "process_report via DRF + delay_on_commit")
@@ -449,6 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env["DJANGO_SETTINGS_MODULE"] = "demo_site.settings"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("DEMO_FAULT_SWITCH", "1")  # the page's dead-broker switch: a local demo
     if args.smoke:  # a throwaway database, so CI and your own .demo/ never meet
         env["DEMO_DATA_DIR"] = str(rundir / "data")
     supervisor = Supervisor(env, log_dir=rundir if args.smoke else None)

@@ -1,13 +1,15 @@
 """Django settings for the demo. Everything that varies comes from the environment.
 
 ``REDIS_URL`` (default ``redis://127.0.0.1:6379``) names the Redis server: the broker
-uses database 0 and the result backend database 1. The SQLite database lives in
+uses database 0, the result backend database 1 and the Channels layer (live task
+events) database 2. The SQLite database lives in
 ``DEMO_DATA_DIR`` (default ``<repository root>/.demo``).
 
 ``DJANGO_SECRET_KEY`` unset: a demo-only key, for the local run. Set but empty (what
 docker-compose.yml passes when no key was given): refuse to start. ``DJANGO_DEBUG=1``
 turns DEBUG on; ``DJANGO_ALLOWED_HOSTS`` is a comma-separated list (unset or empty:
-the loopback names).
+the loopback names). ``DEMO_FAULT_SWITCH=1`` (set by ``python -m demo_site.run``; on
+whenever DEBUG is) enables the page's dead-broker switch.
 """
 
 from __future__ import annotations
@@ -50,17 +52,25 @@ ALLOWED_HOSTS = [
     if host.strip()
 ]
 
+#: The page's "dead broker" switch (``demo_site.faults``): never in a real deployment.
+DEMO_FAULT_SWITCH = DEBUG or os.environ.get("DEMO_FAULT_SWITCH", "") == "1"
+
 INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.contenttypes",
+    "django.contrib.sessions",  # subscription tokens are bound to the visitor's session
+    "django.contrib.staticfiles",  # serves aceleryctl/client.js and the page's own files
     "rest_framework",
     "aceleryctl",
     "demo_site",
 ]
 MIDDLEWARE = [
+    "aceleryctl.correlation.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 ROOT_URLCONF = "demo_site.urls"
@@ -88,6 +98,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"
 
+# Served by Django itself (demo_site.asgi wraps the app in ASGIStaticFilesHandler):
+# the demo has no web server in front of it.
+STATIC_URL = "static/"
+
 REST_FRAMEWORK = {
     # No users in the demo: DRF's views are open, and (without SessionAuthentication)
     # exempt from CSRF. Django's own views keep CSRF protection.
@@ -104,6 +118,7 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_TRACK_STARTED = True
+CELERY_RESULT_EXTENDED = True  # a late subscriber's snapshot names the task and attempt
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_RESULT_EXPIRES = 3600
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -112,6 +127,16 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
 CELERY_REDIS_SOCKET_TIMEOUT = 5.0
 CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = 2.0
+
+# Live task events: workers publish to this layer, the web process reads from it.
+# redis-py 8 reads with a 5 s socket timeout by default, the same 5 s channels_redis
+# blocks in BZPOPMIN: without socket_timeout None an idle layer raises TimeoutError.
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [{"address": redis_db_url(REDIS_URL, 2), "socket_timeout": None}]},
+    }
+}
 
 ACELERYCTL = {
     "CELERY_APP": "demo_site.celery_app:app",

@@ -9,6 +9,7 @@ from typing import Any
 from celery import Task
 from django.utils import timezone
 
+from aceleryctl import report_progress
 from demo_site.celery_app import app
 
 logger = logging.getLogger(__name__)
@@ -25,12 +26,13 @@ def add(x: int, y: int) -> int:
 
 @app.task(bind=True)
 def long_task(self: Task[Any, Any], seconds: int) -> dict[str, int]:
-    """Work for ``seconds`` seconds, reporting progress as the custom ``PROGRESS`` state."""
+    """Work for ``seconds`` seconds, reporting progress (state ``PROGRESS``, and a live
+    ``task.progress`` event for the page) with :func:`aceleryctl.report_progress`."""
     total = max(1, seconds * _TICKS_PER_SECOND)
     for done in range(1, total + 1):
         time.sleep(1 / _TICKS_PER_SECOND)
         if done < total:
-            self.update_state(state="PROGRESS", meta={"current": done, "total": total})
+            report_progress(self, done, total, f"step {done} of {total}")
     return {"current": total, "total": total}
 
 
@@ -46,6 +48,21 @@ def flaky(self: Task[Any, Any]) -> None:
     raise self.retry(exc=exc)
 
 
+class UpstreamUnavailable(ConnectionError):
+    """What ``unreliable_fetch`` raises on its first attempt, on purpose."""
+
+
+@app.task(bind=True, max_retries=3, default_retry_delay=1)
+def unreliable_fetch(self: Task[Any, Any]) -> dict[str, int]:
+    """Fail on the first attempt (a simulated 503 upstream), retry once, then succeed."""
+    attempt = self.request.retries + 1
+    if attempt < 2:
+        exc = UpstreamUnavailable("the upstream API answered 503 Service Unavailable (simulated)")
+        raise self.retry(exc=exc)
+    report_progress(self, 1, 1, "fetched")
+    return {"attempts": attempt, "rows": 42}
+
+
 @app.task(bind=True)
 def process_report(self: Task[Any, Any], report_id: int) -> dict[str, Any]:
     """Fill in a ``Report`` created by the API: a stand-in for real processing."""
@@ -54,7 +71,10 @@ def process_report(self: Task[Any, Any], report_id: int) -> dict[str, Any]:
     report = Report.objects.get(pk=report_id)
     report.status = Report.Status.PROCESSING
     report.save(update_fields=["status"])
-    time.sleep(1)
+    steps = 4
+    for done in range(1, steps + 1):
+        time.sleep(0.3)
+        report_progress(self, done, steps, f"page {done} of {steps}")
     report.word_count = len(report.title.split())
     report.status = Report.Status.DONE
     report.processed_at = timezone.now()
