@@ -85,6 +85,7 @@ fi
 
 log "benchmarks, smoke only (tiny N; no speed is asserted)"
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$root/.venv-py311-dj52/bin/python" -m bench.dispatch --smoke
+ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$root/.venv-py311-dj52/bin/python" -m bench.events --smoke
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$root/.venv-py311-dj52/bin/python" -m bench.faults --smoke \
   2> >(grep -v -e '^Task dispatch failed' -e '^Traceback' -e '^  ' -e '^$' >&2 || true)
 
