@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
+import redis.exceptions
+
 from aceleryctl._protocol import event_frame
 from aceleryctl.events import TaskEvent, group_name
 
@@ -222,11 +224,16 @@ class TaskHub:
                     await self._leave(membership)
         finally:
             membership.worker = None
-            if not membership.listeners and membership.state == "out":
-                if self._tasks.get(membership.task_id) is membership:
-                    del self._tasks[membership.task_id]
-                if not self._tasks:
-                    await self._stop_background()
+            if (
+                not membership.listeners
+                and membership.state == "out"
+                and self._tasks.get(membership.task_id) is membership
+            ):
+                del self._tasks[membership.task_id]
+                # The reader keeps running while the hub is open, even with no task
+                # followed: channels_redis finishes a cancelled receive only when its
+                # blocking pop times out (5 s), and a reader restarted meanwhile on
+                # the same channel would wait that long for its lock.
 
     async def _join(self, membership: _Membership) -> None:
         channel = await self._ensure_channel()
@@ -286,11 +293,15 @@ class TaskHub:
         assert self._channel is not None
         channel = self._channel
         delay = _RECEIVE_BACKOFF[0]
-        while self._tasks:  # ends when cancelled by the last leave, or when idle
+        while True:  # until aclose() cancels it; messages for no listener are dropped
             try:
                 message = await self.layer.receive(channel)
             except asyncio.CancelledError:
                 raise
+            except (TimeoutError, redis.exceptions.TimeoutError):
+                # An idle receive timed out (channels_redis with a finite socket
+                # timeout): nothing is wrong, ask again.
+                continue
             except Exception:
                 logger.warning("channel layer receive failed; retrying", exc_info=True)
                 await asyncio.sleep(delay)
