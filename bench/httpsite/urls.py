@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from bench.httpsite import views
+
+urlpatterns = [
+    path("trivial", views.trivial),
+    path("s2a", views.s2a),
+    path("s2a-free", views.s2a_free),
+    path("sync", views.sync_delay),
+    path("controller", views.ctl),
+    path("sync-facade", views.sync_facade),
+]

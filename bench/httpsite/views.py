@@ -1,0 +1,65 @@
+"""One view per way of dispatching ``add(1, 1)``; each answers ``ok`` (200).
+
+aceleryctl's views answer 504 on ``DispatchTimeout`` (outcome unknown) and 503 on
+any other ``TaskDispatchError`` (nothing sent, or the broker failed), as a project
+would; the others let whatever happens happen.
+"""
+
+from __future__ import annotations
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, HttpResponse
+
+from aceleryctl import DispatchTimeout, TaskDispatchError, controller
+from aceleryctl.sync import controller as sync_controller
+from bench.httpsite.tasks import add
+
+
+def _ok() -> HttpResponse:
+    response = HttpResponse(b"ok", content_type="text/plain")
+    response["Content-Length"] = "2"
+    return response
+
+
+def _failed(exc: TaskDispatchError) -> HttpResponse:
+    body = type(exc).__name__.encode()  # the benchmark tallies the kinds of failure
+    response = HttpResponse(
+        body, status=504 if isinstance(exc, DispatchTimeout) else 503, content_type="text/plain"
+    )
+    response["Content-Length"] = str(len(body))
+    return response
+
+
+async def trivial(request: HttpRequest) -> HttpResponse:
+    return _ok()
+
+
+async def s2a(request: HttpRequest) -> HttpResponse:
+    await sync_to_async(add.delay)(1, 1)
+    return _ok()
+
+
+async def s2a_free(request: HttpRequest) -> HttpResponse:
+    await sync_to_async(add.delay, thread_sensitive=False)(1, 1)
+    return _ok()
+
+
+def sync_delay(request: HttpRequest) -> HttpResponse:
+    add.delay(1, 1)
+    return _ok()
+
+
+async def ctl(request: HttpRequest) -> HttpResponse:
+    try:
+        await controller.delay(add, 1, 1)
+    except TaskDispatchError as exc:
+        return _failed(exc)
+    return _ok()
+
+
+def sync_facade(request: HttpRequest) -> HttpResponse:
+    try:
+        sync_controller.delay(add, 1, 1)
+    except TaskDispatchError as exc:
+        return _failed(exc)
+    return _ok()
