@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import include, path
+from rest_framework.routers import SimpleRouter
 
 from demo_site import api, views
+
+router = SimpleRouter()
+router.register("api/report-records", api.ReportViewSet, basename="report-record")
 
 urlpatterns = [
     path("", views.index, name="index"),
@@ -20,4 +24,6 @@ urlpatterns = [
     # DRF views on the sync facade, `aceleryctl.sync.controller`.
     path("api/reports/", api.ReportListCreate.as_view(), name="reports"),
     path("api/scheduled-add/", api.schedule_add, name="scheduled-add"),
+    # A ModelViewSet whose `reprocess` action queues several tasks (one with a countdown).
+    path("", include(router.urls)),
 ]

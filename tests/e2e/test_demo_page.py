@@ -139,6 +139,22 @@ def test_a_task_started_from_the_drf_endpoint_shows_up_live(page: Page) -> None:
     expect_state(report, "SUCCESS")
 
 
+def test_a_viewset_action_queues_several_tasks_that_show_up_live(page: Page) -> None:
+    page.goto("/")  # a session: the tokens are bound to it
+    created = post_json(page, "/api/reports/", {"title": "to be reprocessed"})
+    report_id = created["report"]["id"]
+    queued = post_json(page, f"/api/report-records/{report_id}/reprocess/", {})
+    assert queued["report"] == report_id
+    names = [t["task"] for t in queued["tasks"]]
+    assert names == ["demo_site.tasks.process_report", "demo_site.tasks.record_audit"]
+    assert queued["tasks"][1]["countdown"] == 2
+    for started in queued["tasks"]:
+        page.goto(f"{started['page_url']}#token={started['token']}")
+        task = page.locator("#tasks li.task").first
+        expect(task).to_have_attribute("data-task-id", started["task_id"])
+        expect_state(task, "SUCCESS")
+
+
 def test_a_forged_token_is_refused(page: Page, artifacts: Path) -> None:
     page.goto("/")
     started = post_json(page, "/api/tasks/long/", {"seconds": 1})
