@@ -181,7 +181,11 @@ def demo(e2e_redis: RedisServer) -> Iterator[Demo]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop marked as
+# running on the main thread while it is alive, and the async tests of every other
+# module (pytest-asyncio) cannot run a loop of their own until it has stopped.
+# pytest-randomly keeps a module's tests together, so this ends with the module.
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     try:
         from playwright.sync_api import sync_playwright
@@ -193,7 +197,7 @@ def playwright() -> Iterator[Playwright]:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     """Headless Chromium from Debian (Playwright cannot download its own here)."""
     chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
