@@ -152,7 +152,7 @@ async def drive(
         # the publishing thread exist before the first sample is taken.
         await ctl.delay(add, -1, -1)
         if trace:
-            tracemalloc.start(10)
+            tracemalloc.start()
         t0 = time.perf_counter()
         cpu0 = cpu_seconds()
         deadline = t0 + max_seconds
@@ -193,7 +193,14 @@ async def drive(
             tracemalloc.stop()
             if trace_from is not None:
                 stats = end.compare_to(trace_from, "lineno")
-                run.growth = [str(stat) for stat in stats[:10]]
+                grown = sorted(
+                    (stat for stat in stats if stat.size_diff > 0),
+                    key=lambda stat: stat.size_diff,
+                    reverse=True,
+                )
+                net = sum(stat.size_diff for stat in stats)
+                run.growth = [f"net change of traced memory: {net / 1024:+.1f} KiB"]
+                run.growth += [str(stat) for stat in grown[:10]]
     finally:
         await ctl.aclose()
         trimmer.stop()
@@ -256,7 +263,8 @@ def render(run: Run) -> str:
         for s in run.samples
     ]
     if run.growth:
-        lines += ["", "tracemalloc, top growth from the warm-up sample to the end:", "", "```"]
+        lines += ["", "tracemalloc, lines that grew most from the warm-up sample to the end:"]
+        lines += ["", "```"]
         lines += run.growth
         lines += ["```"]
     return "\n".join(lines)
