@@ -79,7 +79,9 @@ class ControllerCore:
             "overloaded": stats.overloaded,
             "rejected_open": stats.rejected_open,
             "late_completions": stats.late_completions,
+            "direct": stats.direct,
             "bounded_transport": self._engine.bounded,
+            "direct_publish": self._engine.direct is not None,
         }
 
     def _probe_call(self, timeout: float | None) -> Call:
@@ -97,7 +99,9 @@ class ControllerCore:
         kwargs: dict[str, Any],
         method: str = "delay",
     ) -> Call:
-        return build_apply_async(self.app, method, task, args, kwargs, {}, self._default_timeout)
+        return build_apply_async(
+            self.app, method, task, args, kwargs, {}, self._default_timeout, self._engine.direct
+        )
 
     def _apply_async_call(
         self,
@@ -108,7 +112,9 @@ class ControllerCore:
         options: dict[str, Any],
     ) -> Call:
         timeout = self._timeout(options)
-        return build_apply_async(self.app, method, task, args, kwargs, options, timeout)
+        return build_apply_async(
+            self.app, method, task, args, kwargs, options, timeout, self._engine.direct
+        )
 
     def _send_task_call(
         self,

@@ -8,7 +8,6 @@ runs later on a pool thread whose current Celery app is the controller's.
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,8 @@ from celery.canvas import Signature, _chain, chord, group
 from celery.local import Proxy
 from kombu import Producer
 
+from aceleryctl._direct import DirectMessage, DirectPath
+from aceleryctl._ids import new_task_id
 from aceleryctl.correlation import CORRELATION_HEADER, correlation_id
 
 __all__ = ["Call", "build_apply_async", "build_callable", "build_send_task", "check_timeout"]
@@ -53,6 +54,11 @@ class Call:
         counted: ``False`` for broker probes, which are neither dispatches nor
             failures in the statistics and are not logged.
         started_at, finished_at: ``time.monotonic()`` stamps set by the pool thread.
+        direct: the call as the direct path sees it, when that path accepts it
+            (:mod:`aceleryctl._direct`); the publishing thread may still send it
+            through ``publish`` instead.
+        sent_direct: set by the publishing thread when the direct path sent it;
+            the future then holds only the task id.
     """
 
     method: str
@@ -70,6 +76,8 @@ class Call:
     counted: bool = True
     started_at: float = 0.0
     finished_at: float = 0.0
+    direct: DirectMessage | None = field(default=None, repr=False)
+    sent_direct: bool = False
 
 
 def check_timeout(value: object, *, name: str = "dispatch_timeout") -> float:
@@ -159,7 +167,7 @@ def _with_correlation(options: dict[str, Any]) -> None:
 
 
 def _new_id() -> str:
-    return str(uuid.uuid4())
+    return new_task_id()
 
 
 def build_apply_async(
@@ -170,8 +178,11 @@ def build_apply_async(
     kwargs: object,
     options: dict[str, Any],
     timeout: float,
+    direct: DirectPath | None = None,
 ) -> Call:
     """Prepare ``apply_async`` for a task, a signature or a canvas.
+
+    With ``direct``, a plain task call also carries what the direct path needs.
 
     Raises:
         TypeError: ``task`` is none of those, or ``args``/``kwargs`` have the wrong shape.
@@ -202,7 +213,7 @@ def build_apply_async(
         options["task_id"] = task_id
         parent = _inherit_parent(app, options)
         _with_correlation(options)
-        return Call(
+        call = Call(
             method,
             bound.name,
             task_id,
@@ -215,6 +226,9 @@ def build_apply_async(
             parent_task=parent,
             signature_of=bound,
         )
+        if direct is not None and bound.app is app and direct.accepts(bound, options):
+            call.direct = DirectMessage(bound, call_args, call_kwargs, options)
+        return call
     if callable(task):
         if call_args or call_kwargs or options:
             raise TypeError(

@@ -60,10 +60,13 @@ class AsyncCeleryController(ControllerCore):
             :class:`~aceleryctl.breaker.CircuitBreaker` with default settings.
         redact_keys: key substrings whose values are masked in failure logs;
             default :data:`aceleryctl.DEFAULT_REDACT_KEYS`.
-        max_batch: publishes one thread sends in a single pipelined round trip
-            when they queue up together (>= 1; Redis only). Larger batches cost
-            less CPU per publish but hold the GIL longer, which the event loop
-            feels as lag.
+        max_batch: publishes one thread sends in a single round trip when they
+            queue up together (>= 1; Redis only). Larger batches cost less CPU per
+            publish but hold the GIL longer, which the event loop feels as lag.
+        direct_publish: send plain task calls on the direct path (Redis only):
+            the same Celery protocol message, built with less work and written
+            with one ``LPUSH`` per batch (see docs/design.md). ``False`` sends
+            every call through Celery's stock ``apply_async``.
 
     Raises:
         ValueError, TypeError: an argument is out of range or of the wrong type.
@@ -82,6 +85,7 @@ class AsyncCeleryController(ControllerCore):
         breaker: CircuitBreaker | None = None,
         redact_keys: Iterable[str] = DEFAULT_REDACT_KEYS,
         max_batch: int = 8,
+        direct_publish: bool = True,
     ) -> None:
         if app is None:
             app = _current_celery_app()
@@ -95,6 +99,7 @@ class AsyncCeleryController(ControllerCore):
             redactor=Redactor.from_keys(redact_keys),
             transport=TransportPolicy.for_deadline(check_timeout(dispatch_timeout)),
             max_batch=max_batch,
+            direct_publish=direct_publish,
         )
         super().__init__(engine, dispatch_timeout=dispatch_timeout, drain_timeout=drain_timeout)
         self._closed = False

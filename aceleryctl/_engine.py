@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,16 +26,16 @@ import kombu.exceptions
 from celery import Celery
 from celery.backends.redis import RedisBackend
 
+from aceleryctl._batching import BatchRunner
 from aceleryctl._calls import Call
+from aceleryctl._direct import DirectPath
 from aceleryctl._logging import Redactor, log_dispatch_failure
 from aceleryctl._pool import (
-    BatchJob,
     PoolClosed,
     PoolSaturated,
     PoolStatistics,
     PublishPool,
     WaitOutcome,
-    run_each,
 )
 from aceleryctl._results import rebind
 from aceleryctl._transport import (
@@ -45,8 +44,8 @@ from aceleryctl._transport import (
     ConnectionRegistry,
     ThreadPublisher,
     TransportPolicy,
-    is_bounded_transport,
     nothing_sent,
+    transport_driver,
 )
 from aceleryctl.breaker import BreakerStatistics, CircuitBreaker
 from aceleryctl.exceptions import (
@@ -87,6 +86,9 @@ class ControllerStatistics:
         rejected_open: calls refused by the open circuit breaker.
         late_completions: publishes that finished on their thread after their
             caller had already been given :class:`DispatchTimeout`.
+        direct: dispatches (among ``dispatched``) sent on the direct path
+            (:mod:`aceleryctl._direct`); the rest went through Celery's stock
+            ``apply_async``.
         pool: the publish pool's own snapshot.
         breaker: the circuit breaker's own snapshot.
     """
@@ -97,12 +99,14 @@ class ControllerStatistics:
     overloaded: int
     rejected_open: int
     late_completions: int
+    direct: int
     pool: PoolStatistics
     breaker: BreakerStatistics
 
 
 class _Counters:
     __slots__ = (
+        "direct",
         "dispatched",
         "failed",
         "late_completions",
@@ -120,6 +124,7 @@ class _Counters:
         self.overloaded = 0
         self.rejected_open = 0
         self.late_completions = 0
+        self.direct = 0
 
 
 class DispatchEngine:
@@ -136,6 +141,9 @@ class DispatchEngine:
         transport: socket and connect bounds of the publishing connections (Redis).
         max_batch: publishes a thread takes at once and sends in one pipelined
             round trip (bounded Redis path only).
+        direct_publish: build plain task messages on the direct path (Redis
+            only; see :mod:`aceleryctl._direct`); ``False`` sends every call
+            through Celery's stock ``apply_async``.
     """
 
     def __init__(
@@ -148,10 +156,14 @@ class DispatchEngine:
         redactor: Redactor,
         transport: TransportPolicy,
         max_batch: int = 8,
+        direct_publish: bool = True,
     ) -> None:
         self.app = app
         self.transport = transport
-        self.bounded = is_bounded_transport(app)
+        driver = transport_driver(app)
+        self.bounded = driver in ("redis", "memory")
+        #: The direct publish path, or ``None`` (not Redis, or turned off).
+        self.direct = DirectPath(app) if direct_publish and driver == "redis" else None
         self._local = threading.local()
         self._connections = ConnectionRegistry()
         self.breaker = breaker
@@ -163,7 +175,7 @@ class DispatchEngine:
             initializer=lambda: _prepare_publishing_thread(app),
             finalizer=lambda: self._release_publishing_thread(),
             max_batch=max_batch if self.bounded else 1,
-            batch_runner=self._run_batch,
+            batch_runner=BatchRunner(self.direct, self._publisher),
             batch_ready=self._connected,
         )
         self._counters = _Counters()
@@ -281,7 +293,11 @@ class DispatchEngine:
                 if call.counted:
                     with self._counters.lock:
                         self._counters.dispatched += 1
-                result = rebind(future.result(), self.app)
+                        self._counters.direct += call.sent_direct
+                if call.sent_direct:
+                    result = self.app.AsyncResult(future.result())
+                else:
+                    result = rebind(future.result(), self.app)
                 if call.parent_task is not None:
                     call.parent_task.add_trail(result)
                 return result
@@ -438,6 +454,7 @@ class DispatchEngine:
                 c.overloaded,
                 c.rejected_open,
                 c.late_completions,
+                c.direct,
             )
         return ControllerStatistics(
             *counts, pool=self.pool.statistics(), breaker=self.breaker.statistics()
@@ -506,50 +523,6 @@ class DispatchEngine:
             return call.publish(None)
         finally:
             call.finished_at = time.monotonic()
-
-    def _run_batch(self, jobs: Sequence[BatchJob]) -> None:
-        """Publish several calls on this thread's connection in one round trip.
-
-        Runs on a pool thread. Celery builds every message as usual; kombu's
-        publish batch buffers the Redis commands and sends them in one pipeline
-        (never retried). If the pipeline fails, every message it held shares the
-        error: each of them may or may not have reached the broker.
-        """
-        calls = [getattr(job.fn, "call", None) for job in jobs]
-        if len(jobs) == 1 or not all(c is not None and c.accepts_producer for c in calls):
-            run_each(jobs)
-            return
-        batch_calls: list[Call] = [c for c in calls if c is not None]
-        publisher = self._publisher()
-        try:
-            producer = publisher.producer(min(c.deadline for c in batch_calls))
-        except Exception:
-            run_each(jobs)  # each job connects, retries and fails on its own
-            return
-        outcomes: list[tuple[bool, Any]] = []
-        started = time.monotonic()
-        flush_error: BaseException | None = None
-        try:
-            batching: Any = producer  # kombu 5.7's Producer.batch is not in the stubs
-            with batching.batch(max_size=4 * len(jobs) + 8):
-                for job, call in zip(jobs, batch_calls, strict=True):
-                    call.started_at = started
-                    try:
-                        outcomes.append((True, job.context.run(_buffer, call, producer)))
-                    except BaseException as exc:
-                        outcomes.append((False, exc))
-        except BaseException as exc:
-            flush_error = exc
-            publisher.discard()
-        finished = time.monotonic()
-        for job, call, (ok, value) in zip(jobs, batch_calls, outcomes, strict=False):
-            call.finished_at = finished
-            if ok and flush_error is None:
-                job.future.set_result(value)
-            else:
-                job.future.set_exception(flush_error if ok and flush_error else value)
-        for job in jobs[len(outcomes) :]:  # not reached: the batch itself failed first
-            job.future.set_exception(flush_error or RuntimeError("publish batch failed"))
 
     def _connected(self) -> bool:
         # On a pool thread: whether it holds a live producer (batches only then).
@@ -624,13 +597,6 @@ class _PublishJob:
 
     def __call__(self) -> Any:
         return self.engine._publish(self.call)
-
-
-def _buffer(call: Call, producer: Any) -> Any:
-    # Inside a kombu publish batch: builds the message and buffers its commands.
-    if call.prepare is not None:
-        call.prepare()
-    return call.publish(producer)
 
 
 class _NoPermit:

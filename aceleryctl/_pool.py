@@ -28,7 +28,7 @@ import contextvars
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -105,28 +105,74 @@ def settle(future: asyncio.Future[T], value: T) -> None:
 
 
 class _LoopWaker:
-    """Wakes awaiting coroutines of one event loop, many per loop turn.
+    """Wakes awaiting coroutines of one event loop: on completion, many per loop
+    turn, and at their deadlines.
 
     ``call_soon_threadsafe`` writes to the loop's self-pipe on every call; a batch
     of jobs completing together needs only one write. Signals carry no result
     (the caller reads the concurrent future), so nothing can go unretrieved.
+
+    Deadlines: calls with the same timeout expire in the order they started, so
+    each distinct timeout keeps a FIFO of ``(deadline, signal)`` and one loop timer
+    for its oldest entry, instead of a timer per call (``asyncio.timeout`` costs a
+    timer-heap insertion and removal, plus its context manager, per call).
     """
 
-    __slots__ = ("_lock", "_loop", "_pending", "_scheduled")
+    __slots__ = ("_deadlines", "_lock", "_loop", "_pending", "_scheduled", "_timers")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._lock = threading.Lock()
         self._pending: list[asyncio.Future[None]] = []
         self._scheduled = False
+        self._deadlines: dict[float, collections.deque[tuple[float, asyncio.Future[None]]]] = {}
+        self._timers: dict[float, asyncio.TimerHandle] = {}
+
+    def expire_after(self, signal: asyncio.Future[None], timeout: float) -> None:
+        """Loop thread: set ``signal`` (if still pending) ``timeout`` seconds from now."""
+        queue = self._deadlines.get(timeout)
+        if queue is None:
+            queue = self._deadlines[timeout] = collections.deque()
+        while queue and queue[0][1].done():  # settled calls, oldest first
+            queue.popleft()
+        deadline = self._loop.time() + timeout
+        queue.append((deadline, signal))
+        if timeout not in self._timers:
+            self._timers[timeout] = self._loop.call_at(deadline, self._expire, timeout)
+
+    def _expire(self, timeout: float) -> None:
+        # Loop thread: settle every entry past its deadline, then wait for the next.
+        del self._timers[timeout]
+        queue = self._deadlines[timeout]
+        now = self._loop.time()
+        while queue:
+            deadline, signal = queue[0]
+            if not signal.done():
+                if deadline > now:
+                    self._timers[timeout] = self._loop.call_at(deadline, self._expire, timeout)
+                    return
+                signal.set_result(None)
+            queue.popleft()
+        del self._deadlines[timeout]
 
     def wake(self, signal: asyncio.Future[None]) -> None:
-        """Any thread: have ``signal`` set on the loop thread, soon."""
+        """Any thread: have ``signal`` set on the loop thread, soon.
+
+        Inside :func:`_deferred_wakes` (a pool thread settling a batch) the loop
+        is only told once the whole batch is settled.
+        """
         with self._lock:
             self._pending.append(signal)
             if self._scheduled:
                 return
             self._scheduled = True
+        deferred: list[_LoopWaker] | None = getattr(_deferring, "wakers", None)
+        if deferred is not None:
+            deferred.append(self)
+        else:
+            self._schedule()
+
+    def _schedule(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed while the publish ran
             self._loop.call_soon_threadsafe(self._run)
 
@@ -135,6 +181,24 @@ class _LoopWaker:
             pending, self._pending, self._scheduled = self._pending, [], False
         for signal in pending:
             settle(signal, None)
+
+
+_deferring = threading.local()
+
+
+@contextlib.contextmanager
+def _deferred_wakes() -> Iterator[None]:
+    """On a pool thread: hold back loop wake-ups until the block ends, then send
+    one per loop. Each wake-up is a write to the loop's self-pipe, and each such
+    system call lets the event loop thread take the GIL mid-batch."""
+    wakers: list[_LoopWaker] = []
+    _deferring.wakers = wakers
+    try:
+        yield
+    finally:
+        _deferring.wakers = None
+        for waker in wakers:
+            waker._schedule()
 
 
 _wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaker] = (
@@ -329,12 +393,10 @@ class PublishPool:
             loop = asyncio.get_running_loop()
             signal: asyncio.Future[None] = loop.create_future()
             waker = _waker_for(loop)
+            waker.expire_after(signal, max(timeout, 0.0))
             future.add_done_callback(lambda _f: waker.wake(signal))
             try:
-                async with asyncio.timeout(max(timeout, 0.0)):
-                    await signal
-            except TimeoutError:
-                pass
+                await signal
             except asyncio.CancelledError:
                 self.abandon(future)
                 raise
@@ -442,7 +504,8 @@ class PublishPool:
         runner = self._batch_runner or run_each
         while jobs := self._next_jobs():
             try:
-                runner(jobs)
+                with _deferred_wakes():
+                    runner(jobs)
             except BaseException as exc:  # a runner must settle every job; make sure
                 for job in jobs:
                     if not job.future.done():

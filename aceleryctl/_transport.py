@@ -39,6 +39,7 @@ __all__ = [
     "TransportPolicy",
     "is_bounded_transport",
     "nothing_sent",
+    "transport_driver",
 ]
 
 _BOUNDED_DRIVERS = frozenset({"redis", "memory"})
@@ -138,17 +139,25 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def transport_driver(app: Celery) -> str:
+    """The driver type of ``app``'s broker transport (``"redis"``, ``"amqp"``, ...).
+
+    Creating the transport object opens nothing.
+    """
+    connection = app.connection_for_write()
+    try:
+        return str(connection.transport.driver_type)
+    finally:
+        connection.release()
+
+
 def is_bounded_transport(app: Celery) -> bool:
     """Whether ``app``'s broker is one whose publishes this module bounds.
 
     Redis, and kombu's in-process ``memory`` transport (so that tests without a
-    broker take the same path). Creating the transport object opens nothing.
+    broker take the same path).
     """
-    connection = app.connection_for_write()
-    try:
-        return connection.transport.driver_type in _BOUNDED_DRIVERS
-    finally:
-        connection.release()
+    return transport_driver(app) in _BOUNDED_DRIVERS
 
 
 class ThreadPublisher:
@@ -165,14 +174,14 @@ class ThreadPublisher:
         self._policy = policy
         self._registry = registry
         self._connection: Connection | None = None
-        self._producer: Producer | None = None
+        self._producer: LeanProducer | None = None
 
     @property
     def connected(self) -> bool:
         """Whether this thread holds a connected producer (until an error drops it)."""
         return self._producer is not None
 
-    def run(self, publish: Callable[[Producer], T], deadline: float) -> T:
+    def run(self, publish: Callable[[LeanProducer], T], deadline: float) -> T:
         """Publish once on this thread's connection; reconnect and retry only on refusal.
 
         ``publish`` gets the producer and must publish without retrying. A
@@ -200,7 +209,7 @@ class ThreadPublisher:
             pause = min(pause * 2, self._policy.max_retry_interval)
             attempts += 1
 
-    def producer(self, deadline: float) -> Producer:
+    def producer(self, deadline: float) -> LeanProducer:
         """A connected producer, connecting first if needed.
 
         Refused connections are retried with backoff, at most ``max_attempts``
@@ -229,7 +238,7 @@ class ThreadPublisher:
         # Another attempt only within the attempt budget and the caller's deadline.
         return attempts < self._policy.max_attempts and _time_for_another(deadline, pause)
 
-    def _connect(self) -> Producer:
+    def _connect(self) -> LeanProducer:
         app = self._app
         options = self._policy.transport_options(dict(app.conf.broker_transport_options or {}))
         connection = app.connection_for_write(
@@ -270,6 +279,26 @@ class LeanProducer(Producer):
     def __init__(self, channel: Any) -> None:
         super().__init__(channel, auto_declare=False)
         self._declared: set[int] = set()
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """A redis-py client on this connection's pool (Redis only), made once.
+
+        kombu's Redis channel builds a new client object for every publish; the
+        direct path writes through this one.
+        """
+        if self._client is None:
+            channel: Any = self.channel
+            self._client = channel._create_client()
+        return self._client
+
+    def declare_once(self, entity: Any) -> None:
+        """Declare ``entity`` on this connection unless this producer already did."""
+        key = hash(entity)
+        if key not in self._declared:
+            self.maybe_declare(entity)
+            self._declared.add(key)
 
     def publish(self, body: Any, *args: Any, declare: Any = None, **kwargs: Any) -> Any:
         """``Producer.publish``, skipping entities this producer already declared."""

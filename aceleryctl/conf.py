@@ -11,6 +11,7 @@ controller is rebuilt when the setting changes (``override_settings`` in tests).
         "DISPATCH_TIMEOUT": 2.0,          # seconds, per call
         "MAX_WORKERS": 1,                 # publishing threads
         "MAX_BATCH": 8,                   # publishes sent in one pipelined round trip
+        "DIRECT_PUBLISH": True,           # plain calls on the direct path (Redis)
         "MAX_PENDING": 10_000,            # calls waiting for a thread, at most
         "DRAIN_TIMEOUT": 5.0,             # seconds to drain on close
         "REDACT_KEYS": [...],             # key substrings masked in failure logs
@@ -91,6 +92,7 @@ class ControllerSettings:
     dispatch_timeout: float = 2.0
     max_workers: int = 1
     max_batch: int = 8
+    direct_publish: bool = True
     max_pending: int = 10_000
     drain_timeout: float = 5.0
     redact_keys: tuple[str, ...] = DEFAULT_REDACT_KEYS
@@ -217,6 +219,7 @@ def settings_problems(raw: object) -> list[str]:
         "DISPATCH_TIMEOUT",
         "MAX_WORKERS",
         "MAX_BATCH",
+        "DIRECT_PUBLISH",
         "MAX_PENDING",
         "DRAIN_TIMEOUT",
         "REDACT_KEYS",
@@ -244,6 +247,10 @@ def settings_problems(raw: object) -> list[str]:
         problems.append(
             "ACELERYCTL['PROGRESS_MAX_RATE'] must be a finite number of events a second > 0, "
             f"got {rate!r}"
+        )
+    if not isinstance(raw.get("DIRECT_PUBLISH", True), bool):
+        problems.append(
+            f"ACELERYCTL['DIRECT_PUBLISH'] must be True or False, got {raw['DIRECT_PUBLISH']!r}"
         )
     if not isinstance(raw.get("EVENTS_ENABLED", True), bool):
         problems.append(
@@ -314,6 +321,7 @@ def load_settings() -> ControllerSettings:
         dispatch_timeout=float(raw.get("DISPATCH_TIMEOUT", defaults.dispatch_timeout)),
         max_workers=int(raw.get("MAX_WORKERS", defaults.max_workers)),
         max_batch=int(raw.get("MAX_BATCH", defaults.max_batch)),
+        direct_publish=bool(raw.get("DIRECT_PUBLISH", defaults.direct_publish)),
         max_pending=int(raw.get("MAX_PENDING", defaults.max_pending)),
         drain_timeout=float(raw.get("DRAIN_TIMEOUT", defaults.drain_timeout)),
         redact_keys=tuple(raw.get("REDACT_KEYS", defaults.redact_keys)),
@@ -403,6 +411,7 @@ def build_controller(conf: ControllerSettings) -> AsyncCeleryController:
         dispatch_timeout=conf.dispatch_timeout,
         max_workers=conf.max_workers,
         max_batch=conf.max_batch,
+        direct_publish=conf.direct_publish,
         max_pending=conf.max_pending,
         drain_timeout=conf.drain_timeout,
         breaker=breaker,

@@ -33,7 +33,8 @@ keeps keys readable: ``23000000005`` is attempt 2, progress, report 5.
 
 Only the first publish of a task produces ``task.sent``: the message a retry
 publishes (``retries > 0``) is announced by ``task.retried`` instead, which the
-worker emits *after* publishing it and which must not sort after it.
+worker emits just *before* publishing it (so that it reaches subscribers before
+anything of the next attempt; see docs/events.md).
 
 This module imports only the standard library and :mod:`aceleryctl._logging`.
 """

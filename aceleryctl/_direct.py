@@ -1,0 +1,440 @@
+"""The direct publish path: Celery's own task message, written to Redis with less work.
+
+``task.apply_async`` spends most of its time outside the message: it looks up a
+dozen configuration values per call, asks the hostname for the ``origin`` header,
+formats ``argsrepr`` with a depth-limited repr, routes the task again, and kombu
+copies entities and builds a Redis client per message. For the calls that need
+none of that generality, this module builds the same message with the same
+functions (Celery's ``as_task_v2``, kombu's serializer registry, the Redis
+channel's own ``prepare_message`` and envelope augmentation and its priority
+key) and pushes a whole batch of messages for one queue with a single
+``LPUSH``.
+
+What takes this path (anything else takes Celery's stock ``apply_async``):
+
+* a task of the controller's app whose class keeps Celery's ``apply_async`` and
+  ``shadow_name``, without pydantic argument dumping;
+* calling options among :data:`DIRECT_OPTIONS`, with ``retry`` off and no
+  compression;
+* a destination that routing resolves from the task name alone (no
+  ``task_routes``, or only dict/glob routes), naming a direct-exchange queue
+  without expiry arguments, published through the anonymous exchange as Celery
+  does for such queues;
+* an app on task protocol 2 that neither runs tasks eagerly nor sends
+  ``task-sent`` monitoring events, with no receiver of the deprecated
+  ``task_sent`` signal.
+
+Celery's ``before_task_publish`` and ``after_task_publish`` signals fire as on
+the stock path, with the same arguments; a receiver may still change headers,
+properties and body before the message is written. ``tests/integration`` holds
+the differential test that publishes the same calls through both paths and
+compares the raw messages field by field.
+
+Everything here runs on a publishing thread unless a docstring says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from celery import Celery, Task, signals
+from celery.app.routes import MapRoute
+from celery.app.task import Task as _StockTask
+from celery.backends.base import BaseBackend
+from celery.backends.redis import RedisBackend
+from celery.utils.nodenames import anon_nodename
+from celery.utils.saferepr import saferepr
+from celery.utils.time import subtract_datetimes  # type: ignore[attr-defined]
+from dateutil.parser import isoparse  # type: ignore[import-untyped]
+from kombu import Queue
+from kombu.common import Broadcast
+from kombu.entity import maybe_delivery_mode
+from kombu.serialization import dumps as serialize
+from kombu.utils.json import dumps as dumps_envelope
+
+from aceleryctl._ids import new_task_id
+
+__all__ = ["DIRECT_OPTIONS", "DirectMessage", "DirectPath", "Prepared", "Snapshot", "fast_repr"]
+
+#: Calling options the direct path reproduces. ``NONE_ONLY`` ones are accepted
+#: only when ``None`` (a task's class attributes put them in every call).
+DIRECT_OPTIONS: Final = frozenset(
+    {
+        "add_to_parent",
+        "countdown",
+        "eta",
+        "expires",
+        "headers",
+        "ignore_result",
+        "parent_id",
+        "priority",
+        "queue",
+        "retry",
+        "retry_policy",
+        "root_id",
+        "serializer",
+        "soft_time_limit",
+        "task_id",
+        "time_limit",
+    }
+)
+_NONE_ONLY: Final = frozenset(
+    {"compression", "delivery_mode", "exchange", "immediate", "mandatory", "routing_key"}
+)
+
+#: Options Celery passes on to the producer as message properties.
+_PROPERTY_OPTIONS: Final = ("priority", "immediate", "mandatory")
+
+_SCALARS: Final = (int, float, type(None))
+
+
+def fast_repr(value: tuple[Any, ...] | dict[str, Any], limit: int) -> str | None:
+    """``repr(value)`` when it provably equals Celery's ``saferepr(value, limit)``.
+
+    True for flat tuples and dicts of ints, floats, ``None`` and short printable
+    ASCII strings without quotes or backslashes, whose repr fits ``limit`` characters; ``None`` otherwise (the
+    caller then uses ``saferepr``, which escapes other characters its own way).
+    Runs on any thread.
+    """
+    if isinstance(value, tuple):
+        items: Any = value
+    elif type(value) is dict:
+        if not all(type(k) is str and _plain_text(k) for k in value):
+            return None
+        items = value.values()
+    else:
+        return None
+    for item in items:
+        kind = type(item)
+        if kind is str:
+            if not _plain_text(item):
+                return None
+        elif kind not in _SCALARS:
+            return None
+    text = repr(value)
+    return text if len(text) < limit // 2 else None
+
+
+def _plain_text(text: str) -> bool:
+    # Quotes and backslashes: saferepr quotes and escapes them unlike repr.
+    return (
+        len(text) < 64
+        and text.isascii()
+        and text.isprintable()
+        and "'" not in text
+        and "\\" not in text
+    )
+
+
+@dataclass(slots=True)
+class DirectMessage:
+    """One call as the direct path sees it, built on the caller's thread.
+
+    Attributes:
+        task: the task object of the controller's app.
+        args, kwargs: the task's arguments (already checked to be a tuple and a dict).
+        options: the Celery calling options, with ``task_id`` set.
+    """
+
+    task: Task  # type: ignore[type-arg]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A message ready to write: its Redis list key and the encoded envelope,
+    the queue to declare first, and what ``after_task_publish`` reports."""
+
+    key: str
+    queue: Queue
+    payload: str
+    task_id: str
+    name: str
+    body: Any
+    headers: dict[str, Any]
+    exchange: str
+    routing_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The app's settings one batch of direct messages is built with."""
+
+    serializer: str
+    repr_maxlevels: int
+    retry_policy: Mapping[str, Any]
+    reply_to: str
+    origin: str
+    default_delivery_mode: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Destination:
+    queue: Queue
+    delivery_mode: int
+
+
+class DirectPath:
+    """Decides which calls take the direct path and builds their messages.
+
+    One per controller. Thread-safety: the route cache is filled under a lock;
+    everything else reads immutable state or state of the calling thread.
+
+    Args:
+        app: the controller's Celery app (its broker must be Redis: the engine
+            only creates this for a Redis transport).
+    """
+
+    def __init__(self, app: Celery) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+        self._routes: dict[tuple[str, str | None], _Destination | None] = {}
+        self._origin: tuple[int, str] | None = None
+
+    # -- on the caller's thread -------------------------------------------------
+
+    def accepts(self, task: Task, options: Mapping[str, Any]) -> bool:  # type: ignore[type-arg]
+        """Whether a call of ``task`` with ``options`` may take the direct path.
+
+        Cheap (a few attribute reads); the configuration is checked again, per
+        batch, on the publishing thread (:meth:`configured`).
+        """
+        cls = type(task)
+        if (
+            cls.apply_async is not _StockTask.apply_async
+            or cls.shadow_name is not _StockTask.shadow_name
+            or task.__v2_compat__
+            or getattr(task, "_dump_pydantic_arguments", None) is not None
+            or options.get("retry")
+        ):
+            return False
+        for key, value in options.items():
+            if key not in DIRECT_OPTIONS and not (key in _NONE_ONLY and value is None):
+                return False
+        queue = options.get("queue")
+        return queue is None or isinstance(queue, str)
+
+    # -- on the publishing thread ---------------------------------------------
+
+    def configured(self) -> Snapshot | None:
+        """The configuration one batch is built with, or ``None`` when the app's
+        configuration rules the direct path out right now. Read once per batch:
+        Celery's settings lookups are slow enough to matter per message."""
+        app = self._app
+        conf = app.conf
+        if (
+            conf.task_protocol != 2
+            or conf.task_always_eager
+            or conf.task_send_sent_event
+            or conf.task_compression
+            or signals.task_sent.receivers
+        ):
+            return None
+        backend_type = type(app.backend)
+        on_task_call = backend_type.on_task_call
+        if on_task_call is not BaseBackend.on_task_call and not issubclass(
+            backend_type, RedisBackend
+        ):
+            return None  # the backend must see each publish (rpc:// declares a reply queue)
+        return Snapshot(
+            serializer=conf.task_serializer,
+            repr_maxlevels=conf.task_repr_maxlevels,
+            retry_policy=conf.task_publish_retry_policy,
+            reply_to=app.thread_oid,
+            origin=self._origin_header(),
+            default_delivery_mode=conf.task_default_delivery_mode,
+        )
+
+    def prepare(self, message: DirectMessage, channel: Any, snapshot: Snapshot) -> Prepared | None:
+        """Build ``message`` as Celery would, or return ``None`` if it must take
+        the stock path after all (its destination is not a plain direct queue).
+
+        Raises what Celery's ``apply_async`` raises for the same input: ``TypeError``
+        for arguments that do not fit the task's signature, ``ValueError`` for
+        inconsistent time limits, kombu's ``EncodeError`` for unserializable
+        arguments.
+        """
+        task, args, kwargs = message.task, message.args, message.kwargs
+        if task.soft_time_limit and task.time_limit and task.soft_time_limit > task.time_limit:
+            raise ValueError("soft_time_limit must be less than or equal to time_limit")
+        if task.typing:
+            check = getattr(task, "__header__", None)
+            if check is not None:
+                check(*args, **kwargs)
+        stock: Any = task  # Celery's private per-class cache of the task's options
+        options = dict(stock._get_exec_options(), **message.options)
+        for key in _NONE_ONLY:
+            if options.get(key) is not None:
+                return None
+        options.setdefault("ignore_result", task.ignore_result)
+        name = task.name
+        destination = self._destination(name, options.get("queue"), task, snapshot)
+        if destination is None:
+            return None
+        return self._build(name, args, kwargs, options, destination, channel, snapshot)
+
+    def _destination(
+        self, name: str, queue: str | None, task: Any, snapshot: Snapshot
+    ) -> _Destination | None:
+        key = (name, queue)
+        try:
+            return self._routes[key]
+        except KeyError:
+            pass
+        found = self._route(name, queue, task, snapshot)
+        with self._lock:
+            self._routes[key] = found
+        return found
+
+    def _route(
+        self, name: str, queue: str | None, task: Any, snapshot: Snapshot
+    ) -> _Destination | None:
+        # Route once per (task, queue option), with Celery's own router, when the
+        # result can depend on nothing else.
+        router: Any = self._app.amqp.router
+        if not all(isinstance(route, MapRoute) for route in router.routes):
+            return None
+        routed = router.route({"queue": queue} if queue else {}, name, (), {}, task)
+        found: Any = routed.get("queue")
+        if set(routed) != {"queue"} or not isinstance(found, Queue):
+            return None  # the route sets an exchange, a routing key or other options
+        exchange = found.exchange
+        if (
+            isinstance(found, Broadcast)
+            or exchange is None
+            or exchange.type != "direct"
+            or getattr(found, "expires", None) is not None
+            or getattr(found, "message_ttl", None) is not None
+            or found.queue_arguments
+        ):
+            return None
+        mode = exchange.delivery_mode or snapshot.default_delivery_mode
+        return _Destination(found, int(maybe_delivery_mode(mode) or 2))
+
+    def _origin_header(self) -> str:
+        # anon_nodename() asks the OS for the hostname on every call; cache it per
+        # process (a fork gets its own pid, hence its own origin).
+        pid = os.getpid()
+        cached = self._origin
+        if cached is None or cached[0] != pid:
+            cached = self._origin = (pid, anon_nodename())
+        return cached[1]
+
+    def _build(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        destination: _Destination,
+        channel: Any,
+        snapshot: Snapshot,
+    ) -> Prepared:
+        app = self._app
+        amqp = app.amqp
+        task_id: str = options["task_id"]
+        expires = options.get("expires")
+        # What Celery hands on as message properties: the options no step consumed.
+        extra: dict[str, Any] = {k: options[k] for k in _PROPERTY_OPTIONS if k in options}
+        if expires is not None:
+            extra["expiration"] = _expires_in(app, expires)
+        maxlevels = snapshot.repr_maxlevels
+        argsrepr = fast_repr(args, amqp.argsrepr_maxsize) or saferepr(
+            args, amqp.argsrepr_maxsize, maxlevels=maxlevels
+        )
+        kwargsrepr = fast_repr(kwargs, amqp.kwargsrepr_maxsize) or saferepr(
+            kwargs, amqp.kwargsrepr_maxsize, maxlevels=maxlevels
+        )
+        headers, properties, body, _ = amqp.as_task_v2(
+            task_id,
+            name,
+            args,
+            kwargs,
+            countdown=options.get("countdown"),
+            eta=options.get("eta"),
+            expires=expires,
+            reply_to=snapshot.reply_to,
+            time_limit=options.get("time_limit"),
+            soft_time_limit=options.get("soft_time_limit"),
+            root_id=options.get("root_id"),
+            parent_id=options.get("parent_id"),
+            ignore_result=options["ignore_result"],
+            origin=snapshot.origin,
+            argsrepr=argsrepr,
+            kwargsrepr=kwargsrepr,
+        )
+        user_headers = options.get("headers")
+        if user_headers:
+            headers.update(user_headers)
+        properties.update(extra)
+        queue = destination.queue
+        routing_key = queue.name
+        if signals.before_task_publish.receivers:
+            retry_policy = options.get("retry_policy")
+            policy = snapshot.retry_policy
+            signals.before_task_publish.send(
+                sender=name,
+                body=body,
+                exchange="",
+                routing_key=routing_key,
+                declare=[queue],
+                headers=headers,
+                properties=properties,
+                retry_policy=dict(policy, **retry_policy) if retry_policy else dict(policy),
+            )
+        props = dict(properties)
+        priority = props.pop("priority", None)
+        expiration = props.pop("expiration", None)
+        props.pop("immediate", None)
+        props.pop("mandatory", None)
+        props["delivery_mode"] = destination.delivery_mode
+        if expiration is not None:
+            props["expiration"] = str(int(expiration * 1000))
+        content_type, content_encoding, data = serialize(
+            body, serializer=options.get("serializer") or snapshot.serializer
+        )
+        envelope = channel.prepare_message(
+            data, priority, content_type, content_encoding, headers, props
+        )
+        # What the virtual channel's basic_publish adds, with a delivery tag cut
+        # from pooled random bytes (kombu reads os.urandom for each one).
+        envelope["body"], body_encoding = channel.encode_body(
+            envelope["body"], channel.body_encoding
+        )
+        props.update(body_encoding=body_encoding, delivery_tag=new_task_id())
+        props["delivery_info"].update(exchange="", routing_key=routing_key)
+        key = channel._q_for_pri(routing_key, channel._get_message_priority(envelope))
+        payload = dumps_envelope(envelope)
+        return Prepared(key, queue, payload, task_id, name, body, headers, "", routing_key)
+
+    @staticmethod
+    def announce(prepared: Sequence[Prepared]) -> None:
+        """Fire ``after_task_publish`` for written messages, as Celery does."""
+        if not signals.after_task_publish.receivers:
+            return
+        for item in prepared:
+            signals.after_task_publish.send(
+                sender=item.name,
+                body=item.body,
+                headers=item.headers,
+                exchange=item.exchange,
+                routing_key=item.routing_key,
+            )
+
+
+def _expires_in(app: Celery, expires: Any) -> float:
+    # Seconds until ``expires``, as Celery's send_task computes the message TTL.
+    if isinstance(expires, datetime):
+        seconds: float = subtract_datetimes(expires, app.now()).total_seconds()
+    elif isinstance(expires, str):
+        seconds = subtract_datetimes(isoparse(expires), app.now()).total_seconds()
+    else:
+        seconds = expires
+    return max(seconds, 0)
