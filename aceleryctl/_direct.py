@@ -97,9 +97,9 @@ def fast_repr(value: tuple[Any, ...] | dict[str, Any], limit: int) -> str | None
     """``repr(value)`` when it provably equals Celery's ``saferepr(value, limit)``.
 
     True for flat tuples and dicts of ints, floats, ``None`` and short printable
-    ASCII strings without quotes or backslashes, whose repr fits ``limit`` characters; ``None`` otherwise (the
-    caller then uses ``saferepr``, which escapes other characters its own way).
-    Runs on any thread.
+    ASCII strings without quotes or backslashes, whose repr fits ``limit``
+    characters; ``None`` otherwise (the caller then uses ``saferepr``, which
+    escapes other characters its own way). Runs on any thread.
     """
     if isinstance(value, tuple):
         items: Any = value

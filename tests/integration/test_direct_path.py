@@ -28,6 +28,7 @@ import redis
 from celery import Celery, Task, signals
 
 from aceleryctl import AsyncCeleryController
+from aceleryctl.exceptions import TaskDispatchError
 from tests._support.broker_messages import queue_keys
 from tests._support.redis_server import RedisServer
 
@@ -266,9 +267,9 @@ async def test_direct_path_errors_match_the_stock_path(
     errors = {}
     for direct in (False, True):
         async with AsyncCeleryController(app, direct_publish=direct) as ctl:
-            with pytest.raises(Exception) as wrong_arity:
+            with pytest.raises(TaskDispatchError) as wrong_arity:
                 await ctl.delay(app.tasks["t.add"], 1)
-            with pytest.raises(Exception) as unserializable:
+            with pytest.raises(TaskDispatchError) as unserializable:
                 await ctl.delay(app.tasks["t.add"], object(), 2)
         errors[direct] = (
             type(wrong_arity.value),
