@@ -290,3 +290,69 @@ def test_a_runner_that_fails_still_settles_every_job() -> None:
     future = p.submit(lambda: None)
     assert future.result(GATE_TIMEOUT) == "first"
     p.shutdown(GATE_TIMEOUT)
+
+
+async def test_deadlines_of_different_lengths_expire_independently() -> None:
+    pool = PublishPool(max_workers=1, max_pending=10, name="t")
+    gate = Gate()
+    try:
+        running = pool.submit(gate)
+        assert gate.started.wait(GATE_TIMEOUT)
+        queued = [pool.submit(lambda: None) for _ in range(3)]
+        # A long wait started first must not hold back shorter ones behind it.
+        long_wait = asyncio.ensure_future(pool.wait_async(queued[0], timeout=GATE_TIMEOUT))
+        short = await asyncio.gather(
+            pool.wait_async(queued[1], timeout=0.01), pool.wait_async(queued[2], timeout=0.02)
+        )
+        assert [o.never_started for o in short] == [True, True]
+        assert not long_wait.done()
+        gate.release.set()
+        outcome = await long_wait
+        assert outcome.done
+        assert (await pool.wait_async(running, timeout=GATE_TIMEOUT)).done
+    finally:
+        gate.release.set()
+        pool.shutdown(timeout=GATE_TIMEOUT)
+
+
+async def test_settled_waits_leave_no_deadline_entries_behind(pool: PublishPool) -> None:
+    from aceleryctl._pool import _waker_for
+
+    for _ in range(500):
+        assert (await pool.wait_async(pool.submit(lambda: 1), timeout=GATE_TIMEOUT)).done
+    waker = _waker_for(asyncio.get_running_loop())
+    # Entries of finished waits are dropped as new ones arrive: at most one is left.
+    assert sum(len(q) for q in waker._deadlines.values()) <= 1
+
+
+async def test_a_batch_wakes_the_loop_once() -> None:
+    loop = asyncio.get_running_loop()
+    wakeups: list[object] = []
+    original = loop.call_soon_threadsafe
+
+    def counting(callback: object, *args: object, **kwargs: object) -> object:
+        wakeups.append(callback)
+        return original(callback, *args, **kwargs)  # type: ignore[arg-type]
+
+    release = threading.Event()
+
+    def runner(jobs: Sequence[BatchJob]) -> None:
+        assert release.wait(GATE_TIMEOUT)
+        run_each(jobs)
+
+    pool = PublishPool(max_workers=1, max_pending=100, name="t", max_batch=50, batch_runner=runner)
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    try:
+        futures = [pool.submit(lambda: 1) for _ in range(20)]
+        waits = [asyncio.ensure_future(pool.wait_async(f, GATE_TIMEOUT)) for f in futures]
+        await asyncio.sleep(0)  # every waiter registers (one loop turn, not a delay)
+        wakeups.clear()
+        release.set()
+        outcomes = await asyncio.gather(*waits)
+    finally:
+        loop.call_soon_threadsafe = original  # type: ignore[method-assign]
+        pool.shutdown(timeout=GATE_TIMEOUT)
+    assert all(o.done for o in outcomes)
+    # The first job may run alone (the thread takes what is queued when it starts);
+    # the rest settle as one batch: one wake-up each, not one per job.
+    assert len(wakeups) <= 2
