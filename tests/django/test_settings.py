@@ -36,6 +36,7 @@ def fresh_default() -> Any:
         ({"BREAKER": {"RESET_TIMEOUT": -1}}, "ACELERYCTL['BREAKER']"),
         ({"BREAKER": {"RESET_TIMOUT": 1}}, "unknown key 'RESET_TIMOUT'"),
         ({"BREAKER": []}, "ACELERYCTL['BREAKER'] must be a dict"),
+        ({"DIRECT_PUBLISH": "no"}, "ACELERYCTL['DIRECT_PUBLISH'] must be True or False"),
         ([], "ACELERYCTL must be a dict"),
     ],
 )
@@ -68,6 +69,13 @@ def test_valid_setting_has_no_errors_and_is_loaded() -> None:
         assert ctl.dispatch_timeout == 1.5
         assert ctl.statistics().pool.max_workers == 3
         assert ctl.statistics().breaker.current_reset_timeout == 1.0
+
+
+def test_direct_publish_can_be_turned_off() -> None:
+    base = {"CELERY_APP": "tests.django.celery_fixture:app"}
+    with override_settings(ACELERYCTL={**base, "DIRECT_PUBLISH": False}):
+        assert conf.load_settings().direct_publish is False
+        assert aceleryctl.controller.health()["direct_publish"] is False
 
 
 def test_default_instance_is_built_once_and_rebuilt_after_setting_change() -> None:

@@ -158,3 +158,19 @@ def test_a_forked_child_never_repeats_its_parents_ids() -> None:
     parent = {new_task_id() for _ in range(10)}
     assert len(child) == 10
     assert not child & parent
+
+
+def test_the_direct_path_is_on_for_redis_only_and_can_be_turned_off(app: Celery) -> None:
+    from aceleryctl import AsyncCeleryController
+
+    memory = Celery("direct-memory", set_as_current=False, broker="memory://")
+    on = AsyncCeleryController(app)
+    off = AsyncCeleryController(app, direct_publish=False)
+    elsewhere = AsyncCeleryController(memory)
+    try:
+        assert on.health()["direct_publish"] is True
+        assert off.health()["direct_publish"] is False
+        assert elsewhere.health()["direct_publish"] is False
+    finally:
+        for ctl in (on, off, elsewhere):
+            ctl.sync.close()
