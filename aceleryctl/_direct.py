@@ -87,6 +87,9 @@ _NONE_ONLY: Final = frozenset(
     {"compression", "delivery_mode", "exchange", "immediate", "mandatory", "routing_key"}
 )
 
+#: Routes cached per (task name, queue option) at most; past that, routed per call.
+_MAX_ROUTES: Final = 1024
+
 #: Options Celery passes on to the producer as message properties.
 _PROPERTY_OPTIONS: Final = ("priority", "immediate", "mandatory")
 
@@ -290,7 +293,8 @@ class DirectPath:
             pass
         found = self._route(name, queue, task, snapshot)
         with self._lock:
-            self._routes[key] = found
+            if len(self._routes) < _MAX_ROUTES:  # per-tenant queue names must not grow it
+                self._routes[key] = found
         return found
 
     def _route(
