@@ -9,6 +9,9 @@ Imported by the benchmark's subprocesses only, never by the benchmark process:
   session taken from a ``bench_session`` cookie without any database (a stand-in for
   Channels' ``SessionMiddleware``, which is not what is measured here).
 
+The Celery app and the ASGI app are built as the live tests build theirs
+(:mod:`tests._support.celery_apps`, :mod:`tests._support.websocket_server`).
+
 URLs come from the environment (``ACELERYCTL_BENCH_BROKER_URL``,
 ``ACELERYCTL_BENCH_RESULT_BACKEND``). A worker given ``ACELERYCTL_BENCH_READY_FILE``
 creates that file once it is ready to consume.
@@ -18,47 +21,32 @@ from __future__ import annotations
 
 import os
 import time
-from http.cookies import SimpleCookie
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import django
-from celery import Celery, Task
+from celery import Task
 from celery import signals as celery_signals
 from django.apps import apps
+
+from tests._support.celery_apps import worker_app
+from tests._support.websocket_server import cookie_session_app
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench._events_settings")
 if not apps.ready:
     django.setup()
 
-from channels.routing import URLRouter  # after django.setup()
-
-from aceleryctl import report_progress
-from aceleryctl.routing import websocket_urlpatterns
+from aceleryctl import report_progress  # after django.setup()
 from bench._events_settings import SESSION_COOKIE
 
 BROKER_ENV = "ACELERYCTL_BENCH_BROKER_URL"
 BACKEND_ENV = "ACELERYCTL_BENCH_RESULT_BACKEND"
 READY_ENV = "ACELERYCTL_BENCH_READY_FILE"
 
-app = Celery("aceleryctl_bench_events", set_as_current=False)
-app.conf.update(
+app = worker_app(
+    "aceleryctl_bench_events",
     broker_url=os.environ.get(BROKER_ENV, "redis://127.0.0.1:1/0"),
     result_backend=os.environ.get(BACKEND_ENV, "redis://127.0.0.1:1/1"),
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    enable_utc=True,
-    timezone="UTC",
-    result_expires=600,
-    worker_prefetch_multiplier=1,
-    worker_hijack_root_logger=True,
-    worker_redirect_stdouts=False,
-    broker_connection_retry_on_startup=True,
-    broker_transport_options={"socket_timeout": 10.0, "socket_connect_timeout": 2.0},
-    redis_socket_timeout=10.0,
-    redis_socket_connect_timeout=2.0,
 )
 
 
@@ -118,23 +106,5 @@ def progress(
     return {"paced_us": _summary(sent), "tight_us": _summary(held), "direct_us": _summary(bare)}
 
 
-_router = URLRouter(websocket_urlpatterns)
-
-
-def _session_key(scope: dict[str, Any]) -> str | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"cookie":
-            morsel = SimpleCookie(value.decode("latin-1")).get(SESSION_COOKIE)
-            if morsel is not None:
-                return morsel.value
-    return None
-
-
-async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """Websockets to aceleryctl (with a cookie session); 404 for HTTP."""
-    if scope["type"] == "websocket":
-        scope = dict(scope, session=SimpleNamespace(session_key=_session_key(scope)))
-        await _router(scope, receive, send)
-    elif scope["type"] == "http":
-        await send({"type": "http.response.start", "status": 404, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
+#: Websockets to aceleryctl (with a cookie session); 404 for HTTP.
+application = cookie_session_app(SESSION_COOKIE)

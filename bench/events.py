@@ -48,13 +48,11 @@ import json
 import os
 import re
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,8 +68,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from aceleryctl import AsyncCeleryController
 from aceleryctl.events import TERMINAL_TYPES, group_name
 from bench import _events_settings as site
-from bench._support import percentile, redis_server
+from bench._support import percentile, redis_server, uptime
 from bench.dispatch import environment, replace_section
+from tests._support._process import LoggedProcess, accepts, free_port, spawn
+from tests._support.waiting import WaitTimeout, wait_until
+from tests._support.websocket_server import WebsocketEndpoint, uvicorn_argv
+from tests._support.worker import CeleryWorker
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BROKER_DB, RESULTS_DB, LAYER_DB = 0, 1, 2
@@ -117,116 +119,57 @@ class Config:
 # -- processes -----------------------------------------------------------------------
 
 
-@dataclass
-class Child:
-    """A subprocess started here, in a session of its own; output to a file."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
-
-
-def start_child(name: str, argv: Sequence[str], env: dict[str, str]) -> Child:
-    fd, log_name = tempfile.mkstemp(prefix=f"aceleryctl-bench-{name}-", suffix=".log")
-    child_env = dict(os.environ)
-    child_env.update(env)
-    child_env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+def start_worker(
+    label: str, queue: str, concurrency: int, env: dict[str, str], ready: Path, *extra: str
+) -> CeleryWorker:
+    """A ``celery worker`` of :mod:`bench._events_app` (prefork unless ``extra`` says
+    otherwise), logging warnings and up only, that creates ``ready`` once it is ready
+    to consume; not waited for."""
+    return CeleryWorker.launch(
+        app="bench._events_app",
+        name=f"bench-{label}-{os.getpid()}",
+        queues=[queue],
+        env={**env, "ACELERYCTL_BENCH_READY_FILE": str(ready)},
+        cwd=REPO_ROOT,
+        concurrency=concurrency,
+        extra_args=[*extra, "-l", "warning"],
     )
-    child_env["PYTHONUNBUFFERED"] = "1"
-    try:
-        process = subprocess.Popen(
-            list(argv),
-            cwd=REPO_ROOT,
-            env=child_env,
-            stdin=subprocess.DEVNULL,
-            stdout=fd,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    finally:
-        os.close(fd)
-    return Child(name, process, Path(log_name))
 
 
-def stop_child(child: Child, timeout: float = 20.0, keep_log: bool = False) -> None:
-    """SIGTERM the child; after ``timeout`` s SIGKILL its own process group (its pool)."""
-    process = child.process
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout)
+def stop_child(name: str, child: LoggedProcess, keep_log: bool = False) -> None:
+    """SIGTERM the child; after 20 s SIGKILL its own process group (its pool)."""
+    child.stop(20.0)
     # A pool child left behind by a warm shutdown that the main process survived:
     # the group is this child's own (start_new_session), created here.
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
+        os.killpg(child.process.pid, signal.SIGKILL)
     if keep_log:
-        print(f"{child.name} log kept: {child.log_path}")
+        print(f"{name} log kept: {child.log_path}")
     else:
-        child.log_path.unlink(missing_ok=True)
+        child.remove_log()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def wait_for(
+    what: str, ready: Callable[[], bool], children: dict[str, LoggedProcess], timeout: float
+) -> None:
+    """Wait for ``ready()``; fail (quoting logs) if a child exits first or time is up."""
 
+    def ready_or_gone() -> bool:
+        return ready() or not all(c.is_alive() for c in children.values())
 
-def accepts(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_for(what: str, ready: Any, children: Sequence[Child], timeout: float) -> None:
-    """Poll ``ready()`` until true; fail (quoting logs) if a child exits or time is up."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        gone = [c for c in children if c.process.poll() is not None]
-        if gone or time.monotonic() > deadline:
-            logs = "\n".join(f"--- {c.name}:\n{c.tail()}" for c in children)
-            raise RuntimeError(f"{what} did not start\n{logs}")
-        time.sleep(0.05)  # polling for start-up
-
-
-def worker_argv(name: str, queue: str, pool: str, concurrency: int) -> list[str]:
-    return [
-        sys.executable, "-m", "celery", "-A", "bench._events_app", "worker",
-        f"--pool={pool}", f"--concurrency={concurrency}", "-Q", queue,
-        "-n", f"{name}-{os.getpid()}@%h",
-        "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning",
-    ]  # fmt: skip
+    with contextlib.suppress(WaitTimeout):
+        wait_until(ready_or_gone, timeout=timeout, interval=0.05)
+    if not ready():
+        logs = "\n".join(f"--- {name}:\n{c.log_tail(30)}" for name, c in children.items())
+        raise RuntimeError(f"{what} did not start\n{logs}")
 
 
 @dataclass
-class Servers:
+class Servers(WebsocketEndpoint):
     url: str
     port: int
-    prefork: Child
-    solo: Child
-    server: Child
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/aceleryctl/tasks/"
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    #: "prefork" and "solo" (the workers), "uvicorn"
+    children: dict[str, LoggedProcess]
 
     def db(self, n: int) -> str:
         return f"{self.url}/{n}"
@@ -242,46 +185,33 @@ def servers(url: str, rate: float, keep_logs: bool = False) -> Iterator[Servers]
         "ACELERYCTL_BENCH_RESULT_BACKEND": f"{url}/{RESULTS_DB}",
         site.LAYER_ENV: f"{url}/{LAYER_DB}",
     }
-    children: list[Child] = []
+    children: dict[str, LoggedProcess] = {}
     try:
-        prefork = start_child(
-            "prefork",
-            worker_argv("bench-prefork", PREFORK_QUEUE, "prefork", 2),
-            {
-                **common,
-                site.RATE_ENV: str(rate),
-                "ACELERYCTL_BENCH_READY_FILE": str(ready_dir / "prefork"),
-            },
+        children["prefork"] = start_worker(
+            "prefork", PREFORK_QUEUE, 2, {**common, site.RATE_ENV: str(rate)}, ready_dir / "prefork"
         )
-        children.append(prefork)
-        solo = start_child(
+        children["solo"] = start_worker(
             "solo",
-            worker_argv("bench-solo", SOLO_QUEUE, "solo", 1),
-            {
-                **common,
-                site.EVENTS_ENV: "0",
-                "ACELERYCTL_BENCH_READY_FILE": str(ready_dir / "solo"),
-            },
+            SOLO_QUEUE,
+            1,
+            {**common, site.EVENTS_ENV: "0"},
+            ready_dir / "solo",
+            "--pool=solo",
         )
-        children.append(solo)
         port = free_port()
-        server = start_child(
-            "uvicorn",
-            [
-                sys.executable, "-m", "uvicorn", "bench._events_app:application",
-                "--host", "127.0.0.1", "--port", str(port), "--ws", "websockets",
-                "--lifespan", "off", "--no-access-log", "--log-level", "warning",
-            ],
-            common,
-        )  # fmt: skip
-        children.append(server)
+        children["uvicorn"] = spawn(
+            uvicorn_argv("bench._events_app:application", port, "--ws", "websockets"),
+            env=common,
+            cwd=REPO_ROOT,
+            log_prefix="aceleryctl-bench-uvicorn-",
+        )
         wait_for("uvicorn", lambda: accepts(port), children, 60)
         wait_for("prefork worker", (ready_dir / "prefork").exists, children, 90)
         wait_for("solo worker", (ready_dir / "solo").exists, children, 90)
-        yield Servers(url, port, prefork, solo, server)
+        yield Servers(url, port, children)
     finally:
-        for child in reversed(children):
-            stop_child(child, keep_log=keep_logs)
+        for name, child in reversed(children.items()):
+            stop_child(name, child, keep_log=keep_logs)
         for leftover in ready_dir.iterdir():
             leftover.unlink()
         ready_dir.rmdir()
@@ -305,7 +235,7 @@ def records(text: str) -> list[str]:
     return out
 
 
-def problems(child: Child) -> tuple[list[str], int]:
+def problems(child: LoggedProcess) -> tuple[list[str], int]:
     """What went wrong in a child's log, and how many known hub warnings it holds."""
     words = ("Traceback", "ERROR", "Event loop is closed", "group_send", "queue is full")
     found, known = [], 0
@@ -678,16 +608,6 @@ def ms(values: list[float], q: float) -> str:
     return f"{percentile(values, q):.2f}"
 
 
-def uptime() -> str:
-    try:
-        return subprocess.run(
-            ["uptime"], capture_output=True, text=True, timeout=5, check=False
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        one, five, fifteen = os.getloadavg()
-        return f"load average: {one:.2f}, {five:.2f}, {fifteen:.2f}"
-
-
 def table(f: Figures, cfg: Config) -> str:
     all_ms = f.lifecycle_ms + f.progress_ms
     rows = [
@@ -899,9 +819,9 @@ def main(argv: list[str] | None = None) -> int:
         say("celery round trips ...")
         figures.roundtrip_ms = celery_roundtrips(s, cfg.roundtrips)
         asyncio.run(measure(s, cfg, figures))
-        for child in (s.prefork, s.solo, s.server):
+        for name, child in s.children.items():
             found, known = problems(child)
-            figures.log_problems[child.name] = found
+            figures.log_problems[name] = found
             figures.hub_warnings += known
     load_after = uptime()
     text = table(figures, cfg)

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -37,32 +36,9 @@ from aceleryctl import AsyncCeleryController, BreakerState, CircuitBreaker
 from aceleryctl.exceptions import CircuitOpenError, TaskDispatchError
 from bench._support import LagTicker, percentile, redis_server
 from bench.dispatch import replace_section
+from tests._support.tarpit import Tarpit
 
 DEADLINE = 2.0  # seconds: aceleryctl's default dispatch_timeout
-
-
-class Tarpit:
-    """Accepts connections on 127.0.0.1 and never answers; stops by itself on close()."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.sock.getsockname()[1])
-        self.held: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.held.append(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
 
 
 def make_app(broker: str) -> Celery:
@@ -76,8 +52,8 @@ def make_app(broker: str) -> Celery:
 
 
 async def tarpit_figures(bare_limit: float) -> dict[str, str]:
-    tarpit = Tarpit()
-    url = f"redis://127.0.0.1:{tarpit.port}/0"
+    tarpit = Tarpit().start()
+    url = tarpit.url
     out: dict[str, str] = {}
     try:
         app = make_app(url)
@@ -134,7 +110,7 @@ async def tarpit_figures(bare_limit: float) -> dict[str, str]:
         else:
             out["bare delay()"] = f"still blocked after {bare_limit:g} s, no error (abandoned)"
     finally:
-        tarpit.close()
+        tarpit.stop()
     return out
 
 

@@ -46,11 +46,9 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -61,10 +59,12 @@ import redis
 import uvicorn
 
 from bench._httpclient import Record, Result, get_once, run_load
-from bench._support import percentile, redis_server
+from bench._support import percentile, redis_server, uptime
 from bench.dispatch import environment, replace_section
 from bench.httpsite.tasks import BROKER_ENV, QUEUE
-from bench.memory import uptime
+from tests._support._process import LoggedProcess, free_port, spawn
+from tests._support.waiting import WaitTimeout, wait_until
+from tests._support.websocket_server import uvicorn_argv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -87,82 +87,46 @@ DISPATCHING = [path for _, path in VIEWS if path != "/trivial"]
 
 @dataclass
 class Server:
-    process: subprocess.Popen[bytes]
+    """uvicorn serving bench.httpsite on 127.0.0.1:``port``."""
+
+    child: LoggedProcess
     port: int
-    log_path: Path
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the server process (all its threads), in seconds."""
-        with open(f"/proc/{self.process.pid}/stat") as f:
+        with open(f"/proc/{self.child.process.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
 def serve(broker_url: str) -> Iterator[Server]:
     """uvicorn serving bench.httpsite in a session of its own; stopped by its PID."""
     port = free_port()
-    fd, log_name = tempfile.mkstemp(prefix="aceleryctl-bench-http-", suffix=".log")
-    env = dict(os.environ)
-    env.update(
-        {
-            BROKER_ENV: broker_url,
-            "DJANGO_SETTINGS_MODULE": "bench.httpsite.settings",
-            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    argv = [
-        sys.executable, "-m", "uvicorn", "bench.httpsite.asgi:application",
-        "--host", HOST, "--port", str(port), "--workers", "1", "--loop", "asyncio",
-        "--lifespan", "off", "--no-access-log", "--log-level", "warning",
-        "--timeout-graceful-shutdown", "5",
-    ]  # fmt: skip
+    argv = uvicorn_argv(
+        "bench.httpsite.asgi:application", port,
+        "--workers", "1", "--loop", "asyncio", "--timeout-graceful-shutdown", "5",
+    )  # fmt: skip
+    env = {BROKER_ENV: broker_url, "DJANGO_SETTINGS_MODULE": "bench.httpsite.settings"}
+    child = spawn(argv, env=env, cwd=REPO_ROOT, log_prefix="aceleryctl-bench-http-")
     try:
-        process = subprocess.Popen(
-            argv,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=fd,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+
+        def up() -> bool:
+            if not child.is_alive():
+                raise RuntimeError(f"uvicorn did not start:\n{child.log()[-3000:]}")
+            return asyncio.run(get_once(HOST, port, "/trivial", timeout=2)) == 200
+
+        try:
+            wait_until(up, timeout=60, interval=0.1)
+        except WaitTimeout:
+            raise RuntimeError(f"uvicorn did not start:\n{child.log()[-3000:]}") from None
+        yield Server(child, port)
     finally:
-        os.close(fd)
-    server = Server(process, port, Path(log_name))
-    try:
-        deadline = time.monotonic() + 60
-        while asyncio.run(get_once(HOST, port, "/trivial", timeout=2)) != 200:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn did not start:\n{server.log()[-3000:]}")
-            time.sleep(0.1)  # polling for start-up
-        yield server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)  # its own group (new session)
-                process.wait(10)
-        problems = [line for line in server.log().splitlines() if "Traceback" in line]
+        child.stop(20.0)
+        problems = [line for line in child.log().splitlines() if "Traceback" in line]
         if problems:
-            print(f"server log: {len(problems)} tracebacks; tail:\n{server.log()[-2000:]}")
-        server.log_path.unlink(missing_ok=True)
+            print(f"server log: {len(problems)} tracebacks; tail:\n{child.log()[-2000:]}")
+        child.remove_log()
 
 
 # -- load ---------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ import datetime
 import gc
 import os
 import resource
-import subprocess
 import sys
 import threading
 import time
@@ -42,7 +41,7 @@ from pathlib import Path
 import redis
 
 from aceleryctl import AsyncCeleryController, TaskDispatchError
-from bench._support import cpu_seconds, redis_server
+from bench._support import cpu_seconds, redis_server, uptime
 from bench.dispatch import QUEUE, environment, make_app, replace_section
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -62,15 +61,6 @@ def peak_rss() -> int:
     lazily, so it can trail the current RSS; the larger of the two is returned.
     """
     return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, current_rss())
-
-
-def uptime() -> str:
-    try:
-        return subprocess.run(
-            ["uptime"], capture_output=True, text=True, timeout=5, check=False
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "uptime unavailable"
 
 
 @dataclass(frozen=True, slots=True)

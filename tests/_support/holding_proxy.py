@@ -12,14 +12,15 @@ import contextlib
 import selectors
 import socket
 import threading
-from types import TracebackType
+
+from ._process import StopsOnExit
 
 __all__ = ["HoldingProxy"]
 
 HOST = "127.0.0.1"
 
 
-class HoldingProxy:
+class HoldingProxy(StopsOnExit):
     """Forwards 127.0.0.1:<port> to ``target_port``; :meth:`hold` and :meth:`release`.
 
     One selector thread does all the work. Stop it with :meth:`stop` (bounded).
@@ -133,11 +134,3 @@ class HoldingProxy:
 
     def __enter__(self) -> HoldingProxy:
         return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

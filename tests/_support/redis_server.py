@@ -12,11 +12,10 @@ import signal
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
 
 import redis
 
-from ._process import free_port, stop_process, tail
+from ._process import StopsOnExit, free_port, read_log, stop_process, tail
 from .waiting import WaitTimeout, wait_until
 
 __all__ = ["RedisServer", "RedisServerError"]
@@ -28,7 +27,7 @@ class RedisServerError(RuntimeError):
     """``redis-server`` is missing, or did not start and answer PING in time."""
 
 
-class RedisServer:
+class RedisServer(StopsOnExit):
     """One ``redis-server`` child process listening on 127.0.0.1.
 
     Start it with :meth:`start`; use it as a context manager or call :meth:`stop`.
@@ -137,10 +136,7 @@ class RedisServer:
 
     def log(self) -> str:
         """The server's log file, or an empty string."""
-        try:
-            return (self.workdir / "redis.log").read_text(errors="replace")
-        except OSError:
-            return ""
+        return read_log(self.workdir / "redis.log")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL after ``timeout`` seconds) and remove
@@ -150,14 +146,3 @@ class RedisServer:
                 self.resume()
         stop_process(self.process, timeout=timeout)
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()

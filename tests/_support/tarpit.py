@@ -9,14 +9,15 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
-from types import TracebackType
+
+from ._process import StopsOnExit
 
 __all__ = ["Tarpit"]
 
 HOST = "127.0.0.1"
 
 
-class Tarpit:
+class Tarpit(StopsOnExit):
     """A threaded TCP server on 127.0.0.1 that holds every connection open, silent.
 
     :meth:`start` binds a free port and runs one daemon thread that accepts and
@@ -105,11 +106,3 @@ class Tarpit:
 
     def __enter__(self) -> Tarpit:
         return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -7,17 +7,13 @@ its log can be read while it runs and quoted in failure messages.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
-from ._process import stop_process, tail
+from ._process import LoggedProcess, spawn
 from .waiting import WaitTimeout, wait_until
 
 __all__ = ["CeleryWorker", "CeleryWorkerError"]
@@ -27,16 +23,17 @@ class CeleryWorkerError(RuntimeError):
     """The worker exited or did not report ready in time; the message quotes its log."""
 
 
-class CeleryWorker:
+class CeleryWorker(LoggedProcess):
     """One ``celery worker`` process consuming ``queues``, named ``<name>@<host>``.
 
-    Start it with :meth:`start`; use it as a context manager or call :meth:`stop`.
+    Start it with :meth:`start`; use it as a context manager or call :meth:`stop`
+    (warm shutdown, SIGTERM; after the timeout, SIGKILL to its process group: the
+    worker and its pool children).
     """
 
     def __init__(self, process: subprocess.Popen[bytes], hostname: str, log_path: Path) -> None:
-        self.process = process
+        super().__init__(process, log_path, own_group=True)
         self.hostname = hostname
-        self.log_path = log_path
 
     @classmethod
     def start(
@@ -84,13 +81,6 @@ class CeleryWorker:
         kill its pool children too if it must.
         """
         hostname = f"{name}@{socket.gethostname()}"
-        log_fd, log_name = tempfile.mkstemp(prefix=f"aceleryctl-worker-{name}-", suffix=".log")
-        child_env = dict(os.environ)
-        child_env.update(env)
-        child_env["PYTHONPATH"] = os.pathsep.join(
-            [str(cwd), *filter(None, [os.environ.get("PYTHONPATH")])]
-        )
-        child_env["PYTHONUNBUFFERED"] = "1"
         command = [
             sys.executable, "-m", "celery", "-A", app, "worker",
             "--pool=prefork", f"--concurrency={concurrency}",
@@ -98,19 +88,8 @@ class CeleryWorker:
             "--without-gossip", "--without-mingle", "--without-heartbeat",
             "-l", "info", *extra_args,
         ]  # fmt: skip
-        try:
-            process = subprocess.Popen(
-                command,
-                cwd=cwd,
-                env=child_env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            os.close(log_fd)
-        return cls(process, hostname, Path(log_name))
+        child = spawn(command, env=env, cwd=cwd, log_prefix=f"aceleryctl-worker-{name}-")
+        return cls(child.process, hostname, child.log_path)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait up to ``timeout`` seconds until the worker logs "<hostname> ready.".
@@ -133,38 +112,3 @@ class CeleryWorker:
                 f"worker {self.hostname} did not become ready within {timeout} s "
                 f"(exit status {status}); log:\n{self.log_tail()}"
             )
-
-    def log(self) -> str:
-        """Everything the worker has written so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, lines: int = 60) -> str:
-        """The last ``lines`` lines of the log, for failure messages."""
-        return tail(self.log(), lines)
-
-    def is_alive(self) -> bool:
-        """True while the worker's main process runs."""
-        return self.process.poll() is None
-
-    def remove_log(self) -> None:
-        """Delete the log file (after the worker has stopped)."""
-        self.log_path.unlink(missing_ok=True)
-
-    def stop(self, timeout: float = 20.0) -> int:
-        """Warm shutdown (SIGTERM); after ``timeout`` seconds, SIGKILL its process group
-        (the worker and its pool children). Returns the exit status."""
-        return stop_process(self.process, timeout=timeout, sig=signal.SIGTERM, kill_group=True)
-
-    def __enter__(self) -> CeleryWorker:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()

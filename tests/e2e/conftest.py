@@ -19,7 +19,6 @@ import contextlib
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests._support._process import free_port, stop_process, tail
+from tests._support._process import free_port, read_log, spawn, stop_process, tail
 from tests._support.redis_server import RedisServer
 from tests._support.waiting import WaitTimeout, wait_until
 
@@ -98,10 +97,7 @@ class Demo:
     log_path: Path
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
 
 def _answers(url: str) -> bool:
@@ -138,25 +134,14 @@ def demo(e2e_redis: RedisServer) -> Iterator[Demo]:
     workdir = Path(tempfile.mkdtemp(prefix="aceleryctl-e2e-"))
     log_path = workdir / "demo.log"
     port = free_port()
-    env = dict(
-        os.environ,
-        REDIS_URL=e2e_redis.url(0),
-        DEMO_DATA_DIR=str(workdir / "data"),
-        DEMO_FAULT_SWITCH="1",
-        DJANGO_SETTINGS_MODULE="demo_site.settings",
-        PYTHONPATH=str(REPO_ROOT),
-        PYTHONUNBUFFERED="1",
-    )
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "demo_site.run", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    env = {
+        "REDIS_URL": e2e_redis.url(0),
+        "DEMO_DATA_DIR": str(workdir / "data"),
+        "DEMO_FAULT_SWITCH": "1",
+        "DJANGO_SETTINGS_MODULE": "demo_site.settings",
+    }
+    argv = [sys.executable, "-m", "demo_site.run", "--host", "127.0.0.1", "--port", str(port)]
+    process = spawn(argv, env=env, cwd=REPO_ROOT, log_path=log_path).process
     _server_logs.append(log_path)
     server = Demo(f"http://127.0.0.1:{port}/", log_path)
     try:

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 import django
-from celery import Celery, Task
+from celery import Task
 from django.apps import apps
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.integration.live.worker_settings")
@@ -26,6 +26,7 @@ if not apps.ready:
     django.setup()
 
 from aceleryctl import signals  # after Django is set up
+from tests._support.celery_apps import worker_app
 
 __all__ = [
     "BrokenPromise",
@@ -44,26 +45,13 @@ BROKER_ENV = "ACELERYCTL_LIVE_BROKER_URL"
 BACKEND_ENV = "ACELERYCTL_LIVE_RESULT_BACKEND"
 _UNCONFIGURED = "redis://127.0.0.1:1/{db}"
 
-app = Celery("aceleryctl_live", set_as_current=False)
-app.conf.update(
+app = worker_app(
+    "aceleryctl_live",
     broker_url=os.environ.get(BROKER_ENV, _UNCONFIGURED.format(db=3)),
     result_backend=os.environ.get(BACKEND_ENV, _UNCONFIGURED.format(db=4)),
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    enable_utc=True,
-    timezone="UTC",
-    result_expires=600,
-    worker_prefetch_multiplier=1,
-    worker_hijack_root_logger=True,
-    worker_redirect_stdouts=False,
-    broker_connection_retry_on_startup=True,
-    broker_transport_options={"socket_timeout": 10.0, "socket_connect_timeout": 2.0},
     result_backend_transport_options={
         "retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.1}
     },
-    redis_socket_timeout=10.0,
-    redis_socket_connect_timeout=2.0,
 )
 
 

@@ -10,18 +10,13 @@
 from __future__ import annotations
 
 import os
-from http.cookies import SimpleCookie
-from types import SimpleNamespace
-from typing import Any
 
 import django
 from celery import Celery
 
+from tests._support.websocket_server import cookie_session_app
+
 django.setup()
-
-from channels.routing import URLRouter  # noqa: E402  (after django.setup())
-
-from aceleryctl.routing import websocket_urlpatterns  # noqa: E402
 
 __all__ = ["SESSION_COOKIE", "application", "celery_app"]
 
@@ -35,23 +30,5 @@ celery_app = Celery(
     set_as_current=False,
 )
 
-_router = URLRouter(websocket_urlpatterns)
-
-
-def _session_key(scope: dict[str, Any]) -> str | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"cookie":
-            morsel = SimpleCookie(value.decode("latin-1")).get(SESSION_COOKIE)
-            if morsel is not None:
-                return morsel.value
-    return None
-
-
-async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """Websockets to aceleryctl (with a cookie session); 404 for HTTP."""
-    if scope["type"] == "websocket":
-        scope = dict(scope, session=SimpleNamespace(session_key=_session_key(scope)))
-        await _router(scope, receive, send)
-    elif scope["type"] == "http":
-        await send({"type": "http.response.start", "status": 404, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
+#: Websockets to aceleryctl (with a cookie session); 404 for HTTP.
+application = cookie_session_app(SESSION_COOKIE)
