@@ -18,17 +18,22 @@ terminal event. The server never closes a connection because its tasks finished;
 the client decides (the JavaScript client closes once every task it follows is
 terminal).
 
-Close codes (the same number is the ``code`` of the error frame sent just before):
+Close codes (the same number is the ``code`` of the error frame sent just before, if
+any: a foreign ``Origin`` and a missing channel layer get no frame):
 
 ====  ==============================================================================
 4400  too many malformed frames (each one below the limit gets an error frame only)
 4401  a subscribe frame without a token
-4403  a tampered token, or one issued for another task or another user/session; a
-      foreign ``Origin`` is refused at the handshake (HTTP 403 from the server)
+4403  a tampered token, or one issued for another task or another user/session; or
+      a foreign ``Origin``: the handshake is accepted and the connection closed at
+      once with 4403 and no frame, before anything is read (a refused handshake
+      would reach a browser as a bare 1006, which clients retry)
 4413  a frame larger than ``ACELERYCTL['WEBSOCKET_MAX_FRAME_BYTES']`` (4 KB)
 4419  an expired token: fetch a new one and reconnect
 1013  the server cannot keep up (this client fell behind, or the channel layer
       failed): reconnect after a backoff and resume with ``after``
+1011  no channel layer is configured: the handshake is refused (HTTP 403 from the
+      server)
 ====  ==============================================================================
 
 Error frames that leave the connection open: 4400 malformed frame, 4409 already
@@ -242,7 +247,16 @@ class TaskEventsConsumer(AsyncConsumer):  # type: ignore[misc]  # channels is un
             raise StopConsumer()
 
     async def websocket_connect(self, message: Message) -> None:
-        """Check the Origin and accept, or refuse the handshake (4403, 1011)."""
+        """Check the Origin, then accept; or close at once (4403), or refuse the
+        handshake (1011).
+
+        A foreign ``Origin`` is accepted and closed with 4403 in the same step, with
+        no frame: nothing is read for it (no channel layer, no hub, no snapshot, no
+        writer) and every frame it sends is ignored. Accepting first is what lets a
+        browser see 4403, a final refusal, instead of the 1006 of a refused
+        handshake, which its client cannot tell from a network failure
+        (docs/security.md, "Origin validation").
+        """
         self.settings = conf.load_websocket_settings()
         origin = None
         for name, value in self.scope.get("headers", ()):
@@ -251,8 +265,11 @@ class TaskEventsConsumer(AsyncConsumer):  # type: ignore[misc]  # channels is un
                 break
         if not _origin_allowed(origin, self.settings):
             logger.info("refused a websocket from origin %r", origin)
-            await self.base_send({"type": "websocket.close", "code": CLOSE_FORBIDDEN})
-            self._closing = True
+            self._closing = True  # from here on, websocket_receive ignores everything
+            await self.base_send({"type": "websocket.accept"})
+            await self.base_send(
+                {"type": "websocket.close", "code": CLOSE_FORBIDDEN, "reason": "origin not allowed"}
+            )
             return
         layer = get_channel_layer(self.channel_layer_alias)
         if layer is None:

@@ -3,22 +3,25 @@
 Each receiver turns a Celery signal into a :class:`~aceleryctl.events.TaskEvent`
 and hands it to the process's :class:`~aceleryctl._emitter.Emitter`, which
 publishes it to the channel-layer group ``aceleryctl.task.<task_id>`` on a
-thread of its own; a receiver never waits for the network and never raises.
+thread of its own; a receiver never raises, and never waits for the network but
+in one case: announcing a retry before Celery publishes it, it waits until the
+event is sent, at most ``EVENT_SEND_TIMEOUT`` seconds (see :mod:`aceleryctl._receivers`).
 
-=====================  ===================  =====================================
-signal                 process              event
-=====================  ===================  =====================================
-``after_task_publish`` the publisher        ``task.sent`` (first publish only)
-``task_received``      worker main          ``task.received``
-``task_prerun``        the task's thread    ``task.started``
-(``report_progress``)  the task's thread    ``task.progress``
-``task_retry``         the task's thread    ``task.retried``
-``task_success``       the task's thread    ``task.succeeded``
-``task_failure``       the task's thread*   ``task.failed``
-``task_revoked``       worker main*         ``task.revoked``
-``task_rejected``      worker main          ``task.rejected``
-``task_unknown``       worker main          ``task.rejected`` (``NotRegistered``)
-=====================  ===================  =====================================
+=======================  ==================  =======================================
+signal                   process             event
+=======================  ==================  =======================================
+``after_task_publish``   the publisher       ``task.sent`` (first publish only)
+``task_received``        worker main         ``task.received``
+``task_prerun``          the task's thread   ``task.started``
+(``report_progress``)    the task's thread   ``task.progress``
+``before_task_publish``  the task's thread   ``task.retried`` (publishing its retry)
+``task_retry``           the task's thread   ``task.retried`` (if not yet sent)
+``task_success``         the task's thread   ``task.succeeded``
+``task_failure``         the task's thread*  ``task.failed``
+``task_revoked``         worker main*        ``task.revoked``
+``task_rejected``        worker main         ``task.rejected``
+``task_unknown``         worker main         ``task.rejected`` (``NotRegistered``)
+=======================  ==================  =======================================
 
 (*) a hard time limit fails the task, and a terminating revoke revokes it, from the
 worker's main process. The same receivers write the execution-time log records
@@ -53,6 +56,7 @@ from aceleryctl import _receivers as receivers
 from aceleryctl import _worker_logging as worker_logging
 from aceleryctl._emitter import Emitter, LayerFactory, reset_default_emitter, set_default_factory
 from aceleryctl._progress import process_gate
+from aceleryctl._progress_store import start_progress_write
 from aceleryctl._worker_config import once, reset_worker_config, worker_config
 from aceleryctl.events import Progress, TaskEvent, clip_text
 
@@ -65,7 +69,11 @@ def report_progress(
     """Report the progress of the running task ``task`` (the bound task, ``self``).
 
     Sets the Celery state to ``PROGRESS`` with meta ``{"current", "total",
-    "message"}`` (``task.update_state``) and publishes a ``task.progress`` event.
+    "message"}``, storing exactly what ``task.update_state`` stores, and publishes a
+    ``task.progress`` event. On Celery's Redis result backend (json, uncompressed)
+    the store is one round trip (:mod:`aceleryctl._progress_store`) instead of
+    ``update_state``'s two, and it never replaces a terminal state (``SUCCESS``,
+    ``FAILURE``, ``REVOKED``); any other backend goes through ``update_state``.
 
     Reports are throttled per task to ``ACELERYCTL["PROGRESS_MAX_RATE"]`` a second
     (default 10). A report within the interval is held, replacing an older held
@@ -74,11 +82,13 @@ def report_progress(
     only for the reports that go out at once; its state catches up with the next
     such report or with the task's outcome.
 
-    Runs on the task's thread. A report that goes out at once costs one result
-    backend write (bounded by the backend's socket timeouts) plus a few
-    microseconds; a held one only the few microseconds. It never waits for the
-    channel layer, and a failing backend write is logged once and ignored. Called
-    outside a worker (the task function called directly), it does nothing.
+    Runs on the task's thread, which is where the backend write happens, so it is
+    stored before the task's outcome is. A report that goes out at once costs one
+    result-backend round trip (bounded by the backend's socket timeouts; the event
+    is built while Redis answers) plus some tens of microseconds; a held one only a
+    few microseconds. It never waits for the channel layer, and a failing backend
+    write is logged once and ignored. Called outside a worker (the task function
+    called directly), it does nothing.
 
     Args:
         current: work done so far, in the task's own unit.
@@ -99,22 +109,29 @@ def report_progress(
     gate = process_gate(worker_config().progress_interval)
     attempt = receivers.attempt_number(request.retries)
     seq, send_now = gate.admit(task_id, attempt, time.monotonic())
+    write = None
+    if send_now:  # sent now, its reply read once the event is built
+        meta = {"current": progress.current, "total": progress.total, "message": progress.message}
+        write = start_progress_write(task, task_id, meta)
     emitter = receivers.emitter()
     event = None
-    if emitter is not None:
-        event = receivers.build_event(
-            "task.progress",
-            task_id,
-            getattr(task, "name", None),
-            attempt,
-            seq,
-            progress=progress,
-            correlation_id=receivers.task_correlation(request),
-        )
+    try:
+        if emitter is not None:
+            event = receivers.build_event(
+                "task.progress",
+                task_id,
+                getattr(task, "name", None),
+                attempt,
+                seq,
+                progress=progress,
+                correlation_id=receivers.task_correlation(request),
+            )
+    finally:
+        if send_now and (write is None or not write.wait()):
+            _store_progress(task, task_id, progress)  # Celery's update_state
     if send_now:
-        _store_progress(task, task_id, progress)
         if emitter is not None and event is not None:
-            emitter.emit(event)
+            emitter.emit(event)  # after the store: the emitter thread wakes up now
     elif emitter is not None and event is not None:
         due = gate.hold(event)
         if due is not None:
@@ -156,6 +173,7 @@ Receivers = tuple[tuple[Any, Callable[..., Any]], ...]
 # Connected first, so that the task's correlation id is current for the others.
 _CORRELATION: Final[Receivers] = ((celery_signals.task_prerun, receivers.enter_correlation),)
 _EVENTS: Final[Receivers] = (
+    (celery_signals.before_task_publish, receivers.on_before_publish),
     (celery_signals.after_task_publish, receivers.on_published),
     (celery_signals.task_received, receivers.on_received),
     (celery_signals.task_prerun, receivers.on_prerun),

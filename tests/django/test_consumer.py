@@ -234,12 +234,52 @@ async def test_origin_is_validated_at_the_handshake(
 ) -> None:
     with override_settings(ACELERYCTL={"WEBSOCKET_ALLOWED_ORIGINS": allowed}):
         comm = WebsocketCommunicator(build_app(source), PATH, headers=headers)
-        connected, detail = await comm.connect(timeout=5)
-    assert connected is accepted
-    if not accepted:
-        assert detail == 4403
+        connected, _ = await comm.connect(timeout=5)
+        assert connected  # a refusal too is accepted, so that a browser sees its code
+        if accepted:
+            assert (await subscribe(comm))["type"] == "snapshot"
+        else:
+            assert await comm.receive_output(timeout=5) == {
+                "type": "websocket.close",
+                "code": 4403,
+                "reason": "origin not allowed",
+            }
     await comm.disconnect(timeout=5)
     await comm.wait(timeout=5)
+
+
+async def test_a_foreign_origin_is_closed_before_anything_is_read_or_joined(
+    source: FakeSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source.answers[TASK] = DONE  # what a hijacked connection would be after
+    touched: list[str] = []
+
+    def no_layer(*args: Any) -> None:
+        touched.append("channel layer")
+
+    def no_hub(*args: Any) -> None:
+        touched.append("hub")
+
+    monkeypatch.setattr(consumers, "get_channel_layer", no_layer)
+    monkeypatch.setattr(consumers, "hub_for", no_hub)
+    evil = [(b"origin", b"https://evil.example"), (b"cookie", b"sessionid=the-victims")]
+    comm = WebsocketCommunicator(build_app(source), PATH, headers=evil)
+    assert (await comm.connect(timeout=5))[0]
+    close = await comm.receive_output(timeout=5)  # the very first output: no frame before
+    assert (close["type"], close["code"]) == ("websocket.close", 4403)
+
+    # A page that keeps talking (with a valid token, even) is ignored: the consumer
+    # handles every message in order, so once it has finished after the disconnect
+    # below, everything sent before was handled and produced nothing.
+    await comm.send_json_to({"type": "subscribe", "task_id": TASK, "token": token()})
+    await comm.send_to(text_data="not json")
+    await comm.disconnect(timeout=5)
+    await comm.wait(timeout=5)
+    assert comm.output_queue.empty()
+    assert source.calls == []
+    assert touched == []
+    monkeypatch.undo()
+    assert not get_channel_layer().groups.get(group_name(TASK))  # and nothing joined
 
 
 async def test_without_a_channel_layer_the_handshake_is_refused(source: FakeSource) -> None:

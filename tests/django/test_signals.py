@@ -8,27 +8,40 @@ import logging
 import threading
 import types
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from celery import Celery, Task
+from celery import signals as celery_signals
+from celery._state import _task_stack
+from celery.app.trace import build_tracer
 from celery.exceptions import Retry
 from django.conf import settings
 from django.test import override_settings
 
 from aceleryctl import signals
 from aceleryctl._emitter import default_emitter
-from aceleryctl._receivers import on_received, on_rejected, on_revoked, on_unknown
+from aceleryctl._receivers import (
+    on_before_publish,
+    on_received,
+    on_rejected,
+    on_retry,
+    on_revoked,
+    on_unknown,
+)
 from aceleryctl.correlation import CORRELATION_HEADER, current_correlation_id, use_correlation_id
-from aceleryctl.events import TaskEvent, split_order
+from aceleryctl.events import Phase, TaskEvent, split_order
 
 TIMEOUT = 10.0
+
+QUEUE = "aceleryctl-signals-tests"
 
 app = Celery("signals-tests", broker="memory://", backend="cache+memory://", set_as_current=False)
 app.conf.update(
     task_store_eager_result=True,
     result_serializer="json",
-    task_default_queue="aceleryctl-signals-tests",  # not the memory broker's shared "celery"
+    task_default_queue=QUEUE,  # not the memory broker's shared "celery"
 )
 
 
@@ -55,6 +68,47 @@ def progress_only(self: Task[Any, Any], calls: int) -> int:
     for i in range(1, calls + 1):
         signals.report_progress(self, i, calls)
     return calls
+
+
+@app.task(
+    bind=True,
+    name="signals_tests.auto",
+    autoretry_for=(Flaky,),
+    max_retries=1,
+    default_retry_delay=0,
+)
+def auto(self: Task[Any, Any]) -> str:
+    if self.request.retries == 0:
+        raise Flaky("auto, see https://u:pw-auto@h/x")
+    return "ok"
+
+
+@app.task(bind=True, name="signals_tests.bare", max_retries=None)
+def bare(self: Task[Any, Any], handled: bool) -> None:
+    """Retry without naming the exception: inside an except block, or not."""
+    if not handled:
+        raise self.retry(countdown=5)
+    try:
+        {}["missing"]
+    except KeyError:
+        raise self.retry(countdown=5) from None
+
+
+@app.task(bind=True, name="signals_tests.resend")
+def resend(self: Task[Any, Any]) -> None:
+    """Publish its own retry without Task.retry, then tell the worker so."""
+    try:
+        raise Flaky("resent, see https://u:pw-resend@h/x")
+    except Flaky as exc:
+        self.apply_async(task_id=self.request.id, retries=self.request.retries + 1, countdown=7)
+        raise Retry(exc=exc, when=7) from None
+
+
+@app.task(bind=True, name="signals_tests.sender")
+def sender(self: Task[Any, Any]) -> None:
+    """Publish messages that look like retries but are not this task's."""
+    journey.apply_async((1, 0), task_id="other-1", retries=self.request.retries + 1)
+    journey.apply_async((1, 0), task_id=self.request.id, retries=self.request.retries + 2)
 
 
 class RecordingLayer:
@@ -358,3 +412,156 @@ def test_the_in_memory_layer_is_refused_not_fed_from_another_thread(
         assert emitter.flush(TIMEOUT)
         assert emitter.statistics().dropped_no_layer == 3
     assert any("InMemoryChannelLayer" in r.getMessage() for r in caplog.records)
+
+
+# -- a retry in a worker: announced before its message is published --------------------------
+
+
+def run_in_worker(task: Task[Any, Any], task_id: str, *args: Any, **request: Any) -> None:
+    """Run ``task`` on this thread the way a worker does (Celery's tracer, not eager):
+    its retry is published to the memory broker, then ``task_retry`` fires."""
+    tracer = build_tracer(task.name, task, app=app, eager=False, propagate=False)
+    delivery = {"exchange": "", "routing_key": QUEUE}
+    tracer(task_id, args, {}, {"id": task_id, "retries": 0, "delivery_info": delivery, **request})
+
+
+Published = list[tuple[dict[str, Any], list[str]]]
+
+
+@pytest.fixture
+def published(layer: RecordingLayer) -> Iterator[Published]:
+    """Every retry message published, with the types of the events the layer had
+    already received when it was (``after_task_publish``)."""
+    seen: Published = []
+
+    def probe(headers: Any = None, **_: Any) -> None:
+        if headers.get("retries"):
+            with layer.lock:
+                seen.append((dict(headers), [m["type"] for _, m in layer.sent]))
+
+    celery_signals.after_task_publish.connect(probe, weak=False, dispatch_uid="published-probe")
+    try:
+        yield seen
+    finally:
+        celery_signals.after_task_publish.disconnect(dispatch_uid="published-probe")
+
+
+def retried_of(events: list[TaskEvent]) -> TaskEvent:
+    [retried] = [e for e in events if e.type == "task.retried"]
+    assert retried.retry is not None
+    return retried
+
+
+def test_a_worker_retry_reaches_the_layer_before_its_message_is_published_and_once(
+    layer: RecordingLayer, published: Published, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="aceleryctl.signals")
+    before = datetime.now(UTC)
+    run_in_worker(journey, "wr-1", 1, 1, **{CORRELATION_HEADER: "corr-w"})
+    [(headers, already_sent)] = published
+    assert already_sent == ["task.started", "task.progress", "task.retried"]
+    events = layer.events()
+    assert types_of(events) == ["started", "progress", "retried"]  # task_retry added nothing
+    retried = retried_of(events)
+    assert retried.retry is not None
+    assert split_order(retried.order) == (0, Phase.RETRIED, 0)
+    assert (retried.retry.attempt, retried.retry.max_retries) == (1, 2)
+    assert retried.error_type == "Flaky"
+    assert retried.error_message == retried.retry.reason == "again, see redis://********@h/0"
+    assert retried.correlation_id == "corr-w"
+    # The ETA is the message's own, in UTC: the task asked for a 30 s countdown.
+    assert headers["eta"] is not None
+    assert retried.retry.eta == datetime.fromisoformat(headers["eta"]).astimezone(UTC).isoformat()
+    eta = datetime.fromisoformat(retried.retry.eta)
+    assert before + timedelta(seconds=29) < eta < datetime.now(UTC) + timedelta(seconds=31)
+    text = json.dumps(retried.to_dict())
+    assert "pw-x" not in text
+    assert "Traceback" not in text
+    # The execution-time log record is still written, from task_retry.
+    logged = [r.getMessage() for r in caplog.records if r.name == "aceleryctl.signals"]
+    assert [m for m in logged if m.startswith("Task retry: task=signals_tests.journey")] != []
+
+
+def test_autoretry_is_announced_with_its_exception_and_no_eta(
+    layer: RecordingLayer, published: Published
+) -> None:
+    run_in_worker(auto, "wr-2")
+    [(headers, already_sent)] = published
+    assert already_sent == ["task.started", "task.retried"]
+    assert headers["eta"] is None  # default_retry_delay=0: due at once
+    retried = retried_of(layer.events())
+    assert retried.retry is not None
+    assert (retried.error_type, retried.error_message) == (
+        "Flaky",
+        "auto, see https://********@h/x",
+    )
+    assert (retried.retry.attempt, retried.retry.max_retries, retried.retry.eta) == (1, 1, None)
+
+
+def test_a_retry_without_an_exception_names_the_handled_one_or_none(
+    layer: RecordingLayer, published: Published
+) -> None:
+    run_in_worker(bare, "wr-3", True, retries=4)
+    run_in_worker(bare, "wr-4", False)
+    assert [already[-1] for _, already in published] == ["task.retried", "task.retried"]
+    handled, plain = (
+        retried_of([e for e in layer.events() if e.task_id == t]) for t in ("wr-3", "wr-4")
+    )
+    assert handled.retry is not None
+    assert plain.retry is not None
+    assert split_order(handled.order)[0] == 4
+    assert (handled.retry.attempt, handled.retry.max_retries) == (5, None)
+    assert (handled.error_type, handled.error_message) == ("KeyError", "'missing'")
+    # No exception anywhere: the reason is Celery's own, as task_retry reports it.
+    assert (plain.error_type, plain.error_message) == (None, "Retry in 5s")
+
+
+def test_a_retry_published_without_task_retry_is_announced_from_the_handled_exception(
+    layer: RecordingLayer, published: Published
+) -> None:
+    run_in_worker(resend, "wr-5")
+    [(headers, already_sent)] = published
+    assert already_sent == ["task.started", "task.retried"]
+    retried = retried_of(layer.events())  # and task_retry, fired after, added nothing
+    assert retried.retry is not None
+    assert retried.error_type == "Flaky"
+    assert retried.retry.reason == "resent, see https://********@h/x"
+    assert retried.retry.eta == datetime.fromisoformat(headers["eta"]).astimezone(UTC).isoformat()
+
+
+def test_messages_that_are_not_the_current_tasks_retry_announce_nothing(
+    layer: RecordingLayer, published: Published
+) -> None:
+    run_in_worker(sender, "wr-6")
+    assert [(h["id"], h["retries"]) for h, _ in published] == [
+        ("other-1", 1),  # another task's id
+        ("wr-6", 2),  # not the next attempt
+    ]
+    # Outside a task, a message with retries > 0 announces nothing either.
+    journey.apply_async((1, 0), task_id="wr-7", retries=1)
+    assert [(e.type, e.task_id) for e in layer.events()] == [
+        ("task.started", "wr-6"),
+        ("task.succeeded", "wr-6"),
+    ]
+
+
+def test_task_retry_still_announces_a_retry_that_was_not_announced_before(
+    layer: RecordingLayer,
+) -> None:
+    task = journey
+    _task_stack.push(task)
+    task.push_request(id="wr-8", retries=1, called_directly=False)
+    try:
+        headers = {"id": "wr-8", "task": task.name, "retries": 2, "eta": None}
+        on_before_publish(sender=task.name, body=(), headers={**headers, "id": "elsewhere"})
+        assert layer.events() == []
+        on_retry(sender=task, request=task.request, reason=Retry(exc=Flaky("late"), when=1))
+        on_before_publish(sender=task.name, body=(), headers=headers)  # no exception at hand
+        on_retry(sender=task, request=task.request, reason=Retry(exc=Flaky("late"), when=1))
+    finally:
+        task.pop_request()
+        _task_stack.pop()
+    first, second = layer.events()
+    assert (first.type, first.error_message, first.attempt) == ("task.retried", "late", 1)
+    assert second.retry is not None
+    assert (second.type, second.error_type, second.retry.reason) == ("task.retried", None, None)

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import Browser, Locator, Page, Playwright, expect
 
-from .conftest import Demo
+from .conftest import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, Demo
 
 #: Milliseconds a task may take to reach a state the test waits for.
 TASK_TIMEOUT = 25_000
@@ -231,3 +231,51 @@ def test_the_dead_broker_switch_fails_fast_and_recovers(page: Page, artifacts: P
     expect(page.locator("#breaker")).to_have_attribute("data-state", "closed", timeout=5_000)
     page.click("#start-long")
     expect_state(newest, "SUCCESS")
+
+
+#: A page of another site that follows a task of the demo with aceleryctl's client.
+FOREIGN_PAGE = "http://evil.example/"
+FOLLOW_FROM_ELSEWHERE = """async ([url, taskId, token]) => {
+  const { subscribe } = await import("/client.js");
+  const seen = [];
+  const ended = new Promise((resolve) => {
+    subscribe(url, {
+      taskId, token,
+      onSubscribed: () => seen.push("subscribed"),
+      onEvent: (event) => seen.push(event.type),
+      onError: (error) => seen.push(`error ${error.code}`),
+      onClose: (info) => resolve({ ...info, seen }),
+    });
+  });
+  const stuck = new Promise((resolve) => setTimeout(() => resolve({ stuck: seen }), 20000));
+  return Promise.race([ended, stuck]);
+}"""
+
+
+def test_a_page_of_another_site_is_refused_at_once(
+    page: Page, playwright: Playwright, demo: Demo
+) -> None:
+    page.goto("/")
+    started = post_json(page, "/api/tasks/long/", {"seconds": 1})  # a genuine token
+    client_js = (REPO_ROOT / "aceleryctl" / "static" / "aceleryctl" / "client.js").read_text()
+    # Chromium blocks a public site's connections to 127.0.0.1 (Local Network Access)
+    # before they reach any server; a public aceleryctl is not subject to that.
+    args = [*CHROMIUM_ARGS, "--disable-features=LocalNetworkAccessChecks"]
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+    try:
+        evil = browser.new_page()
+        evil.route(FOREIGN_PAGE, lambda route: route.fulfill(content_type="text/html", body="hi"))
+        evil.route(
+            FOREIGN_PAGE + "client.js",
+            lambda route: route.fulfill(content_type="text/javascript", body=client_js),
+        )
+        evil.goto(FOREIGN_PAGE)
+        socket_url = re.sub(r"^http", "ws", demo.base_url) + "ws/aceleryctl/tasks/"
+        outcome = evil.evaluate(
+            FOLLOW_FROM_ELSEWHERE, [socket_url, started["task_id"], started["token"]]
+        )
+    finally:
+        browser.close()
+    # A final refusal the client stops on (not a lost connection it retries), and
+    # nothing of the task was seen.
+    assert outcome == {"reason": "refused", "code": 4403, "seen": []}

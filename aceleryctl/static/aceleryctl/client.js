@@ -25,10 +25,18 @@
  * The connection closes by itself once a terminal event (succeeded, failed,
  * revoked, rejected) has been delivered. A dropped connection is reopened with
  * exponential backoff and jitter, resuming after the last order seen. Refusals
- * are final and reported to `onError({code, message})`: 4400 malformed, 4401
- * no token, 4403 forbidden, 4413 frame too large. An expired token (4419) is
- * renewed through `refreshToken()` when you pass one (it returns a new token,
- * or a promise of one); without it, that is final too.
+ * are final and end the subscription with `onClose({reason: "refused", code})`
+ * (the server's error frame, when it sends one, goes to `onError` first): 4400
+ * malformed, 4401 no token, 4403 forbidden (a token for someone else, or a page
+ * whose origin the server does not allow), 4413 frame too large. An expired
+ * token (4419) is renewed through `refreshToken()` when you pass one (it returns
+ * a new token, or a promise of one); without it, that is final too.
+ *
+ * Connection attempts that never open (the server, or a proxy in front of it,
+ * refuses the handshake; nothing listens) are retried the same way, but only
+ * `backoff.maxConnectFailures` times in a row (default 10, one to two minutes
+ * with the default delays): then the subscription ends with
+ * `onClose({reason: "gave-up", code})`. A connection that opens resets that count.
  *
  * One socket per subscribe() call; the server also lets one socket follow many
  * tasks, for clients that want to multiplex.
@@ -51,21 +59,30 @@ function socketUrl(url) {
  * Follow one task. Returns `{ close(), lastOrder, closed }`.
  *
  * Options: taskId, token (required); on, onEvent, onSubscribed, onError, onClose (called once,
- * with {reason: "terminal" | "closed" | "refused" | "gave-up", code}); refreshToken;
- * backoff: {initialDelay: 500, maxDelay: 30000, factor: 2, maxAttempts: Infinity}
- * (milliseconds); WebSocket (an implementation, for tests and non-browser use).
+ * with {reason: "terminal" | "closed" | "refused" | "gave-up", code}; `code` is the last close
+ * code for "refused" and "gave-up"); refreshToken;
+ * backoff: {initialDelay: 500, maxDelay: 30000, factor: 2, maxAttempts: Infinity,
+ * maxConnectFailures: 10} (delays in milliseconds; maxAttempts counts reconnections since the
+ * last confirmed subscription, maxConnectFailures consecutive attempts that never opened);
+ * WebSocket (an implementation, for tests and non-browser use).
  */
 export function subscribe(url, options) {
   const { taskId, on = {}, onEvent, onSubscribed, onError, onClose, refreshToken } = options;
-  const { initialDelay = 500, maxDelay = 30000, factor = 2, maxAttempts = Infinity } =
-    options.backoff || {};
+  const {
+    initialDelay = 500,
+    maxDelay = 30000,
+    factor = 2,
+    maxAttempts = Infinity,
+    maxConnectFailures = 10,
+  } = options.backoff || {};
   const Socket = options.WebSocket || globalThis.WebSocket;
   const target = socketUrl(url);
   let token = options.token;
   let lastOrder = null;
   let terminal = false;
   let finished = false;
-  let failures = 0;
+  let failures = 0; // reconnections since the last confirmed subscription
+  let unopened = 0; // consecutive connection attempts that never opened
   let timer = null;
   let socket = null;
 
@@ -90,9 +107,9 @@ export function subscribe(url, options) {
     if (terminal) finish("terminal");
   }
 
-  function retryLater() {
+  function retryLater(code) {
     failures += 1;
-    if (failures > maxAttempts) return finish("gave-up");
+    if (failures > maxAttempts) return finish("gave-up", code);
     const ceiling = Math.min(maxDelay, initialDelay * factor ** (failures - 1));
     const delay = ceiling / 2 + Math.random() * (ceiling / 2); // "equal jitter"
     timer = setTimeout(connect, delay);
@@ -112,7 +129,10 @@ export function subscribe(url, options) {
     if (finished) return;
     const ws = new Socket(target);
     socket = ws;
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
+      unopened = 0;
       ws.send(JSON.stringify({ type: "subscribe", task_id: taskId, token, after: lastOrder }));
     };
     ws.onmessage = (message) => {
@@ -134,17 +154,20 @@ export function subscribe(url, options) {
     };
     // Some WebSocket implementations (Node 20's) report a refused connection with
     // "error" and no "close": treat whichever comes first as the end of this socket.
-    ws.onerror = () => lost(ws, 1006);
-    ws.onclose = (event) => lost(ws, event.code);
+    ws.onerror = () => lost(ws, 1006, opened);
+    ws.onclose = (event) => lost(ws, event.code, opened);
   }
 
-  function lost(ws, code) {
+  function lost(ws, code, opened) {
     if (socket !== ws || finished) return;
     socket = null;
     if (ws.readyState <= 1) ws.close();
     if (code === EXPIRED && refreshToken) renew(code);
     else if (FINAL_CODES.has(code) || code === EXPIRED) finish("refused", code);
-    else retryLater();
+    // A handshake refused over HTTP (a proxy, an old server) looks like a network
+    // failure (1006): retried, but not forever.
+    else if (!opened && (unopened += 1) >= maxConnectFailures) finish("gave-up", code);
+    else retryLater(code);
   }
 
   connect();

@@ -284,3 +284,54 @@ async def test_a_terminated_task_is_revoked_by_the_main_process(
     events = by_order(got[task_id])
     assert events[-1].error_type == "Terminated"
     assert re.fullmatch(r"terminated by signal \S+", events[-1].error_message or "")
+
+
+def as_the_consumer_forwards(arrived: list[TaskEvent]) -> list[TaskEvent]:
+    """What the websocket consumer forwards of events in their arrival order: each
+    one newer (a higher order key) than the last it forwarded."""
+    forwarded: list[TaskEvent] = []
+    for event in arrived:
+        if not forwarded or event.order > forwarded[-1].order:
+            forwarded.append(event)
+    return forwarded
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+async def test_a_retry_arrives_before_the_next_attempt_and_is_never_dropped_as_stale(
+    pool: str,
+    live_workers: dict[str, LiveWorker],
+    live_controller: AsyncCeleryController,
+    listener: Listener,
+) -> None:
+    # The pool process that runs the retrying attempt announces task.retried; the
+    # worker's main process announces the next attempt's task.received as soon as
+    # it gets the retry's message. task.retried must get to the layer first. One
+    # task at a time, so that the worker is idle and gets the retry's message at
+    # once (announced from task_retry, after the publish, task.retried came tens
+    # of milliseconds late here).
+    worker = live_workers[pool]
+    ids = [new_id() for _ in range(10)]
+    await listener.follow(ids)
+    step = "received started progress+"
+    expected = f"sent {step} retried {step} succeeded"
+    got: dict[str, list[Received]] = {}
+    for task_id in ids:
+        await live_controller.apply_async(
+            worker_app.journey, (1, 1), task_id=task_id, queue=worker.queue
+        )
+        got.update(await listener.collect([task_id], timeout=60, until=expecting(expected)))
+    for task_id in ids:
+        arrived = [r.event for r in got[task_id]]
+        [retried] = [e for e in arrived if e.type == "task.retried"]
+        [again] = [e for e in arrived if e.type == "task.received" and e.attempt == 1]
+        assert retried.order < again.order
+        assert arrived.index(retried) < arrived.index(again), [e.type for e in arrived]
+        assert retried in as_the_consumer_forwards(arrived)
+        assert retried.retry is not None
+        assert (retried.attempt, retried.retry.attempt, retried.retry.max_retries) == (0, 1, 3)
+        assert retried.error_type == "Flaky"
+        assert retried.retry.reason == "try again: redis://********@cache:6379/0 (attempt 0)"
+        assert retried.error_message == retried.retry.reason
+        assert retried.retry.eta is not None
+        datetime.fromisoformat(retried.retry.eta)
+        assert_no_secret(arrived)

@@ -7,10 +7,7 @@ stopped by its own process id. Its output goes to a file quoted on failure.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,16 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from tests._support._process import free_port, stop_process, tail
+from tests._support._process import accepts, free_port, read_log, spawn, stop_process, tail
 from tests._support.redis_server import RedisServer
 from tests._support.waiting import WaitTimeout, wait_until
+from tests._support.websocket_server import WebsocketEndpoint, uvicorn_argv
+
+#: What the tests of this folder import from here (``accepts`` comes from tests._support).
+__all__ = ["REPO_ROOT", "LiveServer", "accepts", "launch", "live_ws_server"]
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 LAYER_DB, RESULTS_DB = 5, 6
 
 
 @dataclass(frozen=True)
-class LiveServer:
+class LiveServer(WebsocketEndpoint):
     """Where the server listens, and the Redis URLs it was given."""
 
     process: subprocess.Popen[bytes]
@@ -36,54 +37,24 @@ class LiveServer:
     layer_url: str
     results_url: str
 
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/aceleryctl/tasks/"
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-
-def accepts(port: int) -> bool:
-    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return read_log(self.log_path)
 
 
 def launch(redis_server: RedisServer, log_path: Path, port: int | None = None) -> LiveServer:
-    """Start uvicorn (on ``port``, or a free one) and return without waiting."""
+    """Start uvicorn (on ``port``, or a free one) and return without waiting; its
+    output is appended to ``log_path``."""
     port = port or free_port()
-    env = dict(
-        os.environ,
-        DJANGO_SETTINGS_MODULE="tests.integration.live_ws.settings",
-        ACELERYCTL_LIVE_LAYER_URL=redis_server.url(LAYER_DB),
-        ACELERYCTL_LIVE_RESULTS_URL=redis_server.url(RESULTS_DB),
-        PYTHONPATH=str(REPO_ROOT),
-    )
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable, "-m", "uvicorn", "tests.integration.live_ws.asgi_app:application",
-                "--host", "127.0.0.1", "--port", str(port),
-                "--ws", "websockets", "--lifespan", "off",
-                "--no-access-log", "--log-level", "warning",
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    env = {
+        "DJANGO_SETTINGS_MODULE": "tests.integration.live_ws.settings",
+        "ACELERYCTL_LIVE_LAYER_URL": redis_server.url(LAYER_DB),
+        "ACELERYCTL_LIVE_RESULTS_URL": redis_server.url(RESULTS_DB),
+    }
+    app = "tests.integration.live_ws.asgi_app:application"
+    argv = uvicorn_argv(app, port, "--ws", "websockets")
+    child = spawn(argv, env=env, cwd=REPO_ROOT, log_path=log_path, new_session=False)
     return LiveServer(
-        process, port, log_path, redis_server.url(LAYER_DB), redis_server.url(RESULTS_DB)
+        child.process, port, log_path, redis_server.url(LAYER_DB), redis_server.url(RESULTS_DB)
     )
 
 

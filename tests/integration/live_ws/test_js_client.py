@@ -12,12 +12,15 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from channels_redis.core import RedisChannelLayer
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
 
 from aceleryctl.events import Phase, Progress, TaskEvent, group_name, order_key
 from aceleryctl.tokens import make_subscription_token
@@ -50,10 +53,19 @@ class Probe:
         self.process = process
 
     @classmethod
-    async def start(cls, server: LiveServer, task_id: str, token: str) -> Probe:
+    async def start(
+        cls,
+        url: str,
+        origin: str,
+        task_id: str,
+        token: str,
+        backoff: dict[str, float] | None = None,
+    ) -> Probe:
+        """Run client.js's ``subscribe`` against ``url`` as a page of ``origin``
+        would; ``backoff`` is merged over the probe's short delays."""
         process = await asyncio.create_subprocess_exec(
             "node", "--experimental-websocket", "--no-warnings", str(PROBE), str(CLIENT_JS),
-            server.ws_url, task_id, token, server.origin, f"{SESSION_COOKIE}={SESSION}",
+            url, task_id, token, origin, f"{SESSION_COOKIE}={SESSION}", json.dumps(backoff or {}),
             stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         return cls(process)
@@ -99,7 +111,9 @@ async def test_client_follows_reconnects_resumes_and_closes_on_terminal(
         ev("task.progress", task_id, order_key(0, Phase.PROGRESS, 2), progress=Progress(2, 3)),
         ev("task.succeeded", task_id, order_key(0, Phase.TERMINAL), result="ok"),
     ]
-    probe = await Probe.start(server, task_id, token)
+    # While the server restarts, every attempt fails to open: allow plenty of them.
+    backoff = {"maxConnectFailures": 10_000}
+    probe = await Probe.start(server.ws_url, server.origin, task_id, token, backoff)
     try:
         assert await probe.line() == {"kind": "subscribed"}
         assert members.zcard(key) == 1
@@ -133,7 +147,7 @@ async def test_client_follows_reconnects_resumes_and_closes_on_terminal(
 
 async def test_client_reports_a_refusal_and_stops(own_server: dict[str, LiveServer]) -> None:
     server = own_server["server"]
-    probe = await Probe.start(server, "some-task", "")
+    probe = await Probe.start(server.ws_url, server.origin, "some-task", "")
     try:
         error = await probe.line()
         assert (error["kind"], error["code"]) == ("error", 4401)
@@ -141,3 +155,53 @@ async def test_client_reports_a_refusal_and_stops(own_server: dict[str, LiveServ
         assert await asyncio.wait_for(probe.process.wait(), 10) == 0
     finally:
         await probe.stop()
+
+
+async def test_a_foreign_origin_is_a_final_refusal_not_a_lost_connection(
+    live_ws_server: LiveServer,
+) -> None:
+    task_id = str(uuid.uuid4())
+    token = make_subscription_token(task_id, session_key=SESSION)  # even a valid one
+    members = redis.Redis.from_url(live_ws_server.layer_url, socket_timeout=5)
+    # The default backoff: were this a lost connection, the probe would still be
+    # retrying long after the line below was due.
+    probe = await Probe.start(
+        live_ws_server.ws_url, "https://evil.example", task_id, token, {"initialDelay": 500}
+    )
+    try:
+        # No error frame, no snapshot, no event: only the close.
+        assert await probe.line() == {"kind": "close", "reason": "refused", "code": 4403}
+        assert await asyncio.wait_for(probe.process.wait(), 10) == 0
+        assert members.zcard(f"asgi:group:{group_name(task_id)}") == 0
+    finally:
+        await probe.stop()
+        members.close()
+
+
+async def test_the_client_gives_up_on_attempts_that_never_open_but_not_on_drops() -> None:
+    """A server that opens and drops the connection is retried for as long as it
+    takes; one that refuses the handshake over HTTP (a proxy, a server without
+    aceleryctl) only ``maxConnectFailures`` times in a row."""
+    drops = 3  # connections that open, then close with 1011 (not final)
+    attempts: list[str] = []
+
+    def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        attempts.append(request.path)
+        if len(attempts) > drops:
+            return connection.respond(HTTPStatus.FORBIDDEN, "refused by a proxy\n")
+        return None
+
+    async def handler(connection: ServerConnection) -> None:
+        await connection.close(1011)
+
+    async with serve(handler, "127.0.0.1", 0, process_request=process_request) as server:
+        port = server.sockets[0].getsockname()[1]
+        backoff = {"initialDelay": 10, "maxDelay": 20, "maxConnectFailures": 2}
+        url = f"ws://127.0.0.1:{port}/ws/aceleryctl/tasks/"
+        probe = await Probe.start(url, f"http://127.0.0.1:{port}", "some-task", "t", backoff)
+        try:
+            assert await probe.line() == {"kind": "close", "reason": "gave-up", "code": 1006}
+            assert await asyncio.wait_for(probe.process.wait(), 10) == 0
+        finally:
+            await probe.stop()
+    assert len(attempts) == drops + 2  # more drops than maxConnectFailures, then 2 refusals
