@@ -84,7 +84,7 @@ class AsyncCeleryController(ControllerCore):
         drain_timeout: float = 5.0,
         breaker: CircuitBreaker | None = None,
         redact_keys: Iterable[str] = DEFAULT_REDACT_KEYS,
-        max_batch: int = 8,
+        max_batch: int = 16,
         direct_publish: bool = True,
     ) -> None:
         if app is None:

@@ -155,7 +155,7 @@ class DispatchEngine:
         breaker: CircuitBreaker,
         redactor: Redactor,
         transport: TransportPolicy,
-        max_batch: int = 8,
+        max_batch: int = 16,
         direct_publish: bool = True,
     ) -> None:
         self.app = app

@@ -177,11 +177,22 @@ class _LoopWaker:
             self._loop.call_soon_threadsafe(self._run)
 
     def _run(self) -> None:
+        # Loop thread. At most _WAKE_CHUNK waiters resume per loop turn: each runs
+        # its coroutine's next step in the following turn, and a whole batch of
+        # them at once would hold up timers and I/O for all of that time.
         with self._lock:
-            pending, self._pending, self._scheduled = self._pending, [], False
+            pending = self._pending
+            if len(pending) > _WAKE_CHUNK:
+                pending, self._pending = pending[:_WAKE_CHUNK], pending[_WAKE_CHUNK:]
+                self._loop.call_soon(self._run)  # still scheduled: no new wake-up needed
+            else:
+                self._pending, self._scheduled = [], False
         for signal in pending:
             settle(signal, None)
 
+
+#: Waiters resumed per event-loop turn, at most (see ``_LoopWaker._run``).
+_WAKE_CHUNK = 8
 
 _deferring = threading.local()
 

@@ -10,7 +10,7 @@ controller is rebuilt when the setting changes (``override_settings`` in tests).
         "CELERY_APP": "proj.celery:app",  # dotted path; default: see resolve_celery_app
         "DISPATCH_TIMEOUT": 2.0,          # seconds, per call
         "MAX_WORKERS": 1,                 # publishing threads
-        "MAX_BATCH": 8,                   # publishes sent in one pipelined round trip
+        "MAX_BATCH": 16,                  # publishes sent in one round trip
         "DIRECT_PUBLISH": True,           # plain calls on the direct path (Redis)
         "MAX_PENDING": 10_000,            # calls waiting for a thread, at most
         "DRAIN_TIMEOUT": 5.0,             # seconds to drain on close
@@ -91,7 +91,7 @@ class ControllerSettings:
     celery_app: str | None = None
     dispatch_timeout: float = 2.0
     max_workers: int = 1
-    max_batch: int = 8
+    max_batch: int = 16
     direct_publish: bool = True
     max_pending: int = 10_000
     drain_timeout: float = 5.0

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import dataclasses
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -356,3 +358,42 @@ async def test_a_batch_wakes_the_loop_once() -> None:
     # The first job may run alone (the thread takes what is queued when it starts);
     # the rest settle as one batch: one wake-up each, not one per job.
     assert len(wakeups) <= 2
+
+
+async def test_a_settled_batch_resumes_its_waiters_a_few_per_loop_turn() -> None:
+    from aceleryctl._pool import _WAKE_CHUNK
+
+    release = threading.Event()
+
+    def runner(jobs: Sequence[BatchJob]) -> None:
+        assert release.wait(GATE_TIMEOUT)
+        run_each(jobs)
+
+    pool = PublishPool(max_workers=1, max_pending=100, name="t", max_batch=50, batch_runner=runner)
+    turn = 0
+    counting = True
+
+    async def count_turns() -> None:
+        nonlocal turn
+        while counting:
+            turn += 1
+            await asyncio.sleep(0)
+
+    async def wait_one(future: Any) -> int:
+        await pool.wait_async(future, GATE_TIMEOUT)
+        return turn
+
+    counter = asyncio.ensure_future(count_turns())
+    try:
+        futures = [pool.submit(lambda: 1) for _ in range(40)]
+        waits = [asyncio.ensure_future(wait_one(f)) for f in futures]
+        await asyncio.sleep(0)
+        release.set()
+        turns = await asyncio.gather(*waits)
+    finally:
+        counting = False
+        await counter
+        pool.shutdown(timeout=GATE_TIMEOUT)
+    per_turn = collections.Counter(turns)
+    assert max(per_turn.values()) <= _WAKE_CHUNK
+    assert len(per_turn) >= 40 // _WAKE_CHUNK
