@@ -175,7 +175,7 @@ def table(results: dict[str, list[Measurement]], n: int) -> str:
     for mode in results:
         m = median_of(results[mode])
         rate, cpu = m["rate"] or 0.0, m["cpu_us"] or 0.0
-        lag = "-" if m["lag_p99"] is None else f"{1000 * m['lag_p99']:.1f}"
+        lag = "-" if m["lag_p99"] is None else f"{1000 * m['lag_p99']:.2f}"
         worst = "-" if m["lag_max"] is None else f"{1000 * m['lag_max']:.1f}"
         landed = f"{n}/{n} exact" if m["landed_ok"] else "MISMATCH"
         lines.append(

@@ -7,7 +7,7 @@ import uuid
 from typing import Any, cast
 
 import redis
-from celery import Celery
+from celery import Celery, Task
 
 from tests._support.broker_messages import BrokerMessage, queue_keys, read_queue
 from tests._support.waiting import wait_until, wait_until_async
@@ -25,8 +25,9 @@ def new_marker(prefix: str = "m") -> str:
 def isolated_app(name: str, broker_url: str, result_backend: str) -> Celery:
     """A Celery app of its own (not the shared one, never made current) for fault tests.
 
-    It has one task, ``aceleryctl_tests.add`` (``app.tasks["aceleryctl_tests.add"]``),
-    the name the workers know, and bounded client timeouts.
+    It has two tasks the workers know, ``aceleryctl_tests.add`` and
+    ``aceleryctl_tests.record`` (their bodies run in the workers, not here), and
+    bounded client timeouts.
     """
     app = Celery(name, set_as_current=False)
     app.conf.update(
@@ -41,6 +42,10 @@ def isolated_app(name: str, broker_url: str, result_backend: str) -> Celery:
     @app.task(shared=False, name="aceleryctl_tests.add")
     def add(x: int, y: int) -> int:
         return x + y
+
+    @app.task(shared=False, name="aceleryctl_tests.record", bind=True)
+    def record(self: Task[Any, Any], marker: str, payload: Any = None) -> str:
+        return marker
 
     app.finalize()
     return app

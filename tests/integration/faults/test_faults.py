@@ -76,6 +76,17 @@ def make_controller(url: str, results_url: str, **breaker: Any) -> AsyncCeleryCo
     )
 
 
+#: Both dispatch paths: Celery's stock send_task, and the direct path (a plain task call).
+PATHS = pytest.mark.parametrize("direct", [False, True], ids=["stock", "direct"])
+
+
+async def dispatch(ctl: AsyncCeleryController, direct: bool, *args: Any, **options: Any) -> Any:
+    """Dispatch ``record(*args)`` on the chosen path."""
+    if direct:
+        return await ctl.apply_async(ctl.app.tasks[RECORD_TASK], args, **options)
+    return await ctl.send_task(RECORD_TASK, args, **options)
+
+
 class Storm:
     """Callers dispatching ``record(marker)`` in a loop, and a 1 ms loop ticker.
 
@@ -88,8 +99,10 @@ class Storm:
         callers: int,
         max_calls: int = 400,
         queue: str | None = None,
+        direct: bool = False,
     ) -> None:
         self.ctl = ctl
+        self.direct = direct
         self.options = {"queue": queue} if queue else {}
         self.callers = callers
         self.max_calls = max_calls
@@ -104,7 +117,7 @@ class Storm:
             marker = new_marker("storm")
             started = time.monotonic()
             try:
-                result = await self.ctl.send_task(RECORD_TASK, (marker,), **self.options)
+                result = await dispatch(self.ctl, self.direct, marker, **self.options)
             except TaskDispatchError as exc:
                 self.outcomes.append(
                     Outcome(
@@ -275,12 +288,13 @@ async def test_closed_port_fails_fast_and_opens_the_breaker(
     await close_and_check_no_leaks(ctl)
 
 
+@PATHS
 async def test_silent_broker_fails_every_caller_within_its_deadline(
-    records: redis.Redis, redis_server: RedisServer
+    records: redis.Redis, redis_server: RedisServer, direct: bool
 ) -> None:
     with Tarpit() as tarpit:
         ctl = make_controller(tarpit.url, redis_server.url(1))
-        storm = Storm(ctl, callers=100, max_calls=3)
+        storm = Storm(ctl, callers=100, max_calls=3, direct=direct)
 
         async def scenario() -> None:
             await wait_until_async(lambda: len(storm.outcomes) >= 100, timeout=DEADLINE * 10)
@@ -293,9 +307,11 @@ async def test_silent_broker_fails_every_caller_within_its_deadline(
         await close_and_check_no_leaks(ctl)
 
 
+@PATHS
 @pytest.mark.parametrize("fault", ["held-proxy", "sigstop"])
 async def test_silent_pause_mid_storm_never_duplicates_and_recovers(
     fault: str,
+    direct: bool,
     fault_broker: FaultBroker,
     fault_worker: CeleryWorker,
     records: redis.Redis,
@@ -305,7 +321,7 @@ async def test_silent_pause_mid_storm_never_duplicates_and_recovers(
     url = proxy.url(0) if proxy else fault_broker.url(0)
     ctl = make_controller(url, redis_server.url(1))
     baseline = len(clients(fault_broker.url(0)))
-    storm = Storm(ctl, callers=20)
+    storm = Storm(ctl, callers=20, direct=direct)
 
     async def scenario() -> None:
         await wait_until_async(lambda: storm.kinds().get("ok", 0) >= 40, timeout=20)
@@ -329,6 +345,7 @@ async def test_silent_pause_mid_storm_never_duplicates_and_recovers(
         await storm.run(scenario)
         check_outcomes(storm, records)
         assert ctl.breaker.state is BreakerState.CLOSED
+        assert (ctl.statistics().direct > 0) is direct
         assert storm.max_lag() < 0.25, f"event loop stalled {storm.max_lag():.3f} s"
         await close_and_check_no_leaks(ctl)
         wait_until(
@@ -351,9 +368,12 @@ async def test_killed_and_restarted_broker(
     # that every returned id is in Redis after the restart (Redis persists with
     # appendfsync always); consumption starts afterwards, so kombu's own consumer
     # window (BRPOP, then the unacked bookkeeping) cannot lose a message mid-kill.
+    # On the direct path, which plain calls take. (One kill per module: the
+    # module's worker does not answer control commands reliably after a second
+    # SIGKILL of its broker; the other fault tests run both paths.)
     queue = new_marker("killq")
     ctl = make_controller(fault_broker.url(0), redis_server.url(1))
-    storm = Storm(ctl, callers=20, queue=queue)
+    storm = Storm(ctl, callers=20, queue=queue, direct=True)
 
     async def scenario() -> None:
         await wait_until_async(lambda: storm.kinds().get("ok", 0) >= 40, timeout=20)
@@ -368,6 +388,7 @@ async def test_killed_and_restarted_broker(
     await storm.run(scenario)
     assert ctl.breaker.statistics().times_opened >= 1
     assert ctl.breaker.state is BreakerState.CLOSED
+    assert ctl.statistics().direct > 0
     assert storm.max_lag() < 0.25, f"event loop stalled {storm.max_lag():.3f} s"
     broker = redis.Redis.from_url(fault_broker.url(0), socket_timeout=5)
     try:
@@ -401,8 +422,9 @@ def test_probe_reaches_the_broker_even_on_an_established_connection(
         ctl.sync.close(DEADLINE * 3)
 
 
+@PATHS
 async def test_paused_mid_publish_each_task_id_is_queued_at_most_once(
-    fault_broker: FaultBroker, redis_server: RedisServer
+    fault_broker: FaultBroker, redis_server: RedisServer, direct: bool
 ) -> None:
     # Calls in flight when Redis freezes: their commands sit in the socket buffers.
     # After SIGCONT Redis executes what it received; nothing may be re-sent on top.
@@ -410,10 +432,10 @@ async def test_paused_mid_publish_each_task_id_is_queued_at_most_once(
     ctl = make_controller(fault_broker.url(0), redis_server.url(1))
     broker = redis.Redis.from_url(fault_broker.url(0), socket_timeout=5)
     try:
-        await ctl.send_task(RECORD_TASK, ("warm",), queue=queue)  # connected first
+        await dispatch(ctl, direct, "warm", queue=queue)  # connected first
         fault_broker.server.pause()
         try:
-            calls = [ctl.send_task(RECORD_TASK, (new_marker("p"),), queue=queue) for _ in range(30)]
+            calls = [dispatch(ctl, direct, new_marker("p"), queue=queue) for _ in range(30)]
             outcomes = await asyncio.gather(*calls, return_exceptions=True)
         finally:
             fault_broker.server.resume()
@@ -431,7 +453,7 @@ async def test_paused_mid_publish_each_task_id_is_queued_at_most_once(
         started = time.monotonic()
         while True:
             try:
-                await ctl.send_task(RECORD_TASK, ("after",), queue=queue)
+                await dispatch(ctl, direct, "after", queue=queue)
                 break
             except TaskDispatchError:
                 assert time.monotonic() - started < 20, "never dispatched again"
