@@ -163,22 +163,19 @@ def _write(producer: LeanProducer, items: list[Prepared]) -> None:
     by_key: dict[str, list[str]] = {}
     for item in items:
         by_key.setdefault(item.key, []).append(item.payload)
-    pool = producer.client.connection_pool
-    connection = pool.get_connection()
+    connection = producer.redis_connection()
     try:
         packed = [
             chunk
             for key, payloads in by_key.items()
             for chunk in connection.pack_command("LPUSH", key, *payloads)
         ]
-        connection.send_packed_command([b"".join(packed)])
+        connection.send_packed_command([b"".join(packed)], check_health=False)
         for _ in by_key:
             connection.read_response()
     except BaseException:
-        connection.disconnect()  # replies may be left unread: never reuse it
+        producer.drop_redis_connection()  # replies may be left unread: never reuse it
         raise
-    finally:
-        pool.release(connection)
 
 
 def _settle_all(batch: Sequence[tuple[BatchJob, Call]], exc: BaseException) -> None:
