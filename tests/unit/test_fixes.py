@@ -106,11 +106,17 @@ def test_parent_links_are_taken_on_the_callers_thread(app: Celery) -> None:
             controller.sync.close(WAIT)
 
     parent.apply(task_id="parent-id")
+    # kombu's memory transport is one per process: other tests' messages may wait
+    # in the same queue. Read up to the child's own message (bounded).
     with app.connection_for_read() as conn:
         simple = conn.SimpleQueue("celery")
-        message = simple.get(block=True, timeout=WAIT)
-        message.ack()
+        for _ in range(1_000):
+            message = simple.get(block=True, timeout=WAIT)
+            message.ack()
+            if message.headers["id"] == seen["child"]:
+                break
         simple.close()
+    assert message.headers["id"] == seen["child"]
     assert message.headers["parent_id"] == "parent-id"
     assert message.headers["root_id"] == "parent-id"
     assert seen["trail"] == [seen["child"]]
