@@ -44,20 +44,22 @@ class BatchRunner:
 
     def __call__(self, jobs: Sequence[BatchJob]) -> None:
         """Publish ``jobs`` and settle every one of their futures. Never raises."""
-        calls = [getattr(job.fn, "call", None) for job in jobs]
         stock: list[BatchJob] = []
         direct: list[tuple[BatchJob, Call]] = []  # calls whose ``direct`` is set
-        snapshot = self._direct.configured() if self._direct is not None else None
-        for job, call in zip(jobs, calls, strict=True):
-            if snapshot is not None and call is not None and call.direct is not None:
+        for job in jobs:
+            call: Call | None = getattr(job.fn, "call", None)
+            if self._direct is not None and call is not None and call.direct is not None:
                 direct.append((job, call))
             else:
                 stock.append(job)
-        if direct and snapshot is not None:
-            stock.extend(self._run_direct(direct, snapshot))
-        if len(stock) == 1 or not all(getattr(j.fn, "call", None) is not None for j in stock):
-            run_each(stock)
-        elif stock:
+        if direct:
+            # The app's settings are read once per batch, and only when needed.
+            snapshot = self._direct.configured() if self._direct is not None else None
+            if snapshot is None:
+                stock.extend(job for job, _ in direct)
+            else:
+                stock.extend(self._run_direct(direct, snapshot))
+        if stock:
             self._run_stock(stock)
 
     # -- direct path -----------------------------------------------------------
@@ -109,11 +111,13 @@ class BatchRunner:
     # -- stock path, batched -----------------------------------------------------
 
     def _run_stock(self, jobs: Sequence[BatchJob]) -> None:
-        """Celery builds every message as usual; kombu's publish batch buffers the
+        """Celery builds every message as usual; when there are several publishes
+        that can share this thread's producer, kombu's publish batch buffers their
         Redis commands and sends them in one pipeline (never retried)."""
-        calls: list[Call] = [job.fn.call for job in jobs]  # type: ignore[attr-defined]
-        if not all(call.accepts_producer for call in calls):
-            run_each(jobs)
+        found = [getattr(job.fn, "call", None) for job in jobs]
+        calls = [call for call in found if call is not None and call.accepts_producer]
+        if len(jobs) < 2 or len(calls) < len(jobs):
+            run_each(jobs)  # one publish, or one that dispatches on its own
             return
         publisher = self._publisher()
         try:
@@ -158,11 +162,13 @@ def _write(producer: LeanProducer, items: list[Prepared]) -> None:
     Raises:
         redis.RedisError: the write failed; any of the messages may have landed.
     """
-    for item in items:
-        producer.declare_once(item.queue)
     by_key: dict[str, list[str]] = {}
     for item in items:
-        by_key.setdefault(item.key, []).append(item.payload)
+        payloads = by_key.get(item.key)
+        if payloads is None:
+            producer.declare_once(item.queue)  # once per queue and connection
+            payloads = by_key[item.key] = []
+        payloads.append(item.payload)
     connection = producer.redis_connection()
     try:
         packed = [

@@ -39,6 +39,7 @@ from aceleryctl._pool import (
 )
 from aceleryctl._results import rebind
 from aceleryctl._transport import (
+    BOUNDED_DRIVERS,
     BROKER_ERRORS,
     ConnectFailed,
     ConnectionRegistry,
@@ -161,7 +162,7 @@ class DispatchEngine:
         self.app = app
         self.transport = transport
         driver = transport_driver(app)
-        self.bounded = driver in ("redis", "memory")
+        self.bounded = driver in BOUNDED_DRIVERS
         #: The direct publish path, or ``None`` (not Redis, or turned off).
         self.direct = DirectPath(app) if direct_publish and driver == "redis" else None
         self._local = threading.local()

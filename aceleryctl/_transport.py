@@ -31,18 +31,20 @@ from celery import Celery
 from kombu import Connection, Producer
 
 __all__ = [
+    "BOUNDED_DRIVERS",
     "BROKER_ERRORS",
     "LeanProducer",
     "ConnectFailed",
     "ConnectionRegistry",
     "ThreadPublisher",
     "TransportPolicy",
-    "is_bounded_transport",
     "nothing_sent",
     "transport_driver",
 ]
 
-_BOUNDED_DRIVERS = frozenset({"redis", "memory"})
+#: Transports whose publishes this module bounds: Redis, and kombu's in-process
+#: ``memory`` transport (so that tests without a broker take the same path).
+BOUNDED_DRIVERS = frozenset({"redis", "memory"})
 
 
 T = TypeVar("T")
@@ -149,15 +151,6 @@ def transport_driver(app: Celery) -> str:
         return str(connection.transport.driver_type)
     finally:
         connection.release()
-
-
-def is_bounded_transport(app: Celery) -> bool:
-    """Whether ``app``'s broker is one whose publishes this module bounds.
-
-    Redis, and kombu's in-process ``memory`` transport (so that tests without a
-    broker take the same path).
-    """
-    return transport_driver(app) in _BOUNDED_DRIVERS
 
 
 class ThreadPublisher:
@@ -279,20 +272,7 @@ class LeanProducer(Producer):
     def __init__(self, channel: Any) -> None:
         super().__init__(channel, auto_declare=False)
         self._declared: set[int] = set()
-        self._client: Any = None
         self._held: Any = None
-
-    @property
-    def client(self) -> Any:
-        """A redis-py client on this connection's pool (Redis only), made once.
-
-        kombu's Redis channel builds a new client object for every publish; the
-        direct path writes through this one.
-        """
-        if self._client is None:
-            channel: Any = self.channel
-            self._client = channel._create_client()
-        return self._client
 
     def redis_connection(self) -> Any:
         """A redis-py connection this producer keeps for itself (Redis only).
@@ -302,7 +282,7 @@ class LeanProducer(Producer):
         microseconds per write. Only the owning publishing thread uses it.
         """
         if self._held is None:
-            self._held = self.client.connection_pool.get_connection()
+            self._held = self._pool().get_connection()
         return self._held
 
     def drop_redis_connection(self) -> None:
@@ -310,7 +290,12 @@ class LeanProducer(Producer):
         held, self._held = self._held, None
         if held is not None:
             held.disconnect()
-            self.client.connection_pool.release(held)
+            self._pool().release(held)
+
+    def _pool(self) -> Any:
+        # The Redis channel's own connection pool: kombu closes it with the channel.
+        channel: Any = self.channel
+        return channel.pool
 
     def declare_once(self, entity: Any) -> None:
         """Declare ``entity`` on this connection unless this producer already did."""

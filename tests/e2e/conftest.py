@@ -22,7 +22,7 @@ import shutil
 import sys
 import tempfile
 import urllib.request
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ import pytest
 
 from tests._support._process import free_port, read_log, spawn, stop_process, tail
 from tests._support.redis_server import RedisServer
+from tests._support.reports import attach_on_failure, mark_folder
 from tests._support.waiting import WaitTimeout, wait_until
 
 if TYPE_CHECKING:
@@ -62,24 +63,20 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test in this folder ``e2e``."""
-    for item in items:
-        if HERE in item.path.resolve().parents:
-            item.add_marker(pytest.mark.e2e)
+#: Every test in this folder is marked ``e2e``.
+pytest_collection_modifyitems = mark_folder(HERE, "e2e")
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Attach the demo's output (runner, worker, uvicorn) to a failed e2e test's report."""
-    report = yield
-    if report.failed and HERE in item.path.resolve().parents:
-        for path in _server_logs:
-            with contextlib.suppress(OSError):
-                report.sections.append(("demo output", tail(path.read_text(errors="replace"), 80)))
-    return report
+def _demo_output() -> list[tuple[str, str]]:
+    """The demo's output (runner, worker, uvicorn), for a failed e2e test's report."""
+    sections = []
+    for path in _server_logs:
+        with contextlib.suppress(OSError):
+            sections.append(("demo output", tail(path.read_text(errors="replace"), 80)))
+    return sections
+
+
+pytest_runtest_makereport = attach_on_failure(HERE, _demo_output)
 
 
 def _missing(what: str) -> None:

@@ -15,7 +15,7 @@ import asyncio
 import gc
 import os
 import shutil
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ import pytest
 from celery import Celery
 
 from tests._support.redis_server import RedisServer
+from tests._support.reports import attach_on_failure, mark_folder
 from tests._support.worker import CeleryWorker
 
 from . import celery_app as shared
@@ -42,23 +43,12 @@ CONTROLLER_OPTIONS: dict[str, Any] = {"dispatch_timeout": 5.0, "max_workers": 2}
 _workers: list[CeleryWorker] = []
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test in this folder ``integration``."""
-    for item in items:
-        if HERE in item.path.resolve().parents:
-            item.add_marker(pytest.mark.integration)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Attach the tail of each worker's log to a failed integration test's report."""
-    report = yield
-    if report.failed and HERE in item.path.resolve().parents:
-        for worker in _workers:
-            report.sections.append((f"celery worker {worker.hostname}", worker.log_tail(40)))
-    return report
+#: Every test in this folder is marked ``integration``.
+pytest_collection_modifyitems = mark_folder(HERE, "integration")
+#: A failed test's report carries the tail of each worker's log.
+pytest_runtest_makereport = attach_on_failure(
+    HERE, lambda: [(f"celery worker {w.hostname}", w.log_tail(40)) for w in _workers]
+)
 
 
 @pytest.fixture(scope="session")

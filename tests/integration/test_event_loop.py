@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 
 import pytest
 from celery import Celery
 
 from aceleryctl import AsyncCeleryController
+from tests._support.ticker import Ticker
 from tests._support.waiting import wait_until_async
 
 from ._helpers import Broker
@@ -27,23 +27,6 @@ CALLS = 2000
 # coroutines on 2 busy cores). The bound proves the loop is never held for the
 # whole run (which is what a blocking publish would do), not a speed.
 MAX_GAP = 0.5
-
-
-@dataclass
-class Ticker:
-    """Sleeps 1 ms in a loop and records the gaps between wake-ups, in seconds."""
-
-    gaps: list[float] = field(default_factory=list)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        last = loop.time()
-        while not self.stop.is_set():
-            await asyncio.sleep(0.001)
-            now = loop.time()
-            self.gaps.append(now - last)
-            last = now
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ from aceleryctl.exceptions import BrokerError, DispatchRejected, TaskDispatchErr
 from tests._support.holding_proxy import HoldingProxy
 from tests._support.redis_server import RedisServer
 from tests._support.tarpit import Tarpit
+from tests._support.ticker import Ticker
 from tests._support.waiting import wait_until, wait_until_async
 from tests._support.worker import CeleryWorker
 from tests.integration._helpers import isolated_app, new_marker
@@ -107,8 +108,8 @@ class Storm:
         self.callers = callers
         self.max_calls = max_calls
         self.outcomes: list[Outcome] = []
-        self.gaps: list[float] = []
-        self.stop = asyncio.Event()
+        self.ticker = Ticker()
+        self.stop = self.ticker.stop
 
     async def _caller(self) -> None:
         for _ in range(self.max_calls):
@@ -135,18 +136,9 @@ class Storm:
                 )
                 await asyncio.sleep(0.005)  # pacing between calls (load shape, not a wait)
 
-    async def _ticker(self) -> None:
-        loop = asyncio.get_running_loop()
-        last = loop.time()
-        while not self.stop.is_set():
-            await asyncio.sleep(0.001)
-            now = loop.time()
-            self.gaps.append(now - last)
-            last = now
-
     async def run(self, scenario: Callable[[], Awaitable[None]]) -> None:
         tasks = [asyncio.ensure_future(self._caller()) for _ in range(self.callers)]
-        ticker = asyncio.ensure_future(self._ticker())
+        ticker = asyncio.ensure_future(self.ticker.run())
         try:
             await scenario()
         finally:
@@ -154,7 +146,7 @@ class Storm:
             await asyncio.wait_for(asyncio.gather(*tasks, ticker), timeout=30)
 
     def max_lag(self) -> float:
-        return max(self.gaps, default=0.0)
+        return max(self.ticker.gaps, default=0.0)
 
     def kinds(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -22,7 +22,7 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from django.test import override_settings
 from aceleryctl import AsyncCeleryController
 from aceleryctl.events import TERMINAL_TYPES, TaskEvent, group_name
 from tests._support.redis_server import RedisServer
+from tests._support.reports import attach_on_failure
 from tests._support.waiting import WaitTimeout
 from tests._support.worker import CeleryWorker
 
@@ -49,16 +50,10 @@ LAYER_CAPACITY = 20_000
 _live_workers: list[CeleryWorker] = []
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Attach the tail of each live worker's log to a failed test's report."""
-    report = yield
-    if report.failed and HERE in item.path.resolve().parents:
-        for worker in _live_workers:
-            report.sections.append((f"live worker {worker.hostname}", worker.log_tail(40)))
-    return report
+#: A failed test's report carries the tail of each live worker's log.
+pytest_runtest_makereport = attach_on_failure(
+    HERE, lambda: [(f"live worker {w.hostname}", w.log_tail(40)) for w in _live_workers]
+)
 
 
 @dataclass(frozen=True)
