@@ -1,7 +1,7 @@
 """End to end through HTTP: Django views that dispatch, served by uvicorn, under load.
 
-    python -m bench.http                  # 3 interleaved rounds of 10 s a view, then the pause
-    python -m bench.http --duration 5 --rounds 1
+    python -m bench.http                  # 15 interleaved rounds of 2 s a view, then the pause
+    python -m bench.http --duration 5 --rounds 3
     python -m bench.http --smoke          # 2 s a view, one round: CI checks that it runs
 
 Everything on 127.0.0.1, started here and stopped by PID (even on error): a
@@ -15,15 +15,23 @@ httptools is installed, no access log, lifespan off) serving
 * ``/sync``: a sync view calling ``add.delay(1, 1)``;
 * ``/controller``: ``await controller.delay(add, 1, 1)``, aceleryctl's default
   controller (``ACELERYCTL["CELERY_APP"]`` set, everything else default);
+* ``/controller-noop``: ``await controller.delay(nothing)``, a zero-argument
+  callable that sends nothing: the controller's breaker, pool hop, deadline and
+  result, without the message and the broker round trip (the floor under
+  ``/controller``; left out of the pause figures);
 * ``/sync-facade``: a sync view calling ``aceleryctl.sync.controller.delay``.
 
 1. Throughput: ``wrk`` (``apt-get install wrk``) with one thread, ``--connections``
    keep-alive connections (default 100), ``--duration`` seconds a view, views
    interleaved and repeated ``--rounds`` times; each view's requests/s as a
-   fraction of the trivial view's in the same round (median over rounds), latency
-   percentiles and the server's CPU per request. Without ``wrk`` (or with
-   ``--client python``) a small asyncio keep-alive client (bench._httpclient)
-   stands in; it costs more CPU on the same 2 cores, so its figures are lower.
+   fraction of the trivial view's in the same round (median and interquartile
+   range over rounds), latency percentiles and the server's CPU per request.
+   Short slices in many rounds are the default because this machine's speed
+   drifts by tens of percent over minutes: a view and the trivial view measured
+   seconds apart see the same machine, ten-second runs a minute apart do not.
+   Without ``wrk`` (or with ``--client python``) a small asyncio keep-alive
+   client (bench._httpclient) stands in; it costs more CPU on the same 2 cores,
+   so its figures are lower.
 2. Redis paused: for each dispatching view in turn, the asyncio client keeps
    ``--connections`` connections busy; after ``--lead`` seconds Redis gets
    SIGSTOP for ``--pause`` seconds, then SIGCONT, and the load goes on ``--tail``
@@ -76,10 +84,12 @@ VIEWS: list[tuple[str, str]] = [
     ("`sync_to_async(add.delay, thread_sensitive=False)`", "/s2a-free"),
     ("sync view, `add.delay(1, 1)`", "/sync"),
     ("`await controller.delay(add, 1, 1)`", "/controller"),
+    ("... the same path sending nothing, `await controller.delay(nothing)`", "/controller-noop"),
     ("sync view, `aceleryctl.sync.controller.delay`", "/sync-facade"),
 ]
 NAME = {path: name for name, path in VIEWS}
-DISPATCHING = [path for _, path in VIEWS if path != "/trivial"]
+#: Views whose requests publish to Redis (the floor view sends nothing).
+DISPATCHING = [path for _, path in VIEWS if path not in ("/trivial", "/controller-noop")]
 
 
 # -- the server -------------------------------------------------------------------------
@@ -255,9 +265,9 @@ def throughput(
 def throughput_table(runs: list[Run], rounds: int) -> str:
     trivial = {r.round: r.load.rate for r in runs if r.path == "/trivial"}
     lines = [
-        "| view | requests/s | x trivial view | p50 ms | p99 ms | max ms | server CPU µs/request "
-        "| x trivial by server CPU | failed requests |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| view | requests/s | x trivial view | ... middle half of rounds | p50 ms | p99 ms "
+        "| max ms | server CPU µs/request | x trivial by server CPU | failed requests |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     trivial_cpu = statistics.median(
         r.server_cpu / max(1, r.load.requests) for r in runs if r.path == "/trivial"
@@ -265,17 +275,28 @@ def throughput_table(runs: list[Run], rounds: int) -> str:
     for name, path in VIEWS:
         mine = [r for r in runs if r.path == path]
         rate = statistics.median(r.load.rate for r in mine)
-        ratio = statistics.median(r.load.rate / (trivial[r.round] or 1) for r in mine)
+        ratios = [r.load.rate / (trivial[r.round] or 1) for r in mine]
+        ratio = statistics.median(ratios)
+        low, high = quartiles(ratios)
         p50 = statistics.median(r.load.p50 for r in mine)
         p99 = statistics.median(r.load.p99 for r in mine)
         worst = max(r.load.worst for r in mine)
         cpu = statistics.median(r.server_cpu / max(1, r.load.requests) for r in mine)
         bad = sum(r.load.bad for r in mine)
         lines.append(
-            f"| {name} | {rate:,.0f} | {ratio:.2f} | {1000 * p50:.0f} | {1000 * p99:.0f} | "
+            f"| {name} | {rate:,.0f} | {ratio:.2f} | {low:.2f}-{high:.2f} | {1000 * p50:.0f} | "
+            f"{1000 * p99:.0f} | "
             f"{1000 * worst:.0f} | {1e6 * cpu:,.0f} | {trivial_cpu / (cpu or 1):.2f} | {bad} |"
         )
     return "\n".join(lines)
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """The first and third quartiles (the range itself below four values)."""
+    if len(values) < 4:
+        return min(values), max(values)
+    first, _, third = statistics.quantiles(values, n=4)
+    return first, third
 
 
 # -- Redis paused -------------------------------------------------------------------------
@@ -405,8 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load a run")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds of load a run")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds a view, once")
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
@@ -474,9 +495,10 @@ def write_report(
         f"process, asyncio loop, {http}, no access log), Django's ASGI handler with no "
         f"middleware; load from {generator} with {args.connections} keep-alive "
         f"connections, {args.duration:g} s a view, views interleaved, medians over "
-        f'{args.rounds} rounds ("x trivial view" is the median of each round\'s ratio; '
-        f'"max" the worst over all rounds). The load generator shares the 2 cores with '
-        f"the server, and so do other jobs: requests/s move by 20-40% from round to round. "
+        f'{args.rounds} rounds ("x trivial view" is the median of each round\'s ratio, '
+        f'"middle half" its interquartile range; "max" the worst over all rounds). The '
+        f"load generator shares the 2 cores with the server, and so do other jobs: "
+        f"requests/s move by 20-40% from round to round. "
         f"\"x trivial by server CPU\" (the trivial view's CPU per request over the view's, "
         f"user + system time of the server process) is the ratio the view would reach with "
         f"the server CPU-bound, and moves much less. Load average before: `{load(before)}`, "

@@ -86,6 +86,8 @@ fi
 log "benchmarks, smoke only (tiny N; no speed is asserted)"
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$root/.venv-py311-dj52/bin/python" -m bench.dispatch --smoke
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$root/.venv-py311-dj52/bin/python" -m bench.events --smoke
+ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$root/.venv-py311-dj52/bin/python" -m bench.memory --smoke
+ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$root/.venv-py311-dj52/bin/python" -m bench.http --smoke
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$root/.venv-py311-dj52/bin/python" -m bench.faults --smoke \
   2> >(grep -v -e '^Task dispatch failed' -e '^Traceback' -e '^  ' -e '^$' >&2 || true)
 

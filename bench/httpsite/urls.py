@@ -10,5 +10,6 @@ urlpatterns = [
     path("s2a-free", views.s2a_free),
     path("sync", views.sync_delay),
     path("controller", views.ctl),
+    path("controller-noop", views.ctl_noop),
     path("sync-facade", views.sync_facade),
 ]

@@ -57,6 +57,20 @@ async def ctl(request: HttpRequest) -> HttpResponse:
     return _ok()
 
 
+def _nothing() -> None:
+    """The publish job of ``ctl_noop``: sends nothing."""
+
+
+async def ctl_noop(request: HttpRequest) -> HttpResponse:
+    # The controller's whole path (breaker, pool hop, deadline, result) with a
+    # zero-argument callable that sends nothing: the floor under ``ctl``.
+    try:
+        await controller.delay(_nothing)
+    except TaskDispatchError as exc:
+        return _failed(exc)
+    return _ok()
+
+
 def sync_facade(request: HttpRequest) -> HttpResponse:
     try:
         sync_controller.delay(add, 1, 1)
