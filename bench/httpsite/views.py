@@ -1,4 +1,5 @@
-"""One view per way of dispatching ``add(1, 1)``; each answers ``ok`` (200).
+"""One view per way of dispatching ``add(1, 1)``, plus the trivial view and the
+controller's floor (a dispatch that sends nothing); each answers ``ok`` (200).
 
 aceleryctl's views answer 504 on ``DispatchTimeout`` (outcome unknown) and 503 on
 any other ``TaskDispatchError`` (nothing sent, or the broker failed), as a project
