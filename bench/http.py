@@ -19,6 +19,9 @@ httptools is installed, no access log, lifespan off) serving
   callable that sends nothing: the controller's breaker, pool hop, deadline and
   result, without the message and the broker round trip (the floor under
   ``/controller``; left out of the pause figures);
+* ``/loop-prototype``: not the product, a measurement: the same message built
+  and written from the event-loop thread (:mod:`bench.httpsite.loop_prototype`;
+  no deadline or breaker, so left out of the pause figures);
 * ``/sync-facade``: a sync view calling ``aceleryctl.sync.controller.delay``.
 
 1. Throughput: ``wrk`` (``apt-get install wrk``) with one thread, ``--connections``
@@ -85,11 +88,18 @@ VIEWS: list[tuple[str, str]] = [
     ("sync view, `add.delay(1, 1)`", "/sync"),
     ("`await controller.delay(add, 1, 1)`", "/controller"),
     ("... the same path sending nothing, `await controller.delay(nothing)`", "/controller-noop"),
+    (
+        "prototype, not in the package: the same message built and sent on the loop thread",
+        "/loop-prototype",
+    ),
     ("sync view, `aceleryctl.sync.controller.delay`", "/sync-facade"),
 ]
 NAME = {path: name for name, path in VIEWS}
-#: Views whose requests publish to Redis (the floor view sends nothing).
-DISPATCHING = [path for _, path in VIEWS if path not in ("/trivial", "/controller-noop")]
+#: The views measured with Redis paused: not the floor (it sends nothing), not
+#: the loop-thread prototype (no deadline: a paused Redis would hold it).
+DISPATCHING = [
+    path for _, path in VIEWS if path not in ("/trivial", "/controller-noop", "/loop-prototype")
+]
 
 
 # -- the server -------------------------------------------------------------------------

@@ -11,5 +11,6 @@ urlpatterns = [
     path("sync", views.sync_delay),
     path("controller", views.ctl),
     path("controller-noop", views.ctl_noop),
+    path("loop-prototype", views.loop_prototype),
     path("sync-facade", views.sync_facade),
 ]
