@@ -19,9 +19,11 @@ httptools is installed, no access log, lifespan off) serving
   callable that sends nothing: the controller's breaker, pool hop, deadline and
   result, without the message and the broker round trip (the floor under
   ``/controller``; left out of the pause figures);
-* ``/loop-prototype``: not the product, a measurement: the same message built
-  and written from the event-loop thread (:mod:`bench.httpsite.loop_prototype`;
-  no deadline or breaker, so left out of the pause figures);
+* ``/loop-prototype`` and ``/loop-minimal``: not the product, measurements: the
+  same message built and written from the event-loop thread with redis.asyncio,
+  or with a minimal protocol writing once a loop turn
+  (:mod:`bench.httpsite.loop_prototype`; no deadline or breaker, so left out of
+  the pause figures);
 * ``/sync-facade``: a sync view calling ``aceleryctl.sync.controller.delay``.
 
 1. Throughput: ``wrk`` (``apt-get install wrk``) with one thread, ``--connections``
@@ -92,13 +94,16 @@ VIEWS: list[tuple[str, str]] = [
         "prototype, not in the package: the same message built and sent on the loop thread",
         "/loop-prototype",
     ),
+    ("... the same with a minimal Redis protocol, one write a loop turn", "/loop-minimal"),
     ("sync view, `aceleryctl.sync.controller.delay`", "/sync-facade"),
 ]
 NAME = {path: name for name, path in VIEWS}
 #: The views measured with Redis paused: not the floor (it sends nothing), not
 #: the loop-thread prototype (no deadline: a paused Redis would hold it).
 DISPATCHING = [
-    path for _, path in VIEWS if path not in ("/trivial", "/controller-noop", "/loop-prototype")
+    path
+    for _, path in VIEWS
+    if path not in ("/trivial", "/controller-noop", "/loop-prototype", "/loop-minimal")
 ]
 
 

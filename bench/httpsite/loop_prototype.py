@@ -1,17 +1,22 @@
-"""A measurement prototype, not part of the package: publish from the event-loop thread.
+"""Measurement prototypes, not part of the package: publish from the event-loop thread.
 
-It answers one question for the HTTP benchmark: what would a dispatch cost if it
+They answer one question for the HTTP benchmark: what would a dispatch cost if it
 did not hop to a publishing thread at all? The message is the direct path's
 (:mod:`aceleryctl._direct`: Celery's ``as_task_v2``, kombu's serializer, the Redis
-channel's envelope), built on the loop thread, and written with ``redis.asyncio``
-as one ``LPUSH`` per call. The settings snapshot is read once, at first use.
+channel's envelope), built on the loop thread with the settings snapshot read
+once. Two ways to write it:
 
-What it leaves out, and why it is not the product: no deadline and no circuit
-breaker (a paused Redis would hold every request, so the benchmark's pause
-figures skip it), no batching, no ``before_task_publish``/``after_task_publish``
+* :func:`publish_add` sends one ``LPUSH`` per call with ``redis.asyncio``;
+* :func:`publish_add_minimal` hands the message to a minimal Redis protocol on
+  the loop (:mod:`bench.httpsite.loop_protocol`) that writes everything queued
+  in one loop turn as one ``LPUSH`` per key, in one ``write``.
+
+What they leave out, and why they are not the product: no deadline and no
+circuit breaker (a paused Redis would hold every request, so the benchmark's
+pause figures skip them), no ``before_task_publish``/``after_task_publish``
 receivers beyond what the benchmark site has (none), and every caller's message
-building runs on the loop. Loop-thread only; the first call blocks once to open
-a kombu channel.
+building runs on the loop. Loop-thread only; the first call on a loop blocks
+once to open a kombu channel and declare the queue.
 """
 
 from __future__ import annotations
@@ -21,19 +26,19 @@ from typing import Any
 
 import redis.asyncio
 
-from aceleryctl._direct import DirectMessage, DirectPath, Snapshot
+from aceleryctl._direct import DirectMessage, DirectPath, Prepared, Snapshot
 from aceleryctl._ids import new_task_id
+from bench.httpsite.loop_protocol import LpushWriter
 from bench.httpsite.tasks import add, app
 
-__all__ = ["publish_add"]
+__all__ = ["publish_add", "publish_add_minimal"]
 
 
 class _Publisher:
-    """What one event loop needs: an asyncio Redis client, a kombu channel for
-    the envelope functions, and the direct path with its settings snapshot."""
+    """What one event loop needs: a kombu channel for the envelope functions, the
+    direct path with its settings snapshot, and the two ways to write."""
 
     def __init__(self) -> None:
-        self.client = redis.asyncio.Redis.from_url(app.conf.broker_url)
         connection: Any = app.connection_for_write()
         connection.ensure_connection(max_retries=1)
         self.channel = connection.default_channel
@@ -43,13 +48,34 @@ class _Publisher:
             raise RuntimeError("the benchmark app does not qualify for the direct path")
         self.snapshot = snapshot
         self.declared = False
+        self.client = redis.asyncio.Redis.from_url(app.conf.broker_url)
+        self.writer: LpushWriter | None = None
+        self.connecting: asyncio.Future[LpushWriter] | None = None
+
+    def build(self, x: int, y: int) -> Prepared:
+        message = DirectMessage(add, (x, y), {}, {"task_id": new_task_id()})
+        prepared = self.direct.prepare(message, self.channel, self.snapshot)
+        if prepared is None:
+            raise RuntimeError("the benchmark task does not qualify for the direct path")
+        if not self.declared:
+            prepared.queue.bind(self.channel).declare()  # once, as the product does
+            self.declared = True
+        return prepared
 
 
 _publishers: dict[asyncio.AbstractEventLoop, _Publisher] = {}
 
 
+def _publisher() -> _Publisher:
+    loop = asyncio.get_running_loop()
+    publisher = _publishers.get(loop)
+    if publisher is None:
+        publisher = _publishers[loop] = _Publisher()
+    return publisher
+
+
 async def publish_add(x: int, y: int) -> str:
-    """Build ``add(x, y)``'s message on this loop thread and ``LPUSH`` it.
+    """Build ``add(x, y)``'s message on this loop thread; ``LPUSH`` it with redis.asyncio.
 
     Returns:
         The task id.
@@ -57,17 +83,37 @@ async def publish_add(x: int, y: int) -> str:
     Raises:
         redis.RedisError: the write failed.
     """
-    loop = asyncio.get_running_loop()
-    publisher = _publishers.get(loop)
-    if publisher is None:
-        publisher = _publishers[loop] = _Publisher()
-    task_id = new_task_id()
-    message = DirectMessage(add, (x, y), {}, {"task_id": task_id})
-    prepared = publisher.direct.prepare(message, publisher.channel, publisher.snapshot)
-    if prepared is None:
-        raise RuntimeError("the benchmark task does not qualify for the direct path")
-    if not publisher.declared:
-        prepared.queue.bind(publisher.channel).declare()  # once, as the product does
-        publisher.declared = True
-    await publisher.client.lpush(prepared.key, prepared.payload)
-    return task_id
+    prepared = _publisher().build(x, y)
+    await _publisher().client.lpush(prepared.key, prepared.payload)
+    return prepared.task_id
+
+
+async def publish_add_minimal(x: int, y: int) -> str:
+    """Build ``add(x, y)``'s message on this loop thread; write it with the calls
+    queued in the same loop turn.
+
+    Returns:
+        The task id.
+
+    Raises:
+        ConnectionError: the connection was lost before Redis answered.
+        RuntimeError: Redis answered with an error.
+    """
+    publisher = _publisher()
+    prepared = publisher.build(x, y)
+    writer = publisher.writer
+    if writer is None:
+        if publisher.connecting is None:  # the first callers share one connect
+            host, port, db = _address(app.conf.broker_url)
+            publisher.connecting = asyncio.ensure_future(LpushWriter.connect(host, port, db))
+        writer = publisher.writer = await publisher.connecting
+    await writer.push(prepared.key, prepared.payload)
+    return prepared.task_id
+
+
+def _address(url: str) -> tuple[str, int, int]:
+    # The benchmark's broker URL: redis://127.0.0.1:PORT/DB, nothing else.
+    rest = url.removeprefix("redis://")
+    hostport, _, db = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    return host, int(port or 6379), int(db or 0)

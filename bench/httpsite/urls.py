@@ -12,5 +12,6 @@ urlpatterns = [
     path("controller", views.ctl),
     path("controller-noop", views.ctl_noop),
     path("loop-prototype", views.loop_prototype),
+    path("loop-minimal", views.loop_minimal),
     path("sync-facade", views.sync_facade),
 ]

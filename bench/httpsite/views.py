@@ -1,6 +1,6 @@
 """One view per way of dispatching ``add(1, 1)``, plus the trivial view, the
-controller's floor (a dispatch that sends nothing) and a loop-thread publishing
-prototype (:mod:`bench.httpsite.loop_prototype`); each answers ``ok`` (200).
+controller's floor (a dispatch that sends nothing) and two loop-thread publishing
+prototypes (:mod:`bench.httpsite.loop_prototype`); each answers ``ok`` (200).
 
 aceleryctl's views answer 504 on ``DispatchTimeout`` (outcome unknown) and 503 on
 any other ``TaskDispatchError`` (nothing sent, or the broker failed), as a project
@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 
 from aceleryctl import DispatchTimeout, TaskDispatchError, controller
 from aceleryctl.sync import controller as sync_controller
-from bench.httpsite.loop_prototype import publish_add
+from bench.httpsite.loop_prototype import publish_add, publish_add_minimal
 from bench.httpsite.tasks import add
 
 
@@ -77,6 +77,12 @@ async def ctl_noop(request: HttpRequest) -> HttpResponse:
 async def loop_prototype(request: HttpRequest) -> HttpResponse:
     # Not the product: the same message built and written on the loop thread.
     await publish_add(1, 1)
+    return _ok()
+
+
+async def loop_minimal(request: HttpRequest) -> HttpResponse:
+    # Not the product: as loop_prototype, with a minimal protocol and one write a turn.
+    await publish_add_minimal(1, 1)
     return _ok()
 
 
