@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio
 
@@ -83,8 +84,9 @@ async def publish_add(x: int, y: int) -> str:
     Raises:
         redis.RedisError: the write failed.
     """
-    prepared = _publisher().build(x, y)
-    await _publisher().client.lpush(prepared.key, prepared.payload)
+    publisher = _publisher()
+    prepared = publisher.build(x, y)
+    await publisher.client.lpush(prepared.key, prepared.payload)
     return prepared.task_id
 
 
@@ -104,16 +106,10 @@ async def publish_add_minimal(x: int, y: int) -> str:
     writer = publisher.writer
     if writer is None:
         if publisher.connecting is None:  # the first callers share one connect
-            host, port, db = _address(app.conf.broker_url)
-            publisher.connecting = asyncio.ensure_future(LpushWriter.connect(host, port, db))
+            url = urlsplit(app.conf.broker_url)  # redis://HOST:PORT/DB
+            db = int(url.path.strip("/") or 0)
+            connect = LpushWriter.connect(url.hostname or "127.0.0.1", url.port or 6379, db)
+            publisher.connecting = asyncio.ensure_future(connect)
         writer = publisher.writer = await publisher.connecting
     await writer.push(prepared.key, prepared.payload)
     return prepared.task_id
-
-
-def _address(url: str) -> tuple[str, int, int]:
-    # The benchmark's broker URL: redis://127.0.0.1:PORT/DB, nothing else.
-    rest = url.removeprefix("redis://")
-    hostport, _, db = rest.partition("/")
-    host, _, port = hostport.partition(":")
-    return host, int(port or 6379), int(db or 0)
