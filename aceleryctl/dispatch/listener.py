@@ -1,0 +1,198 @@
+"""Dispatch listeners: a frozen event for every dispatch outcome and pool change.
+
+The engine hands each listener a :class:`DispatchEvent` once a dispatch's
+outcome is known, and a :class:`PoolChange` when the publish pool starts or
+stops a thread or refuses work; breaker transitions reach listeners as the
+breaker's own :class:`~aceleryctl.breaker.StateChange`. Statistics snapshots,
+live ``task.sent`` events, metrics and traces are all built from these events.
+
+A listener must be quick and must not block: it runs on the thread that settles
+the dispatch (the caller's event-loop thread for ``await controller.delay``, the
+calling thread for the sync facade, a publishing thread for an on-commit
+dispatch). A listener never slows or breaks a dispatch: an exception it raises
+is logged once per listener and kind of exception, and the dispatch goes on.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from aceleryctl.breaker import StateChange
+
+__all__ = [
+    "DispatchEvent",
+    "DispatchListener",
+    "Listeners",
+    "Outcome",
+    "PoolChange",
+]
+
+logger = logging.getLogger("aceleryctl.listeners")
+
+
+class Outcome(enum.Enum):
+    """What is known about a dispatch's message once the call is settled."""
+
+    #: The broker holds the message (Redis replied to the write).
+    SENT = "sent"
+    #: Nothing reached the broker; the dispatch may be retried as it is.
+    NOT_SENT = "not_sent"
+    #: The message may or may not be in the broker (deadline passed mid-publish,
+    #: a connection broke after the write, a dispatcher callable raised).
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchEvent:
+    """One settled dispatch, as listeners see it.
+
+    Times are readings of the engine's monotonic clock, in seconds; only their
+    differences mean anything.
+
+    Attributes:
+        task_name: the task's registered name (or a description of a canvas or callable).
+        task_id: the id the message was (or would have been) sent under; ``None``
+            for a zero-argument callable, whose id is not known.
+        method: the controller method that made it (``"delay"``, ``"send_task"``...).
+        kind: ``"task"``, ``"signature"``, ``"canvas"`` or ``"callable"``.
+        queue: the queue the message was routed to when the wire knows it, else
+            the ``queue`` option as given, else ``None``.
+        path: the wire that handled it (``"redis"``, ``"stock"``...), ``None`` when
+            it was refused before reaching one.
+        outcome: see :class:`Outcome`.
+        error_type: the class name of the exception the caller received, ``None``
+            on success.
+        correlation_id: the correlation id the message carries, if any.
+        queued_at: when the engine accepted the dispatch.
+        started_at: when a publishing thread started on it, ``None`` if none did.
+        finished_at: when the outcome became known to the engine.
+        on_commit: ``True`` for a dispatch published after a transaction commit.
+    """
+
+    task_name: str
+    task_id: str | None
+    method: str
+    kind: str
+    queue: str | None
+    path: str | None
+    outcome: Outcome
+    error_type: str | None
+    correlation_id: str | None
+    queued_at: float
+    started_at: float | None
+    finished_at: float
+    on_commit: bool = False
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds the publish itself took, ``None`` when it never started."""
+        if self.started_at is None:
+            return None
+        return max(self.finished_at - self.started_at, 0.0)
+
+
+class PoolChange(enum.Enum):
+    """A change of the publish pool that listeners are told about."""
+
+    THREAD_STARTED = "thread_started"
+    THREAD_STOPPED = "thread_stopped"
+    #: A dispatch was refused because the wait queue was full or no thread was
+    #: free within its deadline (the caller got ``DispatchOverloaded``).
+    SATURATED = "saturated"
+    CLOSED = "closed"
+
+
+@runtime_checkable
+class DispatchListener(Protocol):
+    """What the engine calls; implement the three methods (they may do nothing).
+
+    Every method must return quickly, never block and never raise on purpose:
+    see the module docstring for the threads they run on.
+    """
+
+    def dispatch_settled(self, event: DispatchEvent) -> None:
+        """One dispatch's outcome is known."""
+
+    def pool_changed(self, change: PoolChange) -> None:
+        """The publish pool changed."""
+
+    def breaker_changed(self, change: StateChange) -> None:
+        """The controller's circuit breaker moved to another state."""
+
+
+class Listeners:
+    """An immutable list of listeners, called in order, each failure logged once.
+
+    Thread-safety: calling is safe from any thread; the set of listeners is fixed
+    at construction (the engine builds a new one to add or remove listeners).
+    """
+
+    __slots__ = ("_items", "_lock", "_reported")
+
+    def __init__(self, items: Iterable[DispatchListener] = ()) -> None:
+        self._items: tuple[DispatchListener, ...] = tuple(items)
+        for item in self._items:
+            if not isinstance(item, DispatchListener):
+                raise TypeError(
+                    f"a dispatch listener needs dispatch_settled, pool_changed and "
+                    f"breaker_changed methods; {type(item).__name__} lacks some"
+                )
+        self._lock = threading.Lock()
+        self._reported: set[tuple[int, type[BaseException]]] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._items)
+
+    def added(self, listener: DispatchListener) -> Listeners:
+        """A new list with ``listener`` appended."""
+        return Listeners((*self._items, listener))
+
+    def removed(self, listener: DispatchListener) -> Listeners:
+        """A new list without ``listener`` (compared by identity)."""
+        return Listeners(item for item in self._items if item is not listener)
+
+    def dispatch_settled(self, event: DispatchEvent) -> None:
+        """Tell every listener; a raising listener is logged once and skipped."""
+        for item in self._items:
+            try:
+                item.dispatch_settled(event)
+            except Exception as exc:
+                self._report(item, exc)
+
+    def pool_changed(self, change: PoolChange) -> None:
+        """Tell every listener about a pool change."""
+        for item in self._items:
+            try:
+                item.pool_changed(change)
+            except Exception as exc:
+                self._report(item, exc)
+
+    def breaker_changed(self, change: StateChange) -> None:
+        """Tell every listener about a breaker transition."""
+        for item in self._items:
+            try:
+                item.breaker_changed(change)
+            except Exception as exc:
+                self._report(item, exc)
+
+    def _report(self, item: DispatchListener, exc: Exception) -> None:
+        key = (id(item), type(exc))
+        with self._lock:
+            if key in self._reported:
+                return
+            self._reported.add(key)
+        logger.error(
+            "dispatch listener %r raised %s: %s (logged once; the dispatch was not affected)",
+            item,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
