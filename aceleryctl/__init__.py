@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from typing import cast
 
-from aceleryctl._controller import AsyncCeleryController
-from aceleryctl._engine import ControllerStatistics
 from aceleryctl._logging import DEFAULT_REDACT_KEYS
 from aceleryctl._pool import PoolStatistics
 from aceleryctl._proxy import LazyProxy
@@ -29,6 +27,15 @@ from aceleryctl.breaker import (
     CircuitBreaker,
     StateChange,
 )
+from aceleryctl.dispatch.controller import AsyncCeleryController
+from aceleryctl.dispatch.listener import (
+    DispatchEvent,
+    DispatchListener,
+    DispatchOutcome,
+    PoolChange,
+)
+from aceleryctl.dispatch.protocol import Controller
+from aceleryctl.dispatch.statistics import ControllerStatistics
 from aceleryctl.events import TaskEvent
 from aceleryctl.exceptions import (
     AsyncContextError,
@@ -53,12 +60,17 @@ __all__ = [
     "BrokerError",
     "CircuitBreaker",
     "CircuitOpenError",
+    "Controller",
     "ControllerClosed",
     "ControllerStatistics",
     "DEFAULT_REDACT_KEYS",
+    "DispatchEvent",
+    "DispatchListener",
+    "DispatchOutcome",
     "DispatchOverloaded",
     "DispatchRejected",
     "DispatchTimeout",
+    "PoolChange",
     "PoolStatistics",
     "StateChange",
     "TaskDispatchError",

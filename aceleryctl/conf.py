@@ -46,10 +46,10 @@ from typing import Any, cast
 
 from celery import Celery
 
-from aceleryctl._calls import current_celery_app
-from aceleryctl._controller import AsyncCeleryController
 from aceleryctl._logging import DEFAULT_REDACT_KEYS
 from aceleryctl.breaker import CircuitBreaker
+from aceleryctl.dispatch.build import current_celery_app
+from aceleryctl.dispatch.controller import AsyncCeleryController
 
 __all__ = [
     "SETTING_NAME",

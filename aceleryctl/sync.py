@@ -16,21 +16,27 @@ loop: await the async controller's method of the same name there.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal, cast, overload
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, overload
 
+from celery import Signature, Task
 from celery.result import AsyncResult, EagerResult
 
-from aceleryctl._base import ControllerCore, Dispatchable
-from aceleryctl._engine import ControllerStatistics
-from aceleryctl._oncommit import check_deferrable, defer_until_commit
 from aceleryctl._proxy import LazyProxy
+from aceleryctl.dispatch.build import Built
+from aceleryctl.dispatch.core import ControllerCore, Dispatchable
+from aceleryctl.dispatch.oncommit import check_deferrable, defer_until_commit
+from aceleryctl.dispatch.protocol import SyncController
+from aceleryctl.dispatch.statistics import ControllerStatistics
 from aceleryctl.exceptions import AsyncContextError, TaskDispatchError
 
 if TYPE_CHECKING:
-    from aceleryctl._controller import AsyncCeleryController
+    from aceleryctl.dispatch.controller import AsyncCeleryController
 
-__all__ = ["SyncCeleryController", "controller"]
+__all__ = ["SyncCeleryController", "SyncController", "controller"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _refuse_in_event_loop(method: str) -> None:
@@ -82,7 +88,15 @@ class SyncCeleryController:
         """Check that the broker answers; see ``AsyncCeleryController.probe``. Blocks."""
         _refuse_in_event_loop("probe")
         core = self._core
-        return float(core._engine.run_probe_sync(core._probe_call(timeout)))
+        return core._engine.run_probe_sync(core._probe_timeout(timeout))
+
+    @overload
+    def delay(self, task: Task[P, R], /, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]: ...
+
+    @overload
+    def delay(
+        self, task: Signature[Any] | Callable[[], Any], /, *args: Any, **kwargs: Any
+    ) -> Any: ...
 
     def delay(self, task: Dispatchable, /, *args: Any, **kwargs: Any) -> Any:
         """Send ``task(*args, **kwargs)``; see ``AsyncCeleryController.delay``.
@@ -92,7 +106,7 @@ class SyncCeleryController:
         """
         _refuse_in_event_loop("delay")
         core = self._core
-        return core._engine.run_sync(core._delay_call(task, args, kwargs))
+        return core._engine.run_sync(*core._delay_call(task, args, kwargs))
 
     def apply_async(
         self,
@@ -106,7 +120,7 @@ class SyncCeleryController:
         _refuse_in_event_loop("apply_async")
         core = self._core
         return core._engine.run_sync(
-            core._apply_async_call("apply_async", task, args, kwargs, options)
+            *core._apply_async_call("apply_async", task, args, kwargs, options)
         )
 
     def send_task(
@@ -121,7 +135,7 @@ class SyncCeleryController:
         _refuse_in_event_loop("send_task")
         core = self._core
         result: AsyncResult[Any] = core._engine.run_sync(
-            core._send_task_call(name, args, kwargs, options)
+            *core._send_task_call(name, args, kwargs, options)
         )
         return result
 
@@ -172,8 +186,8 @@ class SyncCeleryController:
         Looks for the transaction on the calling thread. Returns at once.
         """
         _refuse_in_event_loop("delay_on_commit")
-        call = self._core._delay_call(task, args, kwargs, method="delay_on_commit")
-        return self._on_commit(call, None)
+        built = self._core._delay_call(task, args, kwargs, method="delay_on_commit")
+        return self._on_commit(built, None)
 
     def apply_async_on_commit(
         self,
@@ -187,16 +201,17 @@ class SyncCeleryController:
     ) -> AsyncResult[Any]:
         """:meth:`apply_async` after the transaction on ``using`` commits."""
         _refuse_in_event_loop("apply_async_on_commit")
-        call = self._core._apply_async_call("apply_async_on_commit", task, args, kwargs, options)
-        return self._on_commit(call, using)
+        built = self._core._apply_async_call("apply_async_on_commit", task, args, kwargs, options)
+        return self._on_commit(built, using)
 
-    def _on_commit(self, call: Any, using: str | None) -> AsyncResult[Any]:
-        check_deferrable(call)
-        core = self._core
-        if not defer_until_commit(core._engine, call, using):
-            result: AsyncResult[Any] = core._engine.run_sync(call)
+    def _on_commit(self, built: Built, using: str | None) -> AsyncResult[Any]:
+        dispatch, parent = built
+        task_id = check_deferrable(dispatch)
+        engine = self._core._engine
+        if not defer_until_commit(engine.submit_detached, built, using):
+            result: AsyncResult[Any] = engine.run_sync(dispatch, parent)
             return result
-        return core.app.AsyncResult(call.task_id)
+        return self._core.app.AsyncResult(task_id)
 
     def close(self, timeout: float | None = None) -> bool:
         """Close the shared controller; see ``AsyncCeleryController.aclose``. Blocks."""

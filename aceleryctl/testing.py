@@ -24,18 +24,24 @@ commits, as the real controller publishes them, so use Django's
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from asgiref.sync import sync_to_async
 from celery import Celery
 from celery.result import AsyncResult, EagerResult
 
-from aceleryctl._calls import CONTROLLER_OPTIONS, Call, build_apply_async, build_send_task
-from aceleryctl._calls import current_celery_app as _current_celery_app
 from aceleryctl._clock import ManualClock
-from aceleryctl._oncommit import check_deferrable
+from aceleryctl.dispatch.build import (
+    CONTROLLER_OPTIONS,
+    Built,
+    build_apply_async,
+    build_send_task,
+)
+from aceleryctl.dispatch.build import current_celery_app as _current_celery_app
+from aceleryctl.dispatch.oncommit import check_deferrable, defer_until_commit
+from aceleryctl.dispatch.record import Dispatch, DispatchKind
 from aceleryctl.exceptions import TaskDispatchError
 from aceleryctl.sync import _refuse_in_event_loop
 
@@ -53,6 +59,9 @@ class RecordedDispatch:
         args, kwargs: the task's arguments.
         options: Celery calling options as given (``dispatch_timeout`` excluded).
         on_commit: ``True`` when it was deferred to a transaction commit.
+        dispatch: the :class:`~aceleryctl.dispatch.record.Dispatch` the real
+            controller would have published (options as sent: with the task id,
+            the correlation header and parent links).
     """
 
     method: str
@@ -62,6 +71,7 @@ class RecordedDispatch:
     kwargs: dict[str, Any]
     options: dict[str, Any] = field(default_factory=dict)
     on_commit: bool = False
+    dispatch: Dispatch | None = field(default=None, compare=False, repr=False)
 
 
 class RecordingController:
@@ -90,47 +100,37 @@ class RecordingController:
 
     # The recording core, shared by both facades (all synchronous: nothing blocks).
 
-    def _record(
-        self,
-        call: Call,
-        given: dict[str, Any],
-        sent: dict[str, Any],
-        task: Any,
-        on_commit: bool,
-        using: str | None = None,
-    ) -> Any:
-        if on_commit:
-            check_deferrable(call)
+    def _record(self, built: Built, given: dict[str, Any], on_commit: bool, using: Any) -> Any:
+        dispatch, _ = built
+        task_id = check_deferrable(dispatch) if on_commit else dispatch.task_id
+        args, kwargs = dispatch.args, dict(dispatch.kwargs)
+        if dispatch.kind is DispatchKind.SIGNATURE and dispatch.signature is not None:
+            args = (*args, *tuple(dispatch.signature.get("args") or ()))
+            kwargs = {**dict(dispatch.signature.get("kwargs") or {}), **kwargs}
         entry = RecordedDispatch(
-            call.method,
-            call.task_name,
-            call.task_id,
-            tuple(call.args),
-            dict(call.kwargs),
+            dispatch.method,
+            dispatch.task_name,
+            dispatch.task_id,
+            tuple(args),
+            kwargs,
             {k: v for k, v in given.items() if k not in CONTROLLER_OPTIONS},
             on_commit,
+            dispatch,
         )
+        if task_id is not None and on_commit and defer_until_commit(self._deliver, (entry,), using):
+            return self.app.AsyncResult(task_id)
+        return self._deliver(entry)
 
-        def deliver() -> Any:
-            self.outbox.append(entry)
-            if self.eager and hasattr(task, "apply"):
-                return task.apply(call.args, call.kwargs, **sent)
-            if self.eager and not call.accepts_producer:
-                return task()  # a zero-argument dispatcher: run it as given
-            return None if call.task_id is None else self.app.AsyncResult(call.task_id)
-
-        if on_commit and call.task_id and self._defer(deliver, using):
-            return self.app.AsyncResult(call.task_id)
-        return deliver()
-
-    @staticmethod
-    def _defer(action: Callable[[], object], using: str | None) -> bool:
-        from django.db import transaction
-
-        if not transaction.get_connection(using).in_atomic_block:
-            return False
-        transaction.on_commit(action, using=using)
-        return True
+    def _deliver(self, entry: RecordedDispatch) -> Any:
+        self.outbox.append(entry)
+        dispatch = entry.dispatch
+        assert dispatch is not None
+        target = dispatch.target
+        if self.eager and hasattr(target, "apply"):
+            return target.apply(dispatch.args, dict(dispatch.kwargs), **dispatch.options)
+        if self.eager and dispatch.kind is DispatchKind.CALLABLE:
+            return target()  # a zero-argument dispatcher: run it as given
+        return None if dispatch.task_id is None else self.app.AsyncResult(dispatch.task_id)
 
     def statistics(self) -> dict[str, int]:
         """Counts of what was recorded (the real controller returns its statistics)."""
@@ -151,14 +151,14 @@ class RecordingController:
     ) -> Any:
         using = options.get("using")
         given = {k: v for k, v in options.items() if k != "using"}
-        sent = dict(given)
-        call = build_apply_async(self.app, method, task, args, kwargs, sent, 1.0)
-        return self._record(call, given, sent, task, on_commit, using)
+        sent = {k: v for k, v in given.items() if k not in CONTROLLER_OPTIONS}
+        built = build_apply_async(self.app, method, task, args, kwargs, sent, 1.0)
+        return self._record(built, given, on_commit, using)
 
     def _send(self, name: str, args: Any, kwargs: Any, options: dict[str, Any]) -> AsyncResult[Any]:
-        sent = dict(options)
-        call = build_send_task(self.app, "send_task", name, args, kwargs, sent, 1.0)
-        result: AsyncResult[Any] = self._record(call, dict(options), sent, None, False)
+        sent = {k: v for k, v in options.items() if k not in CONTROLLER_OPTIONS}
+        built = build_send_task(self.app, "send_task", name, args, kwargs, sent, 1.0)
+        result: AsyncResult[Any] = self._record(built, dict(options), False, None)
         return result
 
     # The async facade.
@@ -185,6 +185,16 @@ class RecordingController:
         """Run ``task`` in-process, as the real controller does (not recorded)."""
         result: EagerResult[Any] = task.apply(args, kwargs, **options)
         return result
+
+    @overload
+    async def safe_execute(
+        self, task: Any, /, *args: Any, suppress_exceptions: Literal[False] = ..., **kwargs: Any
+    ) -> tuple[Literal[True], Any]: ...
+
+    @overload
+    async def safe_execute(
+        self, task: Any, /, *args: Any, suppress_exceptions: bool, **kwargs: Any
+    ) -> tuple[Literal[True], Any] | tuple[Literal[False], TaskDispatchError]: ...
 
     async def safe_execute(
         self, task: Any, /, *args: Any, suppress_exceptions: bool = False, **kwargs: Any
@@ -229,6 +239,11 @@ class _RecordingSync:
         self._owner = owner
 
     @property
+    def app(self) -> Celery:
+        """The Celery app results are bound to."""
+        return self._owner.app
+
+    @property
     def outbox(self) -> list[RecordedDispatch]:
         return self._owner.outbox
 
@@ -260,6 +275,16 @@ class _RecordingSync:
         _refuse_in_event_loop("apply")
         result: EagerResult[Any] = task.apply(args, kwargs, **options)
         return result
+
+    @overload
+    def safe_execute(
+        self, task: Any, /, *args: Any, suppress_exceptions: Literal[False] = ..., **kwargs: Any
+    ) -> tuple[Literal[True], Any]: ...
+
+    @overload
+    def safe_execute(
+        self, task: Any, /, *args: Any, suppress_exceptions: bool, **kwargs: Any
+    ) -> tuple[Literal[True], Any] | tuple[Literal[False], TaskDispatchError]: ...
 
     def safe_execute(
         self, task: Any, /, *args: Any, suppress_exceptions: bool = False, **kwargs: Any

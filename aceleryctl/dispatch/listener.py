@@ -28,14 +28,14 @@ __all__ = [
     "DispatchEvent",
     "DispatchListener",
     "Listeners",
-    "Outcome",
+    "DispatchOutcome",
     "PoolChange",
 ]
 
 logger = logging.getLogger("aceleryctl.listeners")
 
 
-class Outcome(enum.Enum):
+class DispatchOutcome(enum.Enum):
     """What is known about a dispatch's message once the call is settled."""
 
     #: The broker holds the message (Redis replied to the write).
@@ -64,7 +64,7 @@ class DispatchEvent:
             the ``queue`` option as given, else ``None``.
         path: the wire that handled it (``"redis"``, ``"stock"``...), ``None`` when
             it was refused before reaching one.
-        outcome: see :class:`Outcome`.
+        outcome: see :class:`DispatchOutcome`.
         error_type: the class name of the exception the caller received, ``None``
             on success.
         correlation_id: the correlation id the message carries, if any.
@@ -72,6 +72,9 @@ class DispatchEvent:
         started_at: when a publishing thread started on it, ``None`` if none did.
         finished_at: when the outcome became known to the engine.
         on_commit: ``True`` for a dispatch published after a transaction commit.
+        late: the publish ended after its caller was told
+            :class:`~aceleryctl.exceptions.DispatchTimeout`; ``outcome`` is how it
+            ended (this dispatch's second event).
     """
 
     task_name: str
@@ -80,13 +83,14 @@ class DispatchEvent:
     kind: str
     queue: str | None
     path: str | None
-    outcome: Outcome
+    outcome: DispatchOutcome
     error_type: str | None
     correlation_id: str | None
     queued_at: float
     started_at: float | None
     finished_at: float
     on_commit: bool = False
+    late: bool = False
 
     @property
     def duration(self) -> float | None:

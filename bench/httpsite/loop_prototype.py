@@ -2,7 +2,7 @@
 
 They answer one question for the HTTP benchmark: what would a dispatch cost if it
 did not hop to a publishing thread at all? The message is the direct path's
-(:mod:`aceleryctl._direct`: Celery's ``as_task_v2``, kombu's serializer, the Redis
+(:mod:`aceleryctl.wires.redis_message`: Celery's ``as_task_v2``, kombu's serializer, the Redis
 channel's envelope), built on the loop thread with the settings snapshot read
 once. Two ways to write it:
 
@@ -27,8 +27,8 @@ from urllib.parse import urlsplit
 
 import redis.asyncio
 
-from aceleryctl._direct import DirectMessage, DirectPath, Prepared, Snapshot
-from aceleryctl._ids import new_task_id
+from aceleryctl.dispatch.ids import new_task_id
+from aceleryctl.wires.redis_message import DirectPath, Prepared, Snapshot
 from bench.httpsite.loop_protocol import LpushWriter
 from bench.httpsite.tasks import add, app
 
@@ -54,8 +54,8 @@ class _Publisher:
         self.connecting: asyncio.Future[LpushWriter] | None = None
 
     def build(self, x: int, y: int) -> Prepared:
-        message = DirectMessage(add, (x, y), {}, {"task_id": new_task_id()})
-        prepared = self.direct.prepare(message, self.channel, self.snapshot)
+        options = {"task_id": new_task_id()}
+        prepared = self.direct.prepare(add, (x, y), {}, options, self.channel, self.snapshot)
         if prepared is None:
             raise RuntimeError("the benchmark task does not qualify for the direct path")
         if not self.declared:

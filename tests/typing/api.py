@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, assert_type
 
-from celery import Celery
+from celery import Celery, shared_task
 from celery.result import AsyncResult, EagerResult
 
 import aceleryctl
@@ -31,6 +31,11 @@ app = Celery("typing")
 @app.task
 def add(x: int, y: int) -> int:
     return x + y
+
+
+@shared_task
+def multiply(x: int, y: int) -> int:
+    return x * y
 
 
 async def async_usage() -> None:
@@ -81,3 +86,46 @@ def testing_usage() -> None:
         first: RecordedDispatch = rec.outbox[0]
         name: str = first.task_name
         del name
+
+
+async def protocol_usage() -> None:
+    # Every controller satisfies its protocol: code written against Controller /
+    # SyncController accepts the real ones and the recording ones alike.
+    from aceleryctl import Controller
+    from aceleryctl.sync import SyncController
+
+    real = AsyncCeleryController(app)
+    recorder = RecordingController(app)
+    controllers: list[Controller] = [real, recorder]
+    facades: list[SyncController] = [real.sync, recorder.sync, controllers[0].sync]
+    # A task whose signature the stubs know (here a shared_task) types the
+    # arguments of delay() (ParamSpec); the ignores prove the mistakes are caught.
+    typed = await real.delay(multiply, 2, 3)
+    assert_type(typed, AsyncResult[int])
+    blocking = real.sync.delay(multiply, 2, 3)
+    assert_type(blocking, AsyncResult[int])
+    await real.delay(multiply, "two", 3)  # type: ignore[arg-type]
+    real.sync.delay(multiply, 2)  # type: ignore[arg-type]
+    del facades
+
+
+def listener_usage() -> None:
+    from aceleryctl import DispatchEvent, DispatchListener, DispatchOutcome, PoolChange
+    from aceleryctl.breaker import StateChange
+
+    class Counting:
+        def __init__(self) -> None:
+            self.sent = 0
+
+        def dispatch_settled(self, event: DispatchEvent) -> None:
+            if event.outcome is DispatchOutcome.SENT:
+                self.sent += 1
+
+        def pool_changed(self, change: PoolChange) -> None:
+            pass
+
+        def breaker_changed(self, change: StateChange) -> None:
+            pass
+
+    counting: DispatchListener = Counting()
+    AsyncCeleryController(app, listeners=[counting]).add_listener(Counting())

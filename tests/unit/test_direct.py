@@ -17,8 +17,8 @@ from celery.utils.saferepr import saferepr
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aceleryctl._direct import DirectPath, fast_repr
-from aceleryctl._ids import new_task_id
+from aceleryctl.dispatch.ids import new_task_id
+from aceleryctl.wires.redis_message import DirectPath, fast_repr
 
 scalars = st.one_of(
     st.integers(),

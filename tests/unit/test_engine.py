@@ -1,14 +1,15 @@
-"""DispatchEngine: error mapping, breaker bookkeeping, deadlines, logging.
+"""DispatchEngine: error mapping, breaker bookkeeping, deadlines, logging, listeners.
 
-Publishes are fake callables (no broker); the breaker is a recording fake whose
-calls are asserted on in order.
+The wire is a recording fake that runs each dispatch's callable as its publish
+(no broker) and records every batch it is handed; the breaker is a recording
+fake whose calls are asserted on in order.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import kombu.exceptions
@@ -16,11 +17,11 @@ import pytest
 from celery import Celery, current_app
 from celery.result import AsyncResult
 
-from aceleryctl._calls import Call
-from aceleryctl._engine import DispatchEngine
 from aceleryctl._logging import Redactor
-from aceleryctl._transport import TransportPolicy
 from aceleryctl.breaker import BreakerState, BreakerStatistics
+from aceleryctl.dispatch.engine import DispatchEngine
+from aceleryctl.dispatch.listener import DispatchOutcome, PoolChange
+from aceleryctl.dispatch.record import Attempt, Dispatch, DispatchKind
 from aceleryctl.exceptions import (
     BrokerError,
     CircuitOpenError,
@@ -30,6 +31,8 @@ from aceleryctl.exceptions import (
     TaskDispatchError,
     TaskSerializationError,
 )
+from aceleryctl.wires.base import Wire, WireOutcome
+from aceleryctl.wires.connections import classify_failure
 
 WAIT = 10.0
 
@@ -54,6 +57,7 @@ class RecordingBreaker:
     def __init__(self) -> None:
         self.log: list[tuple[str, float | None]] = []
         self.open_for: float | None = None
+        self.listeners: list[Any] = []
 
     def acquire(self) -> RecordingPermit:
         if self.open_for is not None:
@@ -70,6 +74,34 @@ class RecordingBreaker:
     def events(self) -> list[str]:
         return [name for name, _ in self.log]
 
+    def add_listener(self, listener: Any) -> None:
+        self.listeners.append(listener)
+
+
+class CallingWire(Wire):
+    """A fake wire: each dispatch's ``target`` is its publish; records every batch."""
+
+    name = "fake"
+
+    def __init__(self, app: Celery) -> None:
+        super().__init__(app)
+        self.batches_seen: list[list[str | None]] = []
+
+    def publish_batch(self, attempts: Sequence[Attempt], deadline: float) -> list[WireOutcome]:
+        self.batches_seen.append([a.task_id for a in attempts])
+        outcomes = []
+        for attempt in attempts:
+            try:
+                value = attempt.run(attempt.dispatch.target)
+            except BaseException as exc:
+                outcomes.append(classify_failure(exc, self.name))
+            else:
+                outcomes.append(WireOutcome(DispatchOutcome.SENT, value, path=self.name))
+        return outcomes
+
+    def probe(self, deadline: float) -> WireOutcome:
+        return WireOutcome(DispatchOutcome.SENT, path=self.name)
+
 
 @pytest.fixture
 def app() -> Celery:
@@ -85,25 +117,28 @@ def breaker() -> RecordingBreaker:
 def engine(app: Celery, breaker: RecordingBreaker) -> Iterator[DispatchEngine]:
     e = DispatchEngine(
         app,
+        CallingWire(app),
         max_workers=1,
         max_pending=2,
         breaker=breaker,  # type: ignore[arg-type]
         redactor=Redactor(),
-        transport=TransportPolicy.for_deadline(WAIT),
     )
     yield e
     e.close(WAIT)
 
 
-def make_call(publish: Callable[[], Any], *, timeout: float = WAIT, **kw: Any) -> Call:
-    return Call(
-        method=kw.get("method", "delay"),
+def make_call(publish: Callable[[], Any], *, timeout: float = WAIT, **kw: Any) -> Dispatch:
+    return Dispatch(
+        DispatchKind.TASK,
         task_name=kw.get("task_name", "proj.tasks.t"),
         task_id=kw.get("task_id", "id-1"),
         args=kw.get("args", (1,)),
         kwargs=kw.get("kwargs", {}),
+        options={},
         timeout=timeout,
-        publish=lambda producer: publish(),
+        method=kw.get("method", "delay"),
+        by_name=True,
+        target=publish,
     )
 
 
@@ -307,3 +342,107 @@ async def test_planted_secret_never_reaches_a_log_record(
         assert secret not in handler.format(record)
         assert secret not in repr(record.__dict__)
     assert records[0].task_kwargs["note"] == "fine"  # type: ignore[attr-defined]
+
+
+class RecordingListener:
+    """A dispatch listener that keeps every event it is given, in order."""
+
+    def __init__(self) -> None:
+        self.settled: list[Any] = []
+        self.pool: list[Any] = []
+        self.breaker: list[Any] = []
+
+    def dispatch_settled(self, event: Any) -> None:
+        self.settled.append(event)
+
+    def pool_changed(self, change: Any) -> None:
+        self.pool.append(change)
+
+    def breaker_changed(self, change: Any) -> None:
+        self.breaker.append(change)
+
+
+async def test_listeners_hear_every_outcome_in_order(
+    engine: DispatchEngine, breaker: RecordingBreaker
+) -> None:
+    heard = RecordingListener()
+    engine.add_listener(heard)
+
+    def refuse() -> None:
+        raise ConnectionRefusedError(111, "refused")
+
+    await engine.run_async(make_call(lambda: "ok", task_id="a"))
+    with pytest.raises(BrokerError):
+        await engine.run_async(make_call(refuse, task_id="b", timeout=0.5))
+    breaker.open_for = 1.0
+    with pytest.raises(CircuitOpenError):
+        await engine.run_async(make_call(lambda: None, task_id="c"))
+    summary = [(e.task_id, e.outcome, e.error_type, e.path) for e in heard.settled]
+    assert summary == [
+        ("a", DispatchOutcome.SENT, None, "fake"),
+        ("b", DispatchOutcome.NOT_SENT, "BrokerError", "fake"),
+        ("c", DispatchOutcome.NOT_SENT, "CircuitOpenError", None),
+    ]
+    sent, refused, rejected = heard.settled
+    assert refused.started_at is not None
+    assert sent.started_at is not None
+    assert sent.queued_at <= sent.started_at <= sent.finished_at
+    assert rejected.started_at is None
+    assert (sent.method, sent.kind, sent.late) == ("delay", "task", False)
+
+
+async def test_a_late_publish_is_heard_twice(engine: DispatchEngine) -> None:
+    heard = RecordingListener()
+    engine.add_listener(heard)
+    release = threading.Event()
+    with pytest.raises(DispatchTimeout):
+        await engine.run_async(make_call(lambda: release.wait(WAIT), timeout=0.05))
+    release.set()
+    engine.pool.submit(lambda: None).result(WAIT)  # the late publish finished before this
+    assert [(e.outcome, e.late, e.error_type) for e in heard.settled] == [
+        (DispatchOutcome.UNKNOWN, False, "DispatchTimeout"),
+        (DispatchOutcome.SENT, True, None),
+    ]
+
+
+async def test_a_raising_listener_is_logged_once_and_changes_nothing(
+    engine: DispatchEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(RecordingListener):
+        def dispatch_settled(self, event: Any) -> None:
+            raise RuntimeError("listener bug")
+
+    after = RecordingListener()
+    engine.add_listener(Broken())
+    engine.add_listener(after)
+    for task_id in ("x", "y", "z"):
+        result = await engine.run_async(make_call(lambda: "ok", task_id=task_id))
+        assert result == "ok"
+    assert [e.task_id for e in after.settled] == ["x", "y", "z"]
+    logged = [r for r in caplog.records if r.name == "aceleryctl.listeners"]
+    assert len(logged) == 1
+    assert "listener bug" in logged[0].getMessage()
+    assert engine.statistics().dispatched == 3
+
+
+def test_a_listener_without_the_three_methods_is_refused(engine: DispatchEngine) -> None:
+    with pytest.raises(TypeError, match="dispatch_settled, pool_changed and breaker_changed"):
+        engine.add_listener(object())  # type: ignore[arg-type]
+
+
+def test_pool_threads_are_heard(app: Celery, breaker: RecordingBreaker) -> None:
+    heard = RecordingListener()
+    e = DispatchEngine(
+        app,
+        CallingWire(app),
+        max_workers=1,
+        max_pending=2,
+        breaker=breaker,  # type: ignore[arg-type]
+        redactor=Redactor(),
+        listeners=(heard,),
+    )
+    assert e.run_sync(make_call(lambda: 1)) == 1
+    assert e.close(WAIT)
+
+    assert heard.pool[0] is PoolChange.THREAD_STARTED
+    assert PoolChange.CLOSED in heard.pool

@@ -14,8 +14,8 @@ import pytest
 from celery import Celery, group
 
 from aceleryctl import AsyncCeleryController, BreakerState, CircuitBreaker
-from aceleryctl._calls import Call
 from aceleryctl._logging import MASK
+from aceleryctl.dispatch.record import Dispatch, DispatchKind
 from aceleryctl.exceptions import DispatchTimeout
 from aceleryctl.testing import ManualClock
 
@@ -46,13 +46,13 @@ def ctl(app: Celery, clock: ManualClock) -> Iterator[AsyncCeleryController]:
     controller.sync.close(WAIT)
 
 
-def blocking_call(release: threading.Event, started: threading.Event) -> Call:
-    def publish(producer: Any) -> str:
+def blocking_call(release: threading.Event, started: threading.Event) -> Dispatch:
+    def publish() -> str:
         started.set()
         release.wait(WAIT)
         return "done"
 
-    return Call("delay", "fixes.block", "id-x", (), {}, WAIT, publish)
+    return Dispatch(DispatchKind.CALLABLE, "fixes.block", "id-x", (), {}, {}, WAIT, target=publish)
 
 
 async def test_cancelled_half_open_probe_still_settles_the_breaker(
@@ -136,8 +136,18 @@ def test_on_commit_dispatch_refused_by_open_breaker_is_logged(
     app: Celery, ctl: AsyncCeleryController, caplog: pytest.LogCaptureFixture
 ) -> None:
     ctl.breaker.force_open()
-    call = Call("delay_on_commit", "fixes.login", "lost-id", (), {}, WAIT, lambda p: None)
-    ctl._engine.submit_detached(call)
+    dispatch = Dispatch(
+        DispatchKind.TASK,
+        "fixes.login",
+        "lost-id",
+        (),
+        {},
+        {"task_id": "lost-id"},
+        WAIT,
+        "delay_on_commit",
+        target=app.tasks["fixes.login"],
+    )
+    ctl._engine.submit_detached(dispatch)
     [record] = [r for r in caplog.records if r.name == "aceleryctl.controller"]
     assert record.levelno == logging.ERROR
     assert (record.task_id, record.outcome) == ("lost-id", "not_sent")  # type: ignore[attr-defined]
@@ -156,15 +166,15 @@ async def test_canvas_timeout_during_publish_still_names_the_group_id(
         release.wait(WAIT)
         raise ConnectionRefusedError(111, "refused")
 
-    from aceleryctl import _transport
+    from aceleryctl.wires import connections
 
-    original = _transport.ThreadPublisher.producer
-    _transport.ThreadPublisher.producer = slow_connect  # type: ignore[method-assign]
+    original = connections.ThreadPublisher.producer
+    connections.ThreadPublisher.producer = slow_connect  # type: ignore[method-assign]
     try:
         with pytest.raises(DispatchTimeout) as info:
             await ctl.apply_async(group(app.tasks["fixes.login"].s("a", "b")), dispatch_timeout=0.2)
     finally:
         release.set()
-        _transport.ThreadPublisher.producer = original  # type: ignore[method-assign]
+        connections.ThreadPublisher.producer = original  # type: ignore[method-assign]
     assert blocked == ["connect"]
     assert info.value.task_id is not None

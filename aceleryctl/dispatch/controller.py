@@ -10,29 +10,36 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from asgiref.sync import sync_to_async
-from celery import Celery
+from celery import Celery, Signature, Task
 from celery.result import AsyncResult, EagerResult
 
-from aceleryctl._base import ControllerCore, Dispatchable
-from aceleryctl._calls import check_timeout
-from aceleryctl._calls import current_celery_app as _current_celery_app
-from aceleryctl._engine import DispatchEngine
+from aceleryctl._clock import Clock
 from aceleryctl._logging import DEFAULT_REDACT_KEYS, Redactor
-from aceleryctl._oncommit import check_deferrable, defer_until_commit
 from aceleryctl._pool import settle
-from aceleryctl._transport import TransportPolicy
 from aceleryctl.breaker import CircuitBreaker
+from aceleryctl.dispatch.build import Built, check_timeout
+from aceleryctl.dispatch.build import current_celery_app as _current_celery_app
+from aceleryctl.dispatch.core import ControllerCore, Dispatchable
+from aceleryctl.dispatch.engine import DispatchEngine
+from aceleryctl.dispatch.listener import DispatchListener
+from aceleryctl.dispatch.oncommit import check_deferrable, defer_until_commit
 from aceleryctl.exceptions import TaskDispatchError
+from aceleryctl.wires import wire_for
+from aceleryctl.wires.connections import TransportPolicy
 
 if TYPE_CHECKING:
     from aceleryctl.sync import SyncCeleryController
 
 __all__ = ["AsyncCeleryController"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class AsyncCeleryController(ControllerCore):
@@ -67,6 +74,11 @@ class AsyncCeleryController(ControllerCore):
             the same Celery protocol message, built with less work and written
             with one ``LPUSH`` per batch (see docs/design.md). ``False`` sends
             every call through Celery's stock ``apply_async``.
+        listeners: :class:`~aceleryctl.dispatch.listener.DispatchListener` objects
+            told about every settled dispatch, pool and breaker change (metrics,
+            traces); see also :meth:`add_listener`.
+        clock: monotonic seconds (``time.monotonic``); tests pass a
+            :class:`~aceleryctl.testing.ManualClock`.
 
     Raises:
         ValueError, TypeError: an argument is out of range or of the wrong type.
@@ -86,20 +98,24 @@ class AsyncCeleryController(ControllerCore):
         redact_keys: Iterable[str] = DEFAULT_REDACT_KEYS,
         max_batch: int = 16,
         direct_publish: bool = True,
+        listeners: Iterable[DispatchListener] = (),
+        clock: Clock = time.monotonic,
     ) -> None:
         if app is None:
             app = _current_celery_app()
         if isinstance(redact_keys, str):
             raise TypeError("redact_keys must be an iterable of key substrings, not one str")
+        policy = TransportPolicy.for_deadline(check_timeout(dispatch_timeout))
         engine = DispatchEngine(
             app,
+            wire_for(app, policy, direct=direct_publish, clock=clock),
             max_workers=max_workers,
             max_pending=max_pending,
             breaker=breaker if breaker is not None else CircuitBreaker(),
             redactor=Redactor.from_keys(redact_keys),
-            transport=TransportPolicy.for_deadline(check_timeout(dispatch_timeout)),
             max_batch=max_batch,
-            direct_publish=direct_publish,
+            listeners=tuple(listeners),
+            clock=clock,
         )
         super().__init__(engine, dispatch_timeout=dispatch_timeout, drain_timeout=drain_timeout)
         self._closed = False
@@ -126,12 +142,31 @@ class AsyncCeleryController(ControllerCore):
         """The circuit breaker guarding this controller's broker."""
         return self._engine.breaker
 
+    def add_listener(self, listener: DispatchListener) -> None:
+        """Tell ``listener`` about every dispatch settled from now on (and pool and
+        breaker changes). Thread-safe; see :mod:`aceleryctl.dispatch.listener`."""
+        self._engine.add_listener(listener)
+
+    def remove_listener(self, listener: DispatchListener) -> None:
+        """Stop telling ``listener``; a no-op if it was never added."""
+        self._engine.remove_listener(listener)
+
     @property
     def closed(self) -> bool:
         """Whether :meth:`aclose` (or ``sync.close``) has been called."""
         return self._closed
 
     # -- dispatch ----------------------------------------------------------
+
+    @overload
+    async def delay(
+        self, task: Task[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> AsyncResult[R]: ...
+
+    @overload
+    async def delay(
+        self, task: Signature[Any] | Callable[[], Any], /, *args: Any, **kwargs: Any
+    ) -> Any: ...
 
     async def delay(self, task: Dispatchable, /, *args: Any, **kwargs: Any) -> Any:
         """Send ``task(*args, **kwargs)`` to the broker, like ``task.delay``.
@@ -144,7 +179,7 @@ class AsyncCeleryController(ControllerCore):
             TaskDispatchError: a subclass; see :mod:`aceleryctl.exceptions`.
             TypeError: ``task`` is not something that can be dispatched.
         """
-        return await self._engine.run_async(self._delay_call(task, args, kwargs))
+        return await self._engine.run_async(*self._delay_call(task, args, kwargs))
 
     async def apply_async(
         self,
@@ -166,8 +201,8 @@ class AsyncCeleryController(ControllerCore):
             TaskDispatchError: a subclass; see :mod:`aceleryctl.exceptions`.
             TypeError, ValueError: bad ``task``, ``args``, ``kwargs`` or ``dispatch_timeout``.
         """
-        call = self._apply_async_call("apply_async", task, args, kwargs, options)
-        return await self._engine.run_async(call)
+        built = self._apply_async_call("apply_async", task, args, kwargs, options)
+        return await self._engine.run_async(*built)
 
     async def send_task(
         self,
@@ -184,8 +219,8 @@ class AsyncCeleryController(ControllerCore):
         Raises:
             TaskDispatchError: a subclass; see :mod:`aceleryctl.exceptions`.
         """
-        call = self._send_task_call(name, args, kwargs, options)
-        result: AsyncResult[Any] = await self._engine.run_async(call)
+        built = self._send_task_call(name, args, kwargs, options)
+        result: AsyncResult[Any] = await self._engine.run_async(*built)
         return result
 
     async def apply(
@@ -259,8 +294,8 @@ class AsyncCeleryController(ControllerCore):
             TaskDispatchError: only when publishing right away (no transaction).
             TypeError: for a canvas or a callable (their ids are not known up front).
         """
-        call = self._delay_call(task, args, kwargs, method="delay_on_commit")
-        return await self._on_commit(call, None)
+        built = self._delay_call(task, args, kwargs, method="delay_on_commit")
+        return await self._on_commit(built, None)
 
     async def apply_async_on_commit(
         self,
@@ -276,18 +311,19 @@ class AsyncCeleryController(ControllerCore):
 
         See :meth:`delay_on_commit`.
         """
-        call = self._apply_async_call("apply_async_on_commit", task, args, kwargs, options)
-        return await self._on_commit(call, using)
+        built = self._apply_async_call("apply_async_on_commit", task, args, kwargs, options)
+        return await self._on_commit(built, using)
 
-    async def _on_commit(self, call: Any, using: str | None) -> AsyncResult[Any]:
-        check_deferrable(call)
+    async def _on_commit(self, built: Built, using: str | None) -> AsyncResult[Any]:
+        dispatch, parent = built
+        task_id = check_deferrable(dispatch)
         deferred = await sync_to_async(defer_until_commit, thread_sensitive=True)(
-            self._engine, call, using
+            self._engine.submit_detached, built, using
         )
         if not deferred:
-            result: AsyncResult[Any] = await self._engine.run_async(call)
+            result: AsyncResult[Any] = await self._engine.run_async(dispatch, parent)
             return result
-        return self.app.AsyncResult(call.task_id)
+        return self.app.AsyncResult(task_id)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -336,8 +372,7 @@ class AsyncCeleryController(ControllerCore):
         Raises:
             TaskDispatchError: a subclass saying why the broker did not answer.
         """
-        call = self._probe_call(timeout)
-        return float(await self._engine.run_probe_async(call))
+        return await self._engine.run_probe_async(self._probe_timeout(timeout))
 
     async def __aenter__(self) -> AsyncCeleryController:
         return self

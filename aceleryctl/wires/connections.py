@@ -1,4 +1,4 @@
-"""Bounded broker connections for the publishing threads.
+"""Bounded broker connections for the publishing threads, and what a failure proves.
 
 Stock Celery publishes through a shared producer pool whose acquire blocks
 without limit, over connections with no socket timeout, and retries a failed
@@ -30,14 +30,20 @@ import redis.exceptions
 from celery import Celery
 from kombu import Connection, Producer
 
+from aceleryctl._clock import Clock
+from aceleryctl.dispatch.listener import DispatchOutcome
+from aceleryctl.wires.base import WireOutcome
+
 __all__ = [
     "BOUNDED_DRIVERS",
     "BROKER_ERRORS",
-    "LeanProducer",
+    "SERIALIZATION_ERRORS",
     "ConnectFailed",
     "ConnectionRegistry",
+    "LeanProducer",
     "ThreadPublisher",
     "TransportPolicy",
+    "classify_failure",
     "nothing_sent",
     "transport_driver",
 ]
@@ -141,6 +147,31 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: Exceptions that mean the caller's arguments cannot be encoded (nothing was sent).
+SERIALIZATION_ERRORS: tuple[type[BaseException], ...] = (
+    kombu.exceptions.EncodeError,
+    kombu.exceptions.ContentDisallowed,
+)
+
+
+def classify_failure(exc: BaseException, path: str, queue: str | None = None) -> WireOutcome:
+    """What a publish that raised ``exc`` proves about its message.
+
+    * an encoding error: nothing was sent, and it is the caller's fault;
+    * a broker or connection error: nothing was sent when the connection was
+      refused (:func:`nothing_sent`), otherwise the message may exist; either
+      way it counts against the circuit breaker;
+    * anything else (a caller's mistake Celery found, a dispatcher callable's
+      own error): the outcome is unknown, and the breaker is not told.
+    """
+    if isinstance(exc, SERIALIZATION_ERRORS):
+        return WireOutcome(DispatchOutcome.NOT_SENT, error=exc, queue=queue, path=path)
+    if isinstance(exc, (ConnectFailed, *BROKER_ERRORS)):
+        outcome = DispatchOutcome.NOT_SENT if nothing_sent(exc) else DispatchOutcome.UNKNOWN
+        return WireOutcome(outcome, error=exc, broker_fault=True, queue=queue, path=path)
+    return WireOutcome(DispatchOutcome.UNKNOWN, error=exc, queue=queue, path=path)
+
+
 def transport_driver(app: Celery) -> str:
     """The driver type of ``app``'s broker transport (``"redis"``, ``"amqp"``, ...).
 
@@ -160,10 +191,18 @@ class ThreadPublisher:
     connection error so the next publish starts on a fresh connection.
     """
 
-    __slots__ = ("_app", "_connection", "_policy", "_producer", "_registry")
+    __slots__ = ("_app", "_clock", "_connection", "_policy", "_producer", "_registry")
 
-    def __init__(self, app: Celery, policy: TransportPolicy, registry: ConnectionRegistry) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        policy: TransportPolicy,
+        registry: ConnectionRegistry,
+        *,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self._app = app
+        self._clock = clock
         self._policy = policy
         self._registry = registry
         self._connection: Connection | None = None
@@ -180,8 +219,8 @@ class ThreadPublisher:
         ``publish`` gets the producer and must publish without retrying. A
         connection error drops the connection; if the error proves nothing was
         sent (a refused reconnect) the publish is tried again, with backoff, within
-        the policy's attempt budget and ``deadline`` (``time.monotonic()``
-        seconds). Blocks the calling thread.
+        the policy's attempt budget and ``deadline`` (a reading of the injected
+        clock, seconds). Blocks the calling thread.
 
         Raises:
             ConnectFailed: no connection before the deadline (nothing was sent).
@@ -206,7 +245,7 @@ class ThreadPublisher:
         """A connected producer, connecting first if needed.
 
         Refused connections are retried with backoff, at most ``max_attempts``
-        attempts and never past ``deadline`` (``time.monotonic()`` seconds).
+        attempts and never past ``deadline`` (a reading of the injected clock).
         Blocks the calling thread.
 
         Raises:
@@ -229,7 +268,8 @@ class ThreadPublisher:
 
     def _again(self, attempts: int, deadline: float, pause: float) -> bool:
         # Another attempt only within the attempt budget and the caller's deadline.
-        return attempts < self._policy.max_attempts and _time_for_another(deadline, pause)
+        left = deadline - self._clock()
+        return attempts < self._policy.max_attempts and left > pause + GIVE_UP_MARGIN
 
     def _connect(self) -> LeanProducer:
         app = self._app
@@ -254,10 +294,6 @@ class ThreadPublisher:
 #: Seconds before the caller's deadline at which retrying stops, so the caller
 #: receives the precise "nothing was sent" error rather than an ambiguous timeout.
 GIVE_UP_MARGIN = 0.05
-
-
-def _time_for_another(deadline: float, pause: float) -> bool:
-    return deadline - time.monotonic() > pause + GIVE_UP_MARGIN
 
 
 class LeanProducer(Producer):

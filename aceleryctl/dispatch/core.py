@@ -1,8 +1,8 @@
-"""What the async controller and its sync facade share: configuration and call building.
+"""What the async controller and its sync facade share: configuration and dispatch building.
 
-Both facades turn their arguments into a :class:`~aceleryctl._calls.Call` the same
-way and hand it to one :class:`~aceleryctl._engine.DispatchEngine`; they differ
-only in how they wait for it.
+Both facades turn their arguments into a :class:`~aceleryctl.dispatch.record.Dispatch`
+the same way and hand it to one :class:`~aceleryctl.dispatch.engine.DispatchEngine`;
+they differ only in how they wait for it.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ from typing import Any
 
 from celery import Celery
 
-from aceleryctl._calls import (
+from aceleryctl.dispatch.build import (
     CONTROLLER_OPTIONS,
-    Call,
+    Built,
     build_apply_async,
     build_send_task,
     check_timeout,
 )
-from aceleryctl._engine import ControllerStatistics, DispatchEngine
+from aceleryctl.dispatch.engine import DispatchEngine
+from aceleryctl.dispatch.statistics import ControllerStatistics
 
 __all__ = ["ControllerCore", "Dispatchable"]
 
@@ -66,6 +67,7 @@ class ControllerCore:
         """
         stats = self._engine.statistics()
         breaker = stats.breaker
+        wire = self._engine.wire.describe()
         return {
             "ok": breaker.state.value not in ("open", "forced_open"),
             "breaker": {
@@ -80,13 +82,13 @@ class ControllerCore:
             "rejected_open": stats.rejected_open,
             "late_completions": stats.late_completions,
             "direct": stats.direct,
-            "bounded_transport": self._engine.bounded,
-            "direct_publish": self._engine.direct is not None,
+            "bounded_transport": bool(wire.get("bounded", False)),
+            "direct_publish": bool(wire.get("direct_publish", False)),
+            "wire": wire["wire"],
         }
 
-    def _probe_call(self, timeout: float | None) -> Call:
-        limit = self._default_timeout if timeout is None else check_timeout(timeout, name="timeout")
-        return self._engine.probe_call(limit)
+    def _probe_timeout(self, timeout: float | None) -> float:
+        return self._default_timeout if timeout is None else check_timeout(timeout, name="timeout")
 
     def _timeout(self, options: dict[str, Any]) -> float:
         override = options.pop("dispatch_timeout", None)
@@ -98,10 +100,8 @@ class ControllerCore:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         method: str = "delay",
-    ) -> Call:
-        return build_apply_async(
-            self.app, method, task, args, kwargs, {}, self._default_timeout, self._engine.direct
-        )
+    ) -> Built:
+        return build_apply_async(self.app, method, task, args, kwargs, {}, self._default_timeout)
 
     def _apply_async_call(
         self,
@@ -110,11 +110,9 @@ class ControllerCore:
         args: Iterable[Any] | None,
         kwargs: dict[str, Any] | None,
         options: dict[str, Any],
-    ) -> Call:
+    ) -> Built:
         timeout = self._timeout(options)
-        return build_apply_async(
-            self.app, method, task, args, kwargs, options, timeout, self._engine.direct
-        )
+        return build_apply_async(self.app, method, task, args, kwargs, options, timeout)
 
     def _send_task_call(
         self,
@@ -122,7 +120,7 @@ class ControllerCore:
         args: Iterable[Any] | None,
         kwargs: dict[str, Any] | None,
         options: dict[str, Any],
-    ) -> Call:
+    ) -> Built:
         timeout = self._timeout(options)
         return build_send_task(self.app, "send_task", name, args, kwargs, options, timeout)
 

@@ -1,4 +1,4 @@
-"""The direct publish path: Celery's own task message, written to Redis with less work.
+"""Celery's own task message for Redis, built with less work (the direct path's message).
 
 ``task.apply_async`` spends most of its time outside the message: it looks up a
 dozen configuration values per call, asks the hostname for the ``origin`` header,
@@ -57,9 +57,9 @@ from kombu.entity import maybe_delivery_mode
 from kombu.serialization import dumps as serialize
 from kombu.utils.json import dumps as dumps_envelope
 
-from aceleryctl._ids import new_task_id
+from aceleryctl.dispatch.ids import new_task_id
 
-__all__ = ["DIRECT_OPTIONS", "DirectMessage", "DirectPath", "Prepared", "Snapshot", "fast_repr"]
+__all__ = ["DIRECT_OPTIONS", "DirectPath", "Prepared", "Snapshot", "fast_repr"]
 
 #: Calling options the direct path reproduces. ``NONE_ONLY`` ones are accepted
 #: only when ``None`` (a task's class attributes put them in every call).
@@ -135,22 +135,6 @@ def _plain_text(text: str) -> bool:
 
 
 @dataclass(slots=True)
-class DirectMessage:
-    """One call as the direct path sees it, built on the caller's thread.
-
-    Attributes:
-        task: the task object of the controller's app.
-        args, kwargs: the task's arguments (already checked to be a tuple and a dict).
-        options: the Celery calling options, with ``task_id`` set.
-    """
-
-    task: Task  # type: ignore[type-arg]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    options: dict[str, Any]
-
-
-@dataclass(slots=True)
 class Prepared:
     """A message ready to write: its Redis list key and the encoded envelope,
     the queue to declare first, and what ``after_task_publish`` reports."""
@@ -201,13 +185,11 @@ class DirectPath:
         self._routes: dict[tuple[str, str | None], _Destination | None] = {}
         self._origin: tuple[int, str] | None = None
 
-    # -- on the caller's thread -------------------------------------------------
-
     def accepts(self, task: Task, options: Mapping[str, Any]) -> bool:  # type: ignore[type-arg]
         """Whether a call of ``task`` with ``options`` may take the direct path.
 
-        Cheap (a few attribute reads); the configuration is checked again, per
-        batch, on the publishing thread (:meth:`configured`).
+        Cheap (a few attribute reads); the app's configuration is checked once per
+        batch (:meth:`configured`). Runs on any thread.
         """
         cls = type(task)
         if (
@@ -223,8 +205,6 @@ class DirectPath:
                 return False
         queue = options.get("queue")
         return queue is None or isinstance(queue, str)
-
-    # -- on the publishing thread ---------------------------------------------
 
     def configured(self) -> Snapshot | None:
         """The configuration one batch is built with, or ``None`` when the app's
@@ -255,7 +235,15 @@ class DirectPath:
             default_delivery_mode=conf.task_default_delivery_mode,
         )
 
-    def prepare(self, message: DirectMessage, channel: Any, snapshot: Snapshot) -> Prepared | None:
+    def prepare(
+        self,
+        task: Task,  # type: ignore[type-arg]
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        given: Mapping[str, Any],
+        channel: Any,
+        snapshot: Snapshot,
+    ) -> Prepared | None:
         """Build ``message`` as Celery would, or return ``None`` if it must take
         the stock path after all (its destination is not a plain direct queue).
 
@@ -264,7 +252,6 @@ class DirectPath:
         inconsistent time limits, kombu's ``EncodeError`` for unserializable
         arguments.
         """
-        task, args, kwargs = message.task, message.args, message.kwargs
         if task.soft_time_limit and task.time_limit and task.soft_time_limit > task.time_limit:
             raise ValueError("soft_time_limit must be less than or equal to time_limit")
         if task.typing:
@@ -272,7 +259,7 @@ class DirectPath:
             if check is not None:
                 check(*args, **kwargs)
         stock: Any = task  # Celery's private per-class cache of the task's options
-        options = dict(stock._get_exec_options(), **message.options)
+        options = dict(stock._get_exec_options(), **given)
         for key in _NONE_ONLY:
             if options.get(key) is not None:
                 return None

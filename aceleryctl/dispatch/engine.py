@@ -1,0 +1,412 @@
+"""The dispatch engine shared by the async controller and its sync facade.
+
+One :class:`DispatchEngine` owns a publish pool, a circuit breaker, a wire (the
+broker seam), the deadline, the mapping of wire outcomes onto
+:mod:`aceleryctl.exceptions`, the failure log and the listeners.
+:meth:`~DispatchEngine.run_async` and :meth:`~DispatchEngine.run_sync` are the two
+ways in for a caller who waits; :meth:`~DispatchEngine.submit_detached` for an
+on-commit publish nobody waits for. All follow the same steps:
+
+1. ask the breaker (an open breaker costs microseconds: no thread, no socket);
+2. queue the attempt on the pool (a full queue is refused at once);
+3. wait for it, at most the dispatch's deadline;
+4. tell the breaker, the listeners and (on failure) the log what happened, and
+   rebuild the result in the caller's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from concurrent.futures import Future
+from typing import Any
+
+from celery import Celery
+
+from aceleryctl import compat
+from aceleryctl._clock import Clock
+from aceleryctl._logging import Redactor
+from aceleryctl._pool import PoolClosed, PoolSaturated, PublishPool, WaitOutcome
+from aceleryctl.breaker import CircuitBreaker, StateChange
+from aceleryctl.dispatch.failures import Failures, Permit
+from aceleryctl.dispatch.listener import (
+    DispatchEvent,
+    DispatchListener,
+    DispatchOutcome,
+    Listeners,
+    PoolChange,
+)
+from aceleryctl.dispatch.record import Attempt, Dispatch, DispatchKind
+from aceleryctl.dispatch.results import rebind
+from aceleryctl.dispatch.runner import BatchRunner, PublishJob
+from aceleryctl.dispatch.statistics import ControllerStatistics, StatisticsListener
+from aceleryctl.exceptions import CircuitOpenError, TaskDispatchError
+from aceleryctl.wires.base import Wire, WireOutcome
+
+__all__ = ["DispatchEngine"]
+
+
+class DispatchEngine:
+    """Runs dispatches under a deadline, a breaker and a bounded pool, through one wire.
+
+    Thread-safety: every method may be called from any thread; ``run_async`` only
+    from a coroutine.
+
+    Args:
+        app: the Celery app every publish uses (made current on pool threads).
+        wire: the broker seam (:func:`aceleryctl.wires.wire_for`).
+        max_workers, max_pending: see :class:`aceleryctl._pool.PublishPool`.
+        breaker: shared by every caller of this engine.
+        redactor: sanitizes arguments for the failure log.
+        max_batch: dispatches a thread takes at once (only for wires that batch).
+        listeners: told about every settled dispatch, pool and breaker change.
+        clock: monotonic seconds; deadlines and attempt times are its readings.
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        wire: Wire,
+        *,
+        max_workers: int,
+        max_pending: int,
+        breaker: CircuitBreaker,
+        redactor: Redactor,
+        max_batch: int = 16,
+        listeners: tuple[DispatchListener, ...] = (),
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.app = app
+        self.wire = wire
+        self.breaker = breaker
+        self.clock = clock
+        self._stats = StatisticsListener()
+        self._listeners = Listeners((self._stats, *listeners))
+        self._failures = Failures(app, redactor)
+        self._runner = BatchRunner(wire, clock)
+        self.pool = PublishPool(
+            max_workers=max_workers,
+            max_pending=max_pending,
+            name="aceleryctl",
+            initializer=self._thread_started,
+            finalizer=self._thread_stopped,
+            max_batch=max_batch if wire.batches else 1,
+            batch_runner=self._runner,
+            batch_ready=wire.connected,
+        )
+        breaker.add_listener(_BreakerRelay(self))
+
+    # -- listeners ---------------------------------------------------------
+
+    def add_listener(self, listener: DispatchListener) -> None:
+        """Tell ``listener`` about every dispatch settled from now on. Thread-safe."""
+        self._listeners = self._listeners.added(listener)
+
+    def remove_listener(self, listener: DispatchListener) -> None:
+        """Stop telling ``listener``; a no-op if it was not added."""
+        self._listeners = self._listeners.removed(listener)
+
+    @property
+    def listeners(self) -> Listeners:
+        """The listeners, the engine's own statistics first."""
+        return self._listeners
+
+    # -- the ways in -------------------------------------------------------
+
+    async def run_async(self, dispatch: Dispatch, parent: Any = None) -> Any:
+        """Publish ``dispatch`` on the pool and await it on the event loop.
+
+        Raises:
+            TaskDispatchError: a subclass saying what happened (see exceptions).
+            asyncio.CancelledError: the awaiting task was cancelled; a publish that
+                had not started never will, one already running finishes on its own.
+        """
+        attempt, permit, future = self._begin(dispatch, parent)
+        try:
+            outcome = await self.pool.wait_async(future, dispatch.timeout)
+        except asyncio.CancelledError:
+            # Nobody will read the outcome, but the breaker must still hear it:
+            # an unsettled half-open probe would keep the breaker half-open.
+            if future.cancelled():
+                permit.release()
+            else:
+                future.add_done_callback(lambda f: self._settle_unobserved(attempt, permit, f))
+            raise
+        return self._finish(attempt, permit, outcome)
+
+    def run_sync(self, dispatch: Dispatch, parent: Any = None) -> Any:
+        """Publish ``dispatch`` on the pool and block the calling thread until it is done.
+
+        Raises:
+            TaskDispatchError: a subclass saying what happened (see exceptions).
+        """
+        attempt, permit, future = self._begin(dispatch, parent)
+        outcome = self.pool.wait(future, dispatch.timeout)
+        return self._finish(attempt, permit, outcome)
+
+    def submit_detached(self, dispatch: Dispatch, parent: Any = None) -> None:
+        """Publish ``dispatch`` without anyone waiting (on-commit dispatch).
+
+        Runs on whatever thread commits the transaction and never blocks it.
+        Failures cannot reach a caller any more: they are counted and logged as
+        one record, like any other dispatch failure. Never raises.
+        """
+        try:
+            attempt, permit, future = self._begin(dispatch, parent, on_commit=True)
+        except CircuitOpenError as exc:
+            # Rejections are not logged per call (cheap and counted), but a
+            # rejected on-commit dispatch is a task lost after its data committed:
+            # that must be visible.
+            self._failures.log(dispatch, exc, "not_sent")
+            return
+        except TaskDispatchError:
+            return  # already counted and logged by _begin
+
+        def done(_: Future[Any]) -> None:
+            try:
+                cancelled = future.cancelled()  # by a shutdown that ran out of time
+                self._finish(attempt, permit, WaitOutcome(future, not cancelled, cancelled))
+            except TaskDispatchError:
+                pass  # logged by _finish
+
+        future.add_done_callback(done)
+
+    # -- steps -------------------------------------------------------------
+
+    def _begin(
+        self, dispatch: Dispatch, parent: Any, on_commit: bool = False
+    ) -> tuple[Attempt, Permit, Future[WireOutcome]]:
+        now = self.clock()
+        attempt = Attempt(
+            dispatch,
+            now + dispatch.timeout,
+            now,
+            contextvars.copy_context(),
+            dispatch.task_id,
+            parent,
+            on_commit=on_commit,
+        )
+        try:
+            permit = self.breaker.acquire()
+        except CircuitOpenError as exc:
+            # Not logged per call: the breaker logged its opening once, and a
+            # storm of rejections must stay cheap. Counted by the listeners.
+            exc.task_name = dispatch.task_name
+            exc.task_id = dispatch.task_id
+            self._settled(attempt, DispatchOutcome.NOT_SENT, exc)
+            raise
+        try:
+            future: Future[WireOutcome] = self.pool.submit(PublishJob(self._runner, attempt))
+        except (PoolSaturated, PoolClosed) as exc:
+            permit.release()
+            error = self._failures.refused(attempt, exc, closed=isinstance(exc, PoolClosed))
+            self._fail(attempt, error, exc, DispatchOutcome.NOT_SENT)
+            raise error from exc
+        return attempt, permit, future
+
+    def _finish(self, attempt: Attempt, permit: Permit, waited: WaitOutcome[WireOutcome]) -> Any:
+        future = waited.future
+        if waited.done:
+            outcome = future.result()
+            if outcome.sent:
+                permit.record_success(attempt.duration)
+                self._settled(attempt, DispatchOutcome.SENT, None)
+                return self._result(attempt, outcome)
+            error = self._failures.from_wire(attempt, outcome, permit)
+            self._fail(attempt, error, outcome.error, outcome.outcome)
+            raise error from error.__cause__
+        if waited.never_started:
+            permit.release()
+            closed = self.pool.statistics().closed
+            error = self._failures.never_started(attempt, closed=closed)
+            self._fail(attempt, error, None, DispatchOutcome.NOT_SENT)
+            raise error
+        # Still running: the broker may or may not have the message.
+        permit.record_failure(attempt.dispatch.timeout)
+        future.add_done_callback(lambda f: self._late(attempt, f))
+        error = self._failures.timed_out(attempt)
+        self._fail(attempt, error, None, DispatchOutcome.UNKNOWN)
+        raise error
+
+    def _result(self, attempt: Attempt, outcome: WireOutcome) -> Any:
+        if outcome.sent_id is not None:  # the wire wrote the message itself
+            result: Any = self.app.AsyncResult(outcome.sent_id)
+        else:
+            result = rebind(outcome.result, self.app)
+        if attempt.parent is not None:
+            attempt.parent.add_trail(result)
+        return result
+
+    def _fail(
+        self,
+        attempt: Attempt,
+        error: TaskDispatchError,
+        cause: BaseException | None,
+        outcome: DispatchOutcome,
+    ) -> None:
+        self._failures.attach_cause(error, cause)
+        logged = self._failures.log_outcome(error, outcome)
+        self._failures.log(attempt.dispatch, error, logged, attempt.task_id)
+        self._settled(attempt, outcome, error)
+
+    def _settled(
+        self,
+        attempt: Attempt,
+        outcome: DispatchOutcome,
+        error: BaseException | None,
+        late: bool = False,
+    ) -> None:
+        dispatch = attempt.dispatch
+        self._listeners.dispatch_settled(
+            DispatchEvent(
+                dispatch.task_name,
+                attempt.task_id,
+                dispatch.method,
+                dispatch.kind.value,
+                attempt.queue or dispatch.queue,
+                attempt.path,
+                outcome,
+                None if error is None else type(error).__name__,
+                dispatch.correlation_id,
+                attempt.queued_at,
+                attempt.started_at or None,
+                attempt.finished_at or self.clock(),
+                attempt.on_commit,
+                late,
+            )
+        )
+
+    def _settle_unobserved(self, attempt: Attempt, permit: Permit, future: Future[Any]) -> None:
+        # The caller was cancelled while its publish ran; tell the breaker how the
+        # publish ended, without logging or raising (there is no caller).
+        if future.cancelled():
+            permit.release()
+            return
+        outcome: WireOutcome = future.result()
+        if outcome.sent:
+            permit.record_success(attempt.duration)
+        elif outcome.broker_fault:
+            permit.record_failure(attempt.duration)
+        else:
+            permit.release()
+
+    def _late(self, attempt: Attempt, future: Future[Any]) -> None:
+        # The publish ended after its caller was given DispatchTimeout.
+        if future.cancelled():
+            return
+        outcome: WireOutcome = future.result()
+        self._settled(attempt, outcome.outcome, outcome.error, late=True)
+
+    # -- observation and shutdown -----------------------------------------
+
+    def statistics(self) -> ControllerStatistics:
+        """A snapshot of the counters, the pool and the breaker."""
+        return self._stats.snapshot(self.pool.statistics(), self.breaker.statistics())
+
+    def close(self, timeout: float) -> bool:
+        """Stop accepting dispatches; let queued and running publishes finish for up
+        to ``timeout`` seconds, then release the broker connections. Blocks the
+        calling thread. Returns ``True`` if drained."""
+        drained = self.pool.shutdown(timeout)
+        self._listeners.pool_changed(PoolChange.CLOSED)
+        if drained:
+            self.wire.close()
+        return drained
+
+    def run_probe_sync(self, timeout: float) -> float:
+        """Connect the way a publish would, publish nothing; block the calling thread.
+
+        Bypasses the breaker and the statistics.
+
+        Returns:
+            Seconds the connect took.
+
+        Raises:
+            TaskDispatchError: a subclass saying why the broker did not answer.
+        """
+        probe = _Probe(self, timeout)
+        return probe.result(self.pool.wait(self.pool.submit(probe), timeout))
+
+    async def run_probe_async(self, timeout: float) -> float:
+        """:meth:`run_probe_sync`, awaited on the event loop."""
+        probe = _Probe(self, timeout)
+        return probe.result(await self.pool.wait_async(self.pool.submit(probe), timeout))
+
+    # -- on pool threads ---------------------------------------------------
+
+    def _thread_started(self) -> None:
+        compat.prepare_publishing_thread(self.app)
+        self._listeners.pool_changed(PoolChange.THREAD_STARTED)
+
+    def _thread_stopped(self) -> None:
+        # Close what this thread opened, rather than leaving sockets for the GC.
+        self.wire.release_thread()
+        compat.release_thread_backend(self.app)
+        self._listeners.pool_changed(PoolChange.THREAD_STOPPED)
+
+
+class _BreakerRelay:
+    """Passes the breaker's transitions on to the engine's listeners."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: DispatchEngine) -> None:
+        self._engine = engine
+
+    def state_changed(self, change: StateChange) -> None:
+        self._engine.listeners.breaker_changed(change)
+
+
+class _Probe:
+    """A pool job that connects as a publish would: not a dispatch, so neither the
+    breaker, the statistics, the listeners nor the failure log hear of it."""
+
+    __slots__ = ("_attempt", "_engine")
+
+    def __init__(self, engine: DispatchEngine, timeout: float) -> None:
+        self._engine = engine
+        now = engine.clock()
+        dispatch = Dispatch(
+            DispatchKind.CALLABLE, "broker probe", None, (), {}, {}, timeout, "probe"
+        )
+        self._attempt = Attempt(dispatch, now + timeout, now)
+
+    def __call__(self) -> WireOutcome:
+        engine, attempt = self._engine, self._attempt
+        attempt.started_at = engine.clock()
+        try:
+            return engine.wire.probe(attempt.deadline)
+        finally:
+            attempt.finished_at = engine.clock()
+
+    def result(self, waited: WaitOutcome[WireOutcome]) -> float:
+        """Seconds the connect took, or the error saying why the broker did not answer."""
+        failures, attempt = self._engine._failures, self._attempt
+        if waited.done:
+            outcome = waited.future.result()
+            if outcome.sent:
+                return attempt.duration
+            error = failures.from_wire(attempt, outcome, _NO_PERMIT)
+        elif waited.never_started:
+            error = failures.never_started(attempt, closed=self._engine.pool.statistics().closed)
+        else:
+            error = failures.timed_out(attempt)
+        failures.attach_cause(error, waited.future.result().error if waited.done else None)
+        raise error
+
+
+class _NoPermit:
+    """Stands in for a breaker permit where the breaker is not consulted (probes)."""
+
+    def record_success(self, duration: float) -> None:
+        """Ignored."""
+
+    def record_failure(self, duration: float) -> None:
+        """Ignored."""
+
+    def release(self) -> None:
+        """Ignored."""
+
+
+_NO_PERMIT = _NoPermit()

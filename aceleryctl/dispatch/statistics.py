@@ -1,0 +1,101 @@
+"""The controller's statistics: counters kept by a dispatch listener, and their snapshot."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from aceleryctl._pool import PoolStatistics
+from aceleryctl.breaker import BreakerStatistics, StateChange
+from aceleryctl.dispatch.listener import DispatchEvent, DispatchOutcome, PoolChange
+
+__all__ = ["ControllerStatistics", "StatisticsListener"]
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerStatistics:
+    """A snapshot of a controller's counters, its pool and its breaker.
+
+    Attributes:
+        dispatched: publishes that returned a result.
+        failed: calls that raised a :class:`TaskDispatchError` of any kind.
+        timed_out: calls that raised :class:`DispatchTimeout`.
+        overloaded: calls refused because no thread was free in time or the queue was full.
+        rejected_open: calls refused by the open circuit breaker.
+        late_completions: publishes that finished on their thread after their
+            caller had already been given :class:`DispatchTimeout`.
+        direct: dispatches (among ``dispatched``) written on the Redis wire's
+            direct path; the rest went through Celery's stock ``apply_async``.
+        pool: the publish pool's own snapshot.
+        breaker: the circuit breaker's own snapshot.
+    """
+
+    dispatched: int
+    failed: int
+    timed_out: int
+    overloaded: int
+    rejected_open: int
+    late_completions: int
+    direct: int
+    pool: PoolStatistics
+    breaker: BreakerStatistics
+
+
+class StatisticsListener:
+    """Counts settled dispatches. The engine's first listener; thread-safe."""
+
+    __slots__ = (
+        "_direct",
+        "_dispatched",
+        "_failed",
+        "_late",
+        "_lock",
+        "_overloaded",
+        "_rejected_open",
+        "_timed_out",
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._dispatched = self._failed = self._timed_out = self._overloaded = 0
+        self._rejected_open = self._late = self._direct = 0
+
+    def dispatch_settled(self, event: DispatchEvent) -> None:
+        """Count one outcome (called on the settling thread; takes a lock briefly)."""
+        error = event.error_type
+        with self._lock:
+            if event.late:
+                self._late += 1
+            elif error is None:
+                self._dispatched += 1
+                if event.path == "redis" and event.outcome is DispatchOutcome.SENT:
+                    self._direct += 1
+            else:
+                self._failed += 1
+                if error == "DispatchTimeout":
+                    self._timed_out += 1
+                elif error == "DispatchOverloaded":
+                    self._overloaded += 1
+                elif error == "CircuitOpenError":
+                    self._rejected_open += 1
+
+    def pool_changed(self, change: PoolChange) -> None:
+        """Not counted: the pool keeps its own statistics."""
+
+    def breaker_changed(self, change: StateChange) -> None:
+        """Not counted: the breaker keeps its own statistics."""
+
+    def snapshot(self, pool: PoolStatistics, breaker: BreakerStatistics) -> ControllerStatistics:
+        """A consistent copy of the counters with the given pool and breaker snapshots."""
+        with self._lock:
+            return ControllerStatistics(
+                self._dispatched,
+                self._failed,
+                self._timed_out,
+                self._overloaded,
+                self._rejected_open,
+                self._late,
+                self._direct,
+                pool=pool,
+                breaker=breaker,
+            )
