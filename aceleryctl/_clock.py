@@ -34,7 +34,11 @@ class ClockTimer(Protocol):
     """A callback scheduled with :meth:`TimerClock.call_at`."""
 
     def cancel(self) -> None:
-        """Make sure the callback does not run; no effect once it has run. Any thread."""
+        """Keep the callback from running, unless it already has or is starting now.
+
+        Any thread; idempotent. A callback that races its own cancellation may
+        still run once, so callbacks must be harmless when late.
+        """
 
 
 @runtime_checkable
