@@ -16,6 +16,13 @@ of two things happened:
 * the job is running or finished: ``False``; the outcome is what the future
   says, or unknown while it is still running.
 
+The pool reads time only through the :data:`~aceleryctl._clock.Clock` it was
+given (:func:`time.monotonic` by default). With a real clock it waits for
+deadlines with real timeouts (a ``threading`` wait, the event loop's timers);
+with a :class:`~aceleryctl._clock.TimerClock` such as
+:class:`~aceleryctl._clock.ManualClock` it waits until the clock's own timers say
+a deadline has come, so tests move time by hand and never sleep.
+
 This module imports only the standard library.
 """
 
@@ -25,13 +32,17 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import functools
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
+
+from aceleryctl._clock import Clock, ClockTimer, TimerClock
 
 __all__ = [
     "BatchJob",
@@ -105,51 +116,89 @@ def settle(future: asyncio.Future[T], value: T) -> None:
 
 
 class _LoopWaker:
-    """Wakes awaiting coroutines of one event loop: on completion, many per loop
-    turn, and at their deadlines.
+    """Wakes awaiting coroutines of one event loop for one pool: on completion,
+    many per loop turn, and at their deadlines.
 
     ``call_soon_threadsafe`` writes to the loop's self-pipe on every call; a batch
     of jobs completing together needs only one write. Signals carry no result
     (the caller reads the concurrent future), so nothing can go unretrieved.
 
     Deadlines: calls with the same timeout expire in the order they started, so
-    each distinct timeout keeps a FIFO of ``(deadline, signal)`` and one loop timer
+    each distinct timeout keeps a FIFO of ``(deadline, signal)`` and one timer
     for its oldest entry, instead of a timer per call (``asyncio.timeout`` costs a
     timer-heap insertion and removal, plus its context manager, per call).
+    Deadlines are readings of the pool's ``clock`` (seconds). The timer is the
+    loop's own (``call_later`` by the clock's difference) unless ``call_at`` is
+    given: then it is that clock's timer (a :class:`~aceleryctl._clock.TimerClock`,
+    such as a manual clock), which hands the expiry to the loop thread with
+    ``call_soon_threadsafe``.
     """
 
-    __slots__ = ("_deadlines", "_lock", "_loop", "_pending", "_scheduled", "_timers")
+    __slots__ = (
+        "_call_at",
+        "_clock",
+        "_deadlines",
+        "_lock",
+        "_loop",
+        "_pending",
+        "_scheduled",
+        "_timers",
+    )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        clock: Clock = time.monotonic,
+        call_at: Callable[[float, Callable[[], object]], ClockTimer] | None = None,
+    ) -> None:
         self._loop = loop
+        self._clock = clock
+        self._call_at = call_at
         self._lock = threading.Lock()
         self._pending: list[asyncio.Future[None]] = []
         self._scheduled = False
         self._deadlines: dict[float, collections.deque[tuple[float, asyncio.Future[None]]]] = {}
-        self._timers: dict[float, asyncio.TimerHandle] = {}
+        self._timers: dict[float, asyncio.TimerHandle | ClockTimer] = {}
 
     def expire_after(self, signal: asyncio.Future[None], timeout: float) -> None:
-        """Loop thread: set ``signal`` (if still pending) ``timeout`` seconds from now."""
+        """Loop thread: set ``signal`` (if still pending) once ``timeout`` seconds
+        (a ``float`` >= 0) have passed on the clock."""
         queue = self._deadlines.get(timeout)
         if queue is None:
             queue = self._deadlines[timeout] = collections.deque()
         while queue and queue[0][1].done():  # settled calls, oldest first
             queue.popleft()
-        deadline = self._loop.time() + timeout
+        deadline = self._clock() + timeout
         queue.append((deadline, signal))
         if timeout not in self._timers:
-            self._timers[timeout] = self._loop.call_at(deadline, self._expire, timeout)
+            self._arm(timeout, deadline, timeout)
+
+    def _arm(self, timeout: float, deadline: float, delay: float) -> None:
+        # Loop thread: have _expire(timeout) run on the loop at ``deadline``, which
+        # is ``delay`` seconds after the clock's latest reading.
+        if self._call_at is None:
+            self._timers[timeout] = self._loop.call_later(delay, self._expire, timeout)
+        else:
+            # A timer already due calls back at once, but _expire itself only runs
+            # in a later loop turn, after this entry is in place.
+            expire = functools.partial(self._expire_soon, timeout)
+            self._timers[timeout] = self._call_at(deadline, expire)
+
+    def _expire_soon(self, timeout: float) -> None:
+        # The clock's thread (a manual clock's advance()): hand over to the loop.
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            self._loop.call_soon_threadsafe(self._expire, timeout)
 
     def _expire(self, timeout: float) -> None:
         # Loop thread: settle every entry past its deadline, then wait for the next.
         del self._timers[timeout]
         queue = self._deadlines[timeout]
-        now = self._loop.time()
+        now = self._clock()
         while queue:
             deadline, signal = queue[0]
             if not signal.done():
                 if deadline > now:
-                    self._timers[timeout] = self._loop.call_at(deadline, self._expire, timeout)
+                    self._arm(timeout, deadline, deadline - now)
                     return
                 signal.set_result(None)
             queue.popleft()
@@ -212,18 +261,7 @@ def _deferred_wakes() -> Iterator[None]:
             waker._schedule()
 
 
-_wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaker] = (
-    weakref.WeakKeyDictionary()
-)
 _wakers_lock = threading.Lock()
-
-
-def _waker_for(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
-    waker = _wakers.get(loop)
-    if waker is None:
-        with _wakers_lock:
-            waker = _wakers.setdefault(loop, _LoopWaker(loop))
-    return waker
 
 
 class BatchJob(Protocol):
@@ -275,6 +313,21 @@ class PublishPool:
             says yes only once the thread holds a live broker connection, so that
             jobs queued behind a thread stuck connecting stay abandonable ("never
             started") instead of becoming outcome-unknown.
+        clock: monotonic time in seconds (``float``), the pool's only source of
+            time; default :func:`time.monotonic`. A
+            :class:`~aceleryctl._clock.TimerClock`
+            (:class:`~aceleryctl._clock.ManualClock` in tests) is waited for with
+            its own timers: the deadlines of :meth:`wait`, :meth:`wait_async` and
+            :meth:`shutdown` are its readings plus the timeout, and pass when it
+            reaches them and not before, however long that takes in real time. Any
+            other clock must move with real time, as :func:`time.monotonic` does:
+            :meth:`wait` and :meth:`shutdown` then wait with ``threading`` timeouts
+            (which the OS measures on its monotonic clock), and :meth:`wait_async`
+            reads its deadlines from the clock and sets event-loop timers
+            (``call_later``) by their distance from its latest reading.
+
+    Raises:
+        ValueError: a limit is below 1, or ``clock`` is not callable.
     """
 
     def __init__(
@@ -288,7 +341,10 @@ class PublishPool:
         max_batch: int = 1,
         batch_runner: Callable[[Sequence[BatchJob]], None] | None = None,
         batch_ready: Callable[[], bool] | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
+        if not callable(clock):
+            raise ValueError(f"clock must be a callable returning seconds, got {clock!r}")
         if max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers!r}")
         if max_pending < 1:
@@ -303,6 +359,12 @@ class PublishPool:
         self._max_batch = max_batch
         self._batch_runner = batch_runner
         self._batch_ready = batch_ready
+        self._clock = clock
+        # None: a real clock, waited for with real timeouts (see the class docstring).
+        self._call_at = clock.call_at if isinstance(clock, TimerClock) else None
+        self._wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaker] = (
+            weakref.WeakKeyDictionary()
+        )
         self._cond = threading.Condition(threading.Lock())
         self._queue: collections.deque[_Job[object]] = collections.deque()
         self._threads: list[threading.Thread] = []
@@ -319,6 +381,11 @@ class PublishPool:
     def max_workers(self) -> int:
         """The thread limit."""
         return self._max_workers
+
+    @property
+    def clock(self) -> Clock:
+        """The clock every deadline of this pool is read from (seconds, ``float``)."""
+        return self._clock
 
     def submit(self, fn: Callable[[], T]) -> Future[T]:
         """Queue ``fn`` to run on a pool thread inside a copy of the caller's context.
@@ -380,30 +447,44 @@ class PublishPool:
     def wait(self, future: Future[T], timeout: float) -> WaitOutcome[T]:
         """Block the calling thread until ``future`` is done or ``timeout`` seconds pass.
 
-        On timeout the job is abandoned if it has not started. Never raises the
-        job's exception; read it from ``outcome.future``.
+        ``timeout`` is in seconds (``float``; zero or less: do not block) on the
+        pool's clock. On timeout the job is abandoned if it has not started. Never
+        raises the job's exception; read it from ``outcome.future``.
         """
-        try:
-            future.exception(timeout=max(timeout, 0.0))
-        except TimeoutError:
-            pass
-        except BaseException:  # cancelled (by shutdown); fall through to the check below
-            pass
+        call_at = self._call_at
+        if call_at is None:
+            try:
+                future.exception(timeout=max(timeout, 0.0))
+            except TimeoutError:
+                pass
+            except BaseException:  # cancelled (by shutdown); fall through to the check below
+                pass
+        elif not future.done():
+            # A TimerClock: sleep until the future is done or the clock's timer for
+            # the deadline has run (on whichever thread moved the clock).
+            woken = threading.Event()
+            timer = call_at(self._clock() + max(timeout, 0.0), woken.set)
+            future.add_done_callback(lambda _f: woken.set())
+            woken.wait()
+            timer.cancel()
         return self._outcome(future)
 
     async def wait_async(self, future: Future[T], timeout: float) -> WaitOutcome[T]:
         """Await ``future`` without blocking the event loop, for at most ``timeout`` seconds.
 
         Runs on the event loop thread; completion is handed over with
-        ``call_soon_threadsafe``. On timeout the job is abandoned if it has not
-        started. If the awaiting task is cancelled, the job is abandoned if it has
-        not started (a running publish cannot be interrupted and finishes on its
-        own) and ``CancelledError`` propagates.
+        ``call_soon_threadsafe``. ``timeout`` is in seconds (``float``; zero or
+        less: expire on the next loop turn) on the pool's clock. On timeout the job
+        is abandoned if it has not started. If the awaiting task is cancelled, the
+        job is abandoned if it has not started (a running publish cannot be
+        interrupted and finishes on its own) and ``CancelledError`` propagates.
         """
         if not future.done():
             loop = asyncio.get_running_loop()
             signal: asyncio.Future[None] = loop.create_future()
-            waker = _waker_for(loop)
+            waker = self._wakers.get(loop)
+            if waker is None:
+                waker = self._new_waker(loop)
             waker.expire_after(signal, max(timeout, 0.0))
             future.add_done_callback(lambda _f: waker.wake(signal))
             try:
@@ -412,6 +493,11 @@ class PublishPool:
                 self.abandon(future)
                 raise
         return self._outcome(future)
+
+    def _new_waker(self, loop: asyncio.AbstractEventLoop) -> _LoopWaker:
+        # Loop thread, the pool's first wait on this loop.
+        with _wakers_lock:
+            return self._wakers.setdefault(loop, _LoopWaker(loop, self._clock, self._call_at))
 
     def _outcome(self, future: Future[T]) -> WaitOutcome[T]:
         if future.done() and not future.cancelled():
@@ -441,24 +527,43 @@ class PublishPool:
     def shutdown(self, timeout: float) -> bool:
         """Stop accepting jobs, let queued and running jobs finish for up to ``timeout`` s.
 
-        Blocks the calling thread. Jobs still queued when the time is up are
-        cancelled (they never run); jobs still running are left to their daemon
-        threads, which exit when they finish.
+        Blocks the calling thread. ``timeout`` is in seconds (``float``; zero or
+        less: do not wait) on the pool's clock. Jobs still queued when the time is
+        up are cancelled (they never run); jobs still running are left to their
+        daemon threads, which exit when they finish.
 
         Returns:
             ``True`` if every job finished in time.
         """
+        timeout = max(timeout, 0.0)
+        timer: ClockTimer | None = None
+        if self._call_at is not None:  # scheduled before taking the lock: it may run at once
+            deadline = self._clock() + timeout
+            timer = self._call_at(deadline, self._notify_all)
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-            drained = self._cond.wait_for(
-                lambda: self._running == 0 and self._waiting == 0, timeout=max(timeout, 0.0)
-            )
+            if timer is None:
+                drained = self._cond.wait_for(self._drained, timeout=timeout)
+            else:
+                while not (drained := self._drained()) and self._clock() < deadline:
+                    self._cond.wait()  # woken by a finishing job or the clock's timer
             for job in self._queue:
                 self._abandon_locked(job.future)
             self._queue.clear()
             self._cond.notify_all()
+        if timer is not None:
+            timer.cancel()
         return drained
+
+    def _drained(self) -> bool:
+        # With the pool lock held.
+        return self._running == 0 and self._waiting == 0
+
+    def _notify_all(self) -> None:
+        # Any thread: wake every thread waiting on the pool's condition.
+        with self._cond:
+            self._cond.notify_all()
 
     # -- worker side -------------------------------------------------------
 
