@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import cast
 
 from aceleryctl._logging import DEFAULT_REDACT_KEYS
-from aceleryctl._pool import PoolStatistics
 from aceleryctl._proxy import LazyProxy
 from aceleryctl.breaker import (
     BreakerListener,
@@ -34,6 +33,7 @@ from aceleryctl.dispatch.listener import (
     DispatchOutcome,
     PoolChange,
 )
+from aceleryctl.dispatch.pool import PoolStatistics
 from aceleryctl.dispatch.protocol import Controller
 from aceleryctl.dispatch.statistics import ControllerStatistics
 from aceleryctl.events import TaskEvent

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from aceleryctl._pool import settle
+from aceleryctl.dispatch.pool import settle
 
 __all__ = ["with_lifespan"]
 

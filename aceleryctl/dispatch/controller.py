@@ -21,7 +21,6 @@ from celery.result import AsyncResult, EagerResult
 
 from aceleryctl._clock import Clock
 from aceleryctl._logging import DEFAULT_REDACT_KEYS, Redactor
-from aceleryctl._pool import settle
 from aceleryctl.breaker import CircuitBreaker
 from aceleryctl.dispatch.build import Built, check_timeout
 from aceleryctl.dispatch.build import current_celery_app as _current_celery_app
@@ -29,6 +28,7 @@ from aceleryctl.dispatch.core import ControllerCore, Dispatchable
 from aceleryctl.dispatch.engine import DispatchEngine
 from aceleryctl.dispatch.listener import DispatchListener
 from aceleryctl.dispatch.oncommit import check_deferrable, defer_until_commit
+from aceleryctl.dispatch.pool import settle
 from aceleryctl.exceptions import TaskDispatchError
 from aceleryctl.wires import wire_for
 from aceleryctl.wires.connections import TransportPolicy

@@ -27,7 +27,6 @@ from celery import Celery
 from aceleryctl import compat
 from aceleryctl._clock import Clock
 from aceleryctl._logging import Redactor
-from aceleryctl._pool import PoolClosed, PoolSaturated, PublishPool, WaitOutcome
 from aceleryctl.breaker import CircuitBreaker, StateChange
 from aceleryctl.dispatch.failures import Failures, Permit
 from aceleryctl.dispatch.listener import (
@@ -37,6 +36,7 @@ from aceleryctl.dispatch.listener import (
     Listeners,
     PoolChange,
 )
+from aceleryctl.dispatch.pool import PoolClosed, PoolSaturated, PublishPool, WaitOutcome
 from aceleryctl.dispatch.record import Attempt, Dispatch, DispatchKind
 from aceleryctl.dispatch.results import rebind
 from aceleryctl.dispatch.runner import BatchRunner, PublishJob
@@ -56,7 +56,7 @@ class DispatchEngine:
     Args:
         app: the Celery app every publish uses (made current on pool threads).
         wire: the broker seam (:func:`aceleryctl.wires.wire_for`).
-        max_workers, max_pending: see :class:`aceleryctl._pool.PublishPool`.
+        max_workers, max_pending: see :class:`aceleryctl.dispatch.pool.PublishPool`.
         breaker: shared by every caller of this engine.
         redactor: sanitizes arguments for the failure log.
         max_batch: dispatches a thread takes at once (only for wires that batch).
@@ -94,6 +94,7 @@ class DispatchEngine:
             max_batch=max_batch if wire.batches else 1,
             batch_runner=self._runner,
             batch_ready=wire.connected,
+            clock=clock,
         )
         breaker.add_listener(_BreakerRelay(self))
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from aceleryctl._clock import Clock
-from aceleryctl._pool import BatchJob, run_each
 from aceleryctl.dispatch.listener import DispatchOutcome
+from aceleryctl.dispatch.pool import BatchJob, run_each
 from aceleryctl.dispatch.record import Attempt, DispatchKind
 from aceleryctl.wires.base import Wire, WireOutcome
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from aceleryctl._pool import PoolStatistics
 from aceleryctl.breaker import BreakerStatistics, StateChange
 from aceleryctl.dispatch.listener import DispatchEvent, DispatchOutcome, PoolChange
+from aceleryctl.dispatch.pool import PoolStatistics
 
 __all__ = ["ControllerStatistics", "StatisticsListener"]
 

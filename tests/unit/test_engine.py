@@ -446,3 +446,44 @@ def test_pool_threads_are_heard(app: Celery, breaker: RecordingBreaker) -> None:
 
     assert heard.pool[0] is PoolChange.THREAD_STARTED
     assert PoolChange.CLOSED in heard.pool
+
+
+async def test_the_engine_reads_time_only_from_its_clock(
+    app: Celery, breaker: RecordingBreaker
+) -> None:
+    import asyncio
+
+    from aceleryctl.testing import ManualClock
+
+    clock = ManualClock(100.0)
+    heard = RecordingListener()
+    e = DispatchEngine(
+        app,
+        CallingWire(app),
+        max_workers=1,
+        max_pending=2,
+        breaker=breaker,  # type: ignore[arg-type]
+        redactor=Redactor(),
+        listeners=(heard,),
+        clock=clock,
+    )
+    started, release = threading.Event(), threading.Event()
+
+    def hang() -> str:
+        started.set()
+        release.wait(WAIT)
+        return "late"
+
+    waiting = asyncio.ensure_future(e.run_async(make_call(hang, timeout=5.0, task_id="m1")))
+    assert await asyncio.to_thread(started.wait, WAIT)
+    clock.advance(4.5)
+    await asyncio.sleep(0)  # one loop turn: the deadline has not passed yet
+    assert not waiting.done()
+    clock.advance(0.5)
+    with pytest.raises(DispatchTimeout):
+        await asyncio.wait_for(waiting, WAIT)
+    release.set()
+    assert e.close(WAIT)
+    timed_out = heard.settled[0]
+    assert (timed_out.queued_at, timed_out.started_at) == (100.0, 100.0)
+    assert timed_out.finished_at == 105.0
