@@ -48,7 +48,7 @@ from celery import Celery
 
 from aceleryctl._logging import DEFAULT_REDACT_KEYS
 from aceleryctl.breaker import CircuitBreaker
-from aceleryctl.dispatch.build import current_celery_app
+from aceleryctl.dispatch.build import check_timeout, current_celery_app
 from aceleryctl.dispatch.controller import AsyncCeleryController
 
 __all__ = [
@@ -107,10 +107,10 @@ class ControllerSettings:
 
 
 def _positive_number(key: str, value: object) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return f"ACELERYCTL[{key!r}] must be a number of seconds, got {type(value).__name__}"
-    if not math.isfinite(value) or value <= 0:
-        return f"ACELERYCTL[{key!r}] must be a finite number of seconds > 0, got {value!r}"
+    try:
+        check_timeout(value, name=f"ACELERYCTL[{key!r}]")
+    except (TypeError, ValueError) as exc:
+        return str(exc)
     return None
 
 

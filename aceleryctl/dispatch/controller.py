@@ -353,9 +353,7 @@ class AsyncCeleryController(ControllerCore):
     def _close_limit(self, timeout: float | None) -> float:
         if timeout is None:
             return self._drain_timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
-            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
-        return float(timeout)
+        return check_timeout(timeout, name="timeout", zero=True)
 
     def _close_blocking(self, timeout: float | None) -> bool:
         limit = self._close_limit(timeout)
