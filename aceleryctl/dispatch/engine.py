@@ -17,7 +17,6 @@ on-commit publish nobody waits for. All follow the same steps:
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import time
 from concurrent.futures import Future
 from typing import Any
@@ -183,7 +182,7 @@ class DispatchEngine:
             dispatch,
             now + dispatch.timeout,
             now,
-            contextvars.copy_context(),
+            None,
             dispatch.task_id,
             parent,
             on_commit=on_commit,

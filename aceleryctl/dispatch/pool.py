@@ -30,19 +30,25 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import contextvars
-import functools
 import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from aceleryctl._clock import Clock, ClockTimer, TimerClock
+from aceleryctl.dispatch.jobs import (
+    BatchJob,
+    PoolClosed,
+    PoolSaturated,
+    PoolStatistics,
+    WaitOutcome,
+    run_each,
+)
+from aceleryctl.dispatch.waker import LoopWaker, deferred_wakes, settle
 
 __all__ = [
     "BatchJob",
@@ -58,221 +64,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-class PoolSaturated(Exception):
-    """The wait queue already holds ``max_pending`` jobs; the job was not queued."""
-
-
-class PoolClosed(Exception):
-    """The pool is shut down and accepts no jobs."""
-
-
-@dataclass(frozen=True, slots=True)
-class PoolStatistics:
-    """A snapshot of a :class:`PublishPool`, taken under its lock.
-
-    Attributes:
-        max_workers: the thread limit.
-        max_pending: the wait-queue limit.
-        threads: threads started so far (at most ``max_workers``).
-        running: jobs executing now.
-        waiting: jobs queued and not abandoned.
-        submitted: jobs accepted since creation.
-        completed: jobs that ran to completion, successfully or by raising.
-        abandoned: jobs dropped from the queue before they started.
-        saturated: submissions refused because the queue was full.
-        closed: whether :meth:`PublishPool.shutdown` has been called.
-    """
-
-    max_workers: int
-    max_pending: int
-    threads: int
-    running: int
-    waiting: int
-    submitted: int
-    completed: int
-    abandoned: int
-    saturated: int
-    closed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class WaitOutcome(Generic[T]):
-    """What a bounded wait on a job found.
-
-    Exactly one of the three is true: ``done`` (``future`` holds the result or the
-    exception), ``never_started`` (the job was abandoned before it ran; it never
-    will), or neither, meaning it was still running when the deadline passed.
-    """
-
-    future: Future[T]
-    done: bool
-    never_started: bool
-
-
-def settle(future: asyncio.Future[T], value: T) -> None:
-    """Set ``future``'s result unless it is already done (cancelled). Loop thread only."""
-    if not future.done():
-        future.set_result(value)
-
-
-class _LoopWaker:
-    """Wakes awaiting coroutines of one event loop for one pool: on completion,
-    many per loop turn, and at their deadlines.
-
-    ``call_soon_threadsafe`` writes to the loop's self-pipe on every call; a batch
-    of jobs completing together needs only one write. Signals carry no result
-    (the caller reads the concurrent future), so nothing can go unretrieved.
-
-    Deadlines: calls with the same timeout expire in the order they started, so
-    each distinct timeout keeps a FIFO of ``(deadline, signal)`` and one timer
-    for its oldest entry, instead of a timer per call (``asyncio.timeout`` costs a
-    timer-heap insertion and removal, plus its context manager, per call).
-    Deadlines are readings of the pool's ``clock`` (seconds). The timer is the
-    loop's own (``call_later`` by the clock's difference) unless ``call_at`` is
-    given: then it is that clock's timer (a :class:`~aceleryctl._clock.TimerClock`,
-    such as a manual clock), which hands the expiry to the loop thread with
-    ``call_soon_threadsafe``.
-    """
-
-    __slots__ = (
-        "_call_at",
-        "_clock",
-        "_deadlines",
-        "_lock",
-        "_loop",
-        "_pending",
-        "_scheduled",
-        "_timers",
-    )
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        clock: Clock = time.monotonic,
-        call_at: Callable[[float, Callable[[], object]], ClockTimer] | None = None,
-    ) -> None:
-        self._loop = loop
-        self._clock = clock
-        self._call_at = call_at
-        self._lock = threading.Lock()
-        self._pending: list[asyncio.Future[None]] = []
-        self._scheduled = False
-        self._deadlines: dict[float, collections.deque[tuple[float, asyncio.Future[None]]]] = {}
-        self._timers: dict[float, asyncio.TimerHandle | ClockTimer] = {}
-
-    def expire_after(self, signal: asyncio.Future[None], timeout: float) -> None:
-        """Loop thread: set ``signal`` (if still pending) once ``timeout`` seconds
-        (a ``float`` >= 0) have passed on the clock."""
-        queue = self._deadlines.get(timeout)
-        if queue is None:
-            queue = self._deadlines[timeout] = collections.deque()
-        while queue and queue[0][1].done():  # settled calls, oldest first
-            queue.popleft()
-        deadline = self._clock() + timeout
-        queue.append((deadline, signal))
-        if timeout not in self._timers:
-            self._arm(timeout, deadline, timeout)
-
-    def _arm(self, timeout: float, deadline: float, delay: float) -> None:
-        # Loop thread: have _expire(timeout) run on the loop at ``deadline``, which
-        # is ``delay`` seconds after the clock's latest reading.
-        if self._call_at is None:
-            self._timers[timeout] = self._loop.call_later(delay, self._expire, timeout)
-        else:
-            # A timer already due calls back at once, but _expire itself only runs
-            # in a later loop turn, after this entry is in place.
-            expire = functools.partial(self._expire_soon, timeout)
-            self._timers[timeout] = self._call_at(deadline, expire)
-
-    def _expire_soon(self, timeout: float) -> None:
-        # The clock's thread (a manual clock's advance()): hand over to the loop.
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            self._loop.call_soon_threadsafe(self._expire, timeout)
-
-    def _expire(self, timeout: float) -> None:
-        # Loop thread: settle every entry past its deadline, then wait for the next.
-        del self._timers[timeout]
-        queue = self._deadlines[timeout]
-        now = self._clock()
-        while queue:
-            deadline, signal = queue[0]
-            if not signal.done():
-                if deadline > now:
-                    self._arm(timeout, deadline, deadline - now)
-                    return
-                signal.set_result(None)
-            queue.popleft()
-        del self._deadlines[timeout]
-
-    def wake(self, signal: asyncio.Future[None]) -> None:
-        """Any thread: have ``signal`` set on the loop thread, soon.
-
-        Inside :func:`_deferred_wakes` (a pool thread settling a batch) the loop
-        is only told once the whole batch is settled.
-        """
-        with self._lock:
-            self._pending.append(signal)
-            if self._scheduled:
-                return
-            self._scheduled = True
-        deferred: list[_LoopWaker] | None = getattr(_deferring, "wakers", None)
-        if deferred is not None:
-            deferred.append(self)
-        else:
-            self._schedule()
-
-    def _schedule(self) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed while the publish ran
-            self._loop.call_soon_threadsafe(self._run)
-
-    def _run(self) -> None:
-        # Loop thread. At most _WAKE_CHUNK waiters resume per loop turn: each runs
-        # its coroutine's next step in the following turn, and a whole batch of
-        # them at once would hold up timers and I/O for all of that time.
-        with self._lock:
-            pending = self._pending
-            if len(pending) > _WAKE_CHUNK:
-                pending, self._pending = pending[:_WAKE_CHUNK], pending[_WAKE_CHUNK:]
-                self._loop.call_soon(self._run)  # still scheduled: no new wake-up needed
-            else:
-                self._pending, self._scheduled = [], False
-        for signal in pending:
-            settle(signal, None)
-
-
-#: Waiters resumed per event-loop turn, at most (see ``_LoopWaker._run``).
-_WAKE_CHUNK = 8
-
-_deferring = threading.local()
-
-
-@contextlib.contextmanager
-def _deferred_wakes() -> Iterator[None]:
-    """On a pool thread: hold back loop wake-ups until the block ends, then send
-    one per loop. Each wake-up is a write to the loop's self-pipe, and each such
-    system call lets the event loop thread take the GIL mid-batch."""
-    wakers: list[_LoopWaker] = []
-    _deferring.wakers = wakers
-    try:
-        yield
-    finally:
-        _deferring.wakers = None
-        for waker in wakers:
-            waker._schedule()
-
-
 _wakers_lock = threading.Lock()
-
-
-class BatchJob(Protocol):
-    """What a batch runner sees of one job: run ``fn`` in ``context``, settle ``future``."""
-
-    @property
-    def fn(self) -> Callable[[], Any]: ...
-    @property
-    def context(self) -> contextvars.Context: ...
-    @property
-    def future(self) -> Future[Any]: ...
 
 
 class _Job(Generic[T]):
@@ -362,7 +154,7 @@ class PublishPool:
         self._clock = clock
         # None: a real clock, waited for with real timeouts (see the class docstring).
         self._call_at = clock.call_at if isinstance(clock, TimerClock) else None
-        self._wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaker] = (
+        self._wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopWaker] = (
             weakref.WeakKeyDictionary()
         )
         self._cond = threading.Condition(threading.Lock())
@@ -494,10 +286,10 @@ class PublishPool:
                 raise
         return self._outcome(future)
 
-    def _new_waker(self, loop: asyncio.AbstractEventLoop) -> _LoopWaker:
+    def _new_waker(self, loop: asyncio.AbstractEventLoop) -> LoopWaker:
         # Loop thread, the pool's first wait on this loop.
         with _wakers_lock:
-            return self._wakers.setdefault(loop, _LoopWaker(loop, self._clock, self._call_at))
+            return self._wakers.setdefault(loop, LoopWaker(loop, self._clock, self._call_at))
 
     def _outcome(self, future: Future[T]) -> WaitOutcome[T]:
         if future.done() and not future.cancelled():
@@ -620,7 +412,7 @@ class PublishPool:
         runner = self._batch_runner or run_each
         while jobs := self._next_jobs():
             try:
-                with _deferred_wakes():
+                with deferred_wakes():
                     runner(jobs)
             except BaseException as exc:  # a runner must settle every job; make sure
                 for job in jobs:
@@ -633,14 +425,3 @@ class PublishPool:
                     self._running -= count
                     self._completed += count
                     self._cond.notify_all()
-
-
-def run_each(jobs: Sequence[BatchJob]) -> None:
-    """The default batch runner: run each job in its own context, settle its future."""
-    for job in jobs:
-        try:
-            result = job.context.run(job.fn)
-        except BaseException as exc:
-            job.future.set_exception(exc)
-        else:
-            job.future.set_result(result)

@@ -191,8 +191,9 @@ class Attempt:
         dispatch: what is being published.
         deadline: the clock reading by which the caller gives up.
         queued_at: when the engine accepted it.
-        context: the caller's ``contextvars`` context, copied at submission; the
-            wire runs Celery's publish signals inside it.
+        context: the caller's ``contextvars`` context, copied by the pool at
+            submission and set by the batch runner; the wire runs Celery's publish
+            signals inside it (``None``: run in the current context).
         task_id: the id the message goes under; for a canvas without a given id,
             set by the wire when it freezes the canvas.
         parent: the Celery task running on the caller's thread, if any (its

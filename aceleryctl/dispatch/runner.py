@@ -35,6 +35,7 @@ class PublishJob:
         self.attempt = attempt
 
     def __call__(self) -> WireOutcome:
+        # Run on its own by a pool without a batch runner, inside the caller's context.
         return self.runner.publish([self.attempt])[0]
 
 
@@ -59,7 +60,11 @@ class BatchRunner:
         for job in jobs:
             (publishes if isinstance(job.fn, PublishJob) else others).append(job)
         if publishes:
-            attempts = [job.fn.attempt for job in publishes]  # type: ignore[attr-defined]
+            attempts = []
+            for job in publishes:
+                attempt = job.fn.attempt  # type: ignore[attr-defined]
+                attempt.context = job.context  # the caller's, copied by the pool at submit
+                attempts.append(attempt)
             for job, outcome in zip(publishes, self.publish(attempts), strict=True):
                 job.future.set_result(outcome)
         if others:

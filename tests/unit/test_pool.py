@@ -641,7 +641,7 @@ async def test_a_batch_wakes_the_loop_once() -> None:
 
 
 async def test_a_settled_batch_resumes_its_waiters_a_few_per_loop_turn() -> None:
-    from aceleryctl.dispatch.pool import _WAKE_CHUNK
+    from aceleryctl.dispatch.waker import _WAKE_CHUNK
 
     release = threading.Event()
 
