@@ -7,6 +7,7 @@ fake whose calls are asserted on in order.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +32,7 @@ from aceleryctl.exceptions import (
     TaskDispatchError,
     TaskSerializationError,
 )
+from aceleryctl.testing import ManualClock
 from aceleryctl.wires.base import Wire, WireOutcome
 from aceleryctl.wires.connections import classify_failure
 
@@ -114,7 +116,13 @@ def breaker() -> RecordingBreaker:
 
 
 @pytest.fixture
-def engine(app: Celery, breaker: RecordingBreaker) -> Iterator[DispatchEngine]:
+def clock() -> ManualClock:
+    return ManualClock(50.0)
+
+
+@pytest.fixture
+def engine(app: Celery, breaker: RecordingBreaker, clock: ManualClock) -> Iterator[DispatchEngine]:
+    # A manual clock: no deadline passes unless a test advances it.
     e = DispatchEngine(
         app,
         CallingWire(app),
@@ -122,6 +130,7 @@ def engine(app: Celery, breaker: RecordingBreaker) -> Iterator[DispatchEngine]:
         max_pending=2,
         breaker=breaker,  # type: ignore[arg-type]
         redactor=Redactor(),
+        clock=clock,
     )
     yield e
     e.close(WAIT)
@@ -211,7 +220,10 @@ async def test_exceptions_are_mapped_and_only_broker_faults_count(
 
 
 async def test_deadline_mid_publish_is_unknown_outcome(
-    engine: DispatchEngine, breaker: RecordingBreaker, caplog: pytest.LogCaptureFixture
+    engine: DispatchEngine,
+    breaker: RecordingBreaker,
+    clock: ManualClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     started, release = threading.Event(), threading.Event()
 
@@ -220,9 +232,13 @@ async def test_deadline_mid_publish_is_unknown_outcome(
         release.wait(WAIT)
         return "late"
 
+    waiting = asyncio.ensure_future(
+        engine.run_async(make_call(hang, timeout=0.05, task_id="tid-9"))
+    )
+    assert await asyncio.to_thread(started.wait, WAIT)
+    clock.advance(0.05)
     with pytest.raises(DispatchTimeout) as info:
-        await engine.run_async(make_call(hang, timeout=0.05, task_id="tid-9"))
-    assert started.is_set()
+        await asyncio.wait_for(waiting, WAIT)
     err = info.value
     assert isinstance(err, TimeoutError)
     assert (err.task_id, err.timeout) == ("tid-9", 0.05)
@@ -237,7 +253,7 @@ async def test_deadline_mid_publish_is_unknown_outcome(
 
 
 async def test_no_thread_before_deadline_means_nothing_sent(
-    engine: DispatchEngine, breaker: RecordingBreaker
+    engine: DispatchEngine, breaker: RecordingBreaker, clock: ManualClock
 ) -> None:
     started, release = threading.Event(), threading.Event()
 
@@ -248,8 +264,13 @@ async def test_no_thread_before_deadline_means_nothing_sent(
     engine.pool.submit(block)
     assert started.wait(WAIT)
     ran: list[str] = []
+    waiting = asyncio.ensure_future(
+        engine.run_async(make_call(lambda: ran.append("x"), timeout=0.05))
+    )
+    await asyncio.sleep(0)  # one loop turn: the call is queued behind the blocker
+    clock.advance(0.05)
     with pytest.raises(DispatchOverloaded, match="nothing was sent"):
-        await engine.run_async(make_call(lambda: ran.append("x"), timeout=0.05))
+        await asyncio.wait_for(waiting, WAIT)
     release.set()
     engine.pool.submit(lambda: None).result(WAIT)
     assert ran == []
@@ -391,12 +412,20 @@ async def test_listeners_hear_every_outcome_in_order(
     assert (sent.method, sent.kind, sent.late) == ("delay", "task", False)
 
 
-async def test_a_late_publish_is_heard_twice(engine: DispatchEngine) -> None:
+async def test_a_late_publish_is_heard_twice(engine: DispatchEngine, clock: ManualClock) -> None:
     heard = RecordingListener()
     engine.add_listener(heard)
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
+
+    def hang() -> bool:
+        started.set()
+        return release.wait(WAIT)
+
+    waiting = asyncio.ensure_future(engine.run_async(make_call(hang, timeout=0.05)))
+    assert await asyncio.to_thread(started.wait, WAIT)
+    clock.advance(0.05)
     with pytest.raises(DispatchTimeout):
-        await engine.run_async(make_call(lambda: release.wait(WAIT), timeout=0.05))
+        await asyncio.wait_for(waiting, WAIT)
     release.set()
     engine.pool.submit(lambda: None).result(WAIT)  # the late publish finished before this
     assert [(e.outcome, e.late, e.error_type) for e in heard.settled] == [
@@ -451,10 +480,6 @@ def test_pool_threads_are_heard(app: Celery, breaker: RecordingBreaker) -> None:
 async def test_the_engine_reads_time_only_from_its_clock(
     app: Celery, breaker: RecordingBreaker
 ) -> None:
-    import asyncio
-
-    from aceleryctl.testing import ManualClock
-
     clock = ManualClock(100.0)
     heard = RecordingListener()
     e = DispatchEngine(
