@@ -33,6 +33,7 @@ whose controller does not call listeners yet.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections import defaultdict, deque
@@ -135,7 +136,8 @@ class SentEvents:
         self._max = max_buffered
         self._batch = batch_size
         self._window = window
-        self._armed = False
+        self._armed: Any = None  # the emitter a flush is pending on
+        self._pid = os.getpid()
         self._counts = dict.fromkeys(
             ("noted", "sent", "unwatched", "dropped_full", "dropped_off", "failed"), 0
         )
@@ -152,14 +154,18 @@ class SentEvents:
             return
         name = task_name if isinstance(task_name, str) else None
         buffer.append((task_id, name, correlation, time.time()))
-        if not self._armed:
+        armed = self._armed
+        # Re-arm when no flush is pending, or when the one pending can no longer
+        # run: its emitter was closed (a settings change), or this is a forked
+        # child of the process that armed it.
+        if armed is None or armed.closed or self._pid != os.getpid():
             self._arm()
 
     def _arm(self) -> None:
-        self._armed = True
         emitter = _process_emitter()
+        self._armed, self._pid = emitter, os.getpid()
         if emitter is None or not emitter.run_soon(self._flush):
-            self._armed = False
+            self._armed = None
             dropped = len(self._buffer)
             self._buffer.clear()
             self._counts["dropped_off"] += dropped
@@ -173,7 +179,7 @@ class SentEvents:
         new flush; this one drains at least what was there when its window ended."""
         if self._window > 0:
             await asyncio.sleep(self._window)
-        self._armed = False
+        self._armed = None
         buffer = self._buffer
         while buffer:
             batch = []

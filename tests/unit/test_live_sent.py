@@ -134,7 +134,7 @@ def test_only_watched_tasks_get_an_event_one_lookup_per_batch(wired: Any) -> Non
     holder, emitter, events = wired
     layer = ShardedLayer({group_name("w-2")})
     holder["layer"] = layer
-    events._armed = True  # hold the flush: the three entries form one batch
+    events._armed = emitter  # hold the flush: the three entries form one batch
     for task_id in ("w-1", "w-2", "w-3"):
         events.add(task_id, "proj.add", None)
     events._arm()
@@ -155,13 +155,24 @@ def test_a_full_buffer_drops_new_entries_and_counts_them(wired: Any) -> None:
     holder, emitter, _ = wired
     holder["layer"] = RecordingLayer()
     events = SentEvents(max_buffered=2, window=0.0)
-    events._armed = True
+    events._armed = emitter
     for task_id in ("f-1", "f-2", "f-3"):
         events.add(task_id, "proj.add", None)
     events._arm()
     assert emitter.flush(TIMEOUT)
     assert [e.task_id for e in holder["layer"].events()] == ["f-1", "f-2"]
     assert events.statistics().dropped_full == 1
+
+
+def test_a_flush_lost_with_its_emitter_is_armed_again(wired: Any) -> None:
+    holder, emitter, events = wired
+    holder["layer"] = RecordingLayer()
+    closed = Emitter(lambda: None)
+    closed.close(TIMEOUT)
+    events._armed = closed  # armed on an emitter a settings change has closed since
+    events.add("again-1", "proj.add", None)
+    assert emitter.flush(TIMEOUT)
+    assert [e.task_id for e in holder["layer"].events()] == ["again-1"]
 
 
 def test_without_an_emitter_entries_are_dropped_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
