@@ -1,5 +1,6 @@
-"""The Django app: registers system checks, the settings-change receiver and the
-Celery signal receivers, nothing else."""
+"""The Django app: registers system checks, the settings-change receiver, the hook
+that loads the worker side when a Celery worker starts, and the web process's
+live ``task.sent``; nothing else, and no worker-only module."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ class AceleryctlConfig(AppConfig):
     """Add ``"aceleryctl"`` to ``INSTALLED_APPS`` to get checks, settings handling,
     live task events and execution-time logging.
 
-    ``ready()`` runs in every process that sets Django up, the Celery worker
-    included (the project's Celery module calls ``django.setup()``, or Celery's
-    Django fixup does), so the worker's receivers are connected there.
-    ``ACELERYCTL["EVENTS_ENABLED"] = False`` leaves the event receivers out; the
-    logging and correlation-id receivers are always connected. Projects that run
-    Celery without Django call :func:`aceleryctl.signals.connect` themselves.
+    ``ready()`` runs in every process that sets Django up. It imports none of the
+    worker side: it connects a small hook to Celery's worker start signals
+    (:func:`aceleryctl.signals.connect_when_worker_starts`), which connects the
+    receivers in a worker before its first task. ``ACELERYCTL["EVENTS_ENABLED"] =
+    False`` leaves the event receivers out; the logging and correlation-id
+    receivers are always connected in workers. Projects that run Celery without
+    Django call :func:`aceleryctl.signals.connect` themselves.
     """
 
     name = "aceleryctl"
@@ -26,7 +28,14 @@ class AceleryctlConfig(AppConfig):
             checks,  # noqa: F401  (registers the checks)
             signals,
         )
-        from aceleryctl.conf import connect_signals
+        from aceleryctl.conf import connect_signals, load_settings
+        from aceleryctl.live import sent
 
         connect_signals()
-        signals.connect()
+        signals.connect_when_worker_starts()
+        try:
+            events = load_settings().events_enabled
+        except Exception:  # invalid settings: the system checks name the key
+            events = True
+        if events:
+            sent.install_web()

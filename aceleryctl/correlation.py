@@ -7,9 +7,10 @@
 * The controller puts the current id in the task message's headers, under
   :data:`CORRELATION_HEADER`. (Not ``correlation_id``: Celery owns that name; the
   worker overwrites it with the task id from the message properties.)
-* In the worker, :mod:`aceleryctl.signals` makes the header's value current while
-  the task runs, puts it on every event, and :class:`CorrelationIdFilter` adds it to
-  log records as ``record.correlation_id``.
+* In the worker, :func:`enter_correlation` and :func:`leave_correlation` (connected
+  by :func:`aceleryctl.signals.connect`) make the header's value current while the
+  task runs; the worker's receivers put it on every event, and
+  :class:`CorrelationIdFilter` adds it to log records as ``record.correlation_id``.
 
 The current id is a :mod:`contextvars` variable: per thread, and per asyncio task
 (copied into ``sync_to_async`` threads). This module imports no Django at import
@@ -21,13 +22,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import re
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
-from aceleryctl.events import is_valid_correlation_id
+from aceleryctl._once import guard
 
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponseBase
@@ -40,6 +43,9 @@ __all__ = [
     "correlation_id",
     "correlation_id_from",
     "current_correlation_id",
+    "enter_correlation",
+    "is_valid_correlation_id",
+    "leave_correlation",
     "new_correlation_id",
     "use_correlation_id",
 ]
@@ -49,11 +55,17 @@ CORRELATION_HEADER: Final = "aceleryctl_correlation_id"
 #: The HTTP header read from requests and written to responses.
 HTTP_HEADER: Final = "X-Correlation-ID"
 _META_KEY: Final = "HTTP_X_CORRELATION_ID"
+_VALID: Final = re.compile(r"[A-Za-z0-9._-]{1,128}\Z")
 
 #: The current correlation id, or ``None`` outside a request or task that has one.
 correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "aceleryctl_correlation_id", default=None
 )
+
+
+def is_valid_correlation_id(value: object) -> bool:
+    """Whether ``value`` is a sane correlation id: 1-128 of ``[A-Za-z0-9._-]``."""
+    return isinstance(value, str) and _VALID.match(value) is not None
 
 
 def current_correlation_id() -> str | None:
@@ -169,3 +181,39 @@ class CorrelationIdMiddleware:
         value = value or new_correlation_id()
         request.correlation_id = value  # type: ignore[attr-defined]
         return value
+
+
+# -- in the worker: the task's id current while it runs ------------------------------------
+# Connected by aceleryctl.signals.connect(): enter first on task_prerun, leave last
+# on task_postrun, so that every other receiver sees the task's id.
+
+_tokens = threading.local()
+
+
+@guard("correlation_enter")
+def enter_correlation(
+    sender: object = None, task_id: Any = None, task: Any = None, **_: Any
+) -> None:
+    """``task_prerun``: make the task's correlation id current (an eager task with
+    none keeps its caller's)."""
+    if task is None:
+        return
+    request = task.request
+    value = correlation_id_from(request)
+    if value is None and getattr(request, "is_eager", False):
+        value = correlation_id.get()
+    stack: list[Any] = getattr(_tokens, "stack", None) or []
+    stack.append((task_id, correlation_id.set(value)))
+    _tokens.stack = stack
+
+
+@guard("correlation_leave")
+def leave_correlation(sender: object = None, task_id: Any = None, **_: Any) -> None:
+    """``task_postrun``: restore the correlation id from before the task."""
+    stack: list[Any] = getattr(_tokens, "stack", None) or []
+    while stack:
+        entered, token = stack.pop()
+        with contextlib.suppress(ValueError):  # set in another context: nothing to restore
+            correlation_id.reset(token)
+        if entered == task_id:
+            break

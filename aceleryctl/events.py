@@ -51,6 +51,7 @@ from enum import IntEnum
 from typing import Any, Final
 
 from aceleryctl._logging import Redactor, scrub_credentials
+from aceleryctl.correlation import is_valid_correlation_id
 
 __all__ = [
     "ATTEMPT_STRIDE",
@@ -147,7 +148,6 @@ MAX_NAME_LENGTH: Final = 255
 GROUP_PREFIX: Final = "aceleryctl.task."
 _GROUP_NAME = re.compile(r"[A-Za-z0-9._-]+\Z")
 _MAX_GROUP_LENGTH: Final = 99  # channels requires len(name) < 100
-_CORRELATION_ID = re.compile(r"[A-Za-z0-9._-]{1,128}\Z")
 _TRACEBACK_MARKER = "Traceback (most recent call last)"
 
 
@@ -169,11 +169,6 @@ def group_name(task_id: str) -> str:
             "characters"
         )
     return name
-
-
-def is_valid_correlation_id(value: object) -> bool:
-    """Whether ``value`` is a sane correlation id: 1-128 of ``[A-Za-z0-9._-]``."""
-    return isinstance(value, str) and _CORRELATION_ID.match(value) is not None
 
 
 def order_key(attempt: int, phase: int, seq: int = 0) -> int:

@@ -5,11 +5,12 @@ and hands it to the process's :class:`~aceleryctl._emitter.Emitter`, which
 publishes it to the channel-layer group ``aceleryctl.task.<task_id>`` on a
 thread of its own; a receiver never raises, and never waits for the network but
 in one case: announcing a retry before Celery publishes it, it waits until the
-event is sent, at most ``EVENT_SEND_TIMEOUT`` seconds (see :mod:`aceleryctl._receivers`).
+event is sent, at most ``EVENT_SEND_TIMEOUT`` seconds (see :mod:`aceleryctl.worker.retry`).
 
 =======================  ==================  =======================================
 signal                   process             event
 =======================  ==================  =======================================
+(dispatch listener)      the web process     ``task.sent`` (see :mod:`aceleryctl.live.sent`)
 ``after_task_publish``   the publisher       ``task.sent`` (first publish only)
 ``task_received``        worker main         ``task.received``
 ``task_prerun``          the task's thread   ``task.started``
@@ -25,12 +26,17 @@ signal                   process             event
 
 (*) a hard time limit fails the task, and a terminating revoke revokes it, from the
 worker's main process. The same receivers write the execution-time log records
-(:mod:`aceleryctl._worker_logging`) and keep the task's correlation id current
+(:mod:`aceleryctl.worker.execlog`) and keep the task's correlation id current
 while it runs (:mod:`aceleryctl.correlation`).
 
-With Django, the ``aceleryctl`` app connects everything when it is ready, in web
-processes and workers alike (``ACELERYCTL["EVENTS_ENABLED"] = False`` keeps the
-logging and drops the events). Without Django, connect them in the module that
+This module is the public face only: the receivers live in
+:mod:`aceleryctl.worker` and are imported when a worker starts, never by
+``import aceleryctl`` in a web process. With Django, the ``aceleryctl`` app's
+``ready()`` connects one small hook to Celery's ``celeryd_init``, ``worker_init``
+and ``worker_process_init`` signals; the first of them to fire in a worker
+process calls :func:`connect` (unless the project already did), before the worker
+consumes its first task, whatever its pool (``ACELERYCTL["EVENTS_ENABLED"] =
+False`` keeps the logging and drops the events). Without Django, connect them in the module that
 creates the Celery app, so that the worker and its pool children import it::
 
     from channels_redis.core import RedisChannelLayer
@@ -44,21 +50,13 @@ creates the Celery app, so that the worker and its pool children import it::
 
 from __future__ import annotations
 
-import os
-import threading
-import time
-from collections.abc import Callable
-from typing import Any, Final
+import sys
+from typing import TYPE_CHECKING, Any
 
 from celery import signals as celery_signals
 
-from aceleryctl import _receivers as receivers
-from aceleryctl import _worker_logging as worker_logging
-from aceleryctl._emitter import Emitter, LayerFactory, reset_default_emitter, set_default_factory
-from aceleryctl._progress import process_gate
-from aceleryctl._progress_store import start_progress_write
-from aceleryctl._worker_config import once, reset_worker_config, worker_config
-from aceleryctl.events import Progress, TaskEvent, clip_text
+if TYPE_CHECKING:
+    from aceleryctl.worker.emitter import LayerFactory
 
 __all__ = ["connect", "disconnect", "is_connected", "report_progress"]
 
@@ -71,7 +69,7 @@ def report_progress(
     Sets the Celery state to ``PROGRESS`` with meta ``{"current", "total",
     "message"}``, storing exactly what ``task.update_state`` stores, and publishes a
     ``task.progress`` event. On Celery's Redis result backend (json, uncompressed)
-    the store is one round trip (:mod:`aceleryctl._progress_store`) instead of
+    the store is one round trip (:mod:`aceleryctl.worker.progress_store`) instead of
     ``update_state``'s two, and it never replaces a terminal state (``SUCCESS``,
     ``FAILURE``, ``REVOKED``); any other backend goes through ``update_state``.
 
@@ -99,117 +97,9 @@ def report_progress(
         ValueError: ``current`` or ``total`` is not a finite number, or ``message``
             is not a string.
     """
-    request = task.request
-    task_id = request.id
-    if not task_id or request.called_directly:
-        return
-    if message is not None and not isinstance(message, str):
-        raise ValueError(f"message must be a string or None, got {type(message).__name__}")
-    progress = Progress(current, total, None if message is None else clip_text(message))
-    gate = process_gate(worker_config().progress_interval)
-    attempt = receivers.attempt_number(request.retries)
-    seq, send_now = gate.admit(task_id, attempt, time.monotonic())
-    write = None
-    if send_now:  # sent now, its reply read once the event is built
-        meta = {"current": progress.current, "total": progress.total, "message": progress.message}
-        write = start_progress_write(task, task_id, meta)
-    emitter = receivers.emitter()
-    event = None
-    try:
-        if emitter is not None:
-            event = receivers.build_event(
-                "task.progress",
-                task_id,
-                getattr(task, "name", None),
-                attempt,
-                seq,
-                progress=progress,
-                correlation_id=receivers.task_correlation(request),
-            )
-    finally:
-        if send_now and (write is None or not write.wait()):
-            _store_progress(task, task_id, progress)  # Celery's update_state
-    if send_now:
-        if emitter is not None and event is not None:
-            emitter.emit(event)  # after the store: the emitter thread wakes up now
-    elif emitter is not None and event is not None:
-        due = gate.hold(event)
-        if due is not None:
-            emitter.schedule(due, _progress_timer(emitter, task_id, attempt))
+    from aceleryctl.worker.progress import report_progress as implementation
 
-
-def _progress_timer(emitter: Emitter, task_id: str, attempt: int) -> Callable[[], TaskEvent | None]:
-    """The callback the emitter thread runs when a held report is due."""
-
-    def fire() -> TaskEvent | None:
-        gate = process_gate(worker_config().progress_interval)
-        event, retry_at = gate.due(task_id, attempt, time.monotonic())
-        if retry_at is not None:
-            emitter.schedule(retry_at, fire)
-        return event
-
-    return fire
-
-
-def _store_progress(task: Any, task_id: str, progress: Progress) -> None:
-    try:
-        task.update_state(
-            task_id=task_id,
-            state="PROGRESS",
-            meta={
-                "current": progress.current,
-                "total": progress.total,
-                "message": progress.message,
-            },
-        )
-    except Exception as exc:
-        once("update_state", "aceleryctl could not store a task's progress: %s", exc)
-
-
-# -- connecting -------------------------------------------------------------------------------
-
-Receivers = tuple[tuple[Any, Callable[..., Any]], ...]
-
-# Connected first, so that the task's correlation id is current for the others.
-_CORRELATION: Final[Receivers] = ((celery_signals.task_prerun, receivers.enter_correlation),)
-_EVENTS: Final[Receivers] = (
-    (celery_signals.before_task_publish, receivers.on_before_publish),
-    (celery_signals.after_task_publish, receivers.on_published),
-    (celery_signals.task_received, receivers.on_received),
-    (celery_signals.task_prerun, receivers.on_prerun),
-    (celery_signals.task_success, receivers.on_success),
-    (celery_signals.task_failure, receivers.on_failure),
-    (celery_signals.task_retry, receivers.on_retry),
-    (celery_signals.task_revoked, receivers.on_revoked),
-    (celery_signals.task_rejected, receivers.on_rejected),
-    (celery_signals.task_unknown, receivers.on_unknown),
-    (celery_signals.task_postrun, receivers.on_postrun),
-    (celery_signals.worker_process_shutdown, receivers.on_process_shutdown),
-)
-_LOGGING: Final[Receivers] = (
-    (celery_signals.task_prerun, worker_logging.on_prerun),
-    (celery_signals.task_success, worker_logging.on_success),
-    (celery_signals.task_failure, worker_logging.on_failure),
-    (celery_signals.task_retry, worker_logging.on_retry),
-)
-# Connected last, so that the id is still current for every other postrun receiver.
-_LATE: Final[Receivers] = ((celery_signals.task_postrun, receivers.leave_correlation),)
-
-_lock = threading.Lock()
-_state = {"events": False, "logging": False}
-_layer_factory: LayerFactory | None = None
-
-
-def _uid(receiver: Callable[..., Any], signal: Any) -> str:
-    return f"aceleryctl.signals.{receiver.__module__}.{receiver.__name__}.{signal.name}"
-
-
-def _switch(group: Receivers, on: bool) -> None:
-    for signal, receiver in group:
-        if on:
-            signal.connect(receiver, weak=False, dispatch_uid=_uid(receiver, signal))
-        else:
-            signal.disconnect(receiver, dispatch_uid=_uid(receiver, signal))
+    implementation(task, current, total, message)
 
 
 def connect(
@@ -233,104 +123,60 @@ def connect(
 
     The receivers that keep a task's correlation id current are always connected.
     """
-    global _layer_factory
-    with _lock:
-        reset_worker_config()
-        want_events = worker_config().events if events is None else events
-        _layer_factory = layer_factory
-        _switch(_LATE, False)
-        _switch(_CORRELATION, True)
-        _switch(_EVENTS, want_events)
-        _switch(_LOGGING, logging)
-        _switch(_LATE, True)
-        _state.update(events=want_events, logging=logging)
-        set_default_factory(_build_emitter if want_events else None)
-        _watch_settings()
+    from aceleryctl.worker import connection
+
+    connection.connect(events=events, logging=logging, layer_factory=layer_factory)
 
 
 def disconnect() -> None:
     """Disconnect every receiver and close this process's emitter (sending what is
-    queued for up to a second, on the calling thread). Idempotent."""
-    with _lock:
-        for group in (_CORRELATION, _EVENTS, _LOGGING, _LATE):
-            _switch(group, False)
-        _state.update(events=False, logging=False)
-        set_default_factory(None)
+    queued for up to a second, on the calling thread). Idempotent; does nothing
+    (and imports nothing) when nothing was connected."""
+    connection = sys.modules.get("aceleryctl.worker.connection")
+    if connection is not None:
+        connection.disconnect()
 
 
 def is_connected() -> dict[str, bool]:
     """Which receivers are connected: ``{"events": ..., "logging": ...}``."""
-    return dict(_state)
+    connection = sys.modules.get("aceleryctl.worker.connection")
+    if connection is None:
+        return {"events": False, "logging": False}
+    state: dict[str, bool] = connection.is_connected()
+    return state
 
 
-def _build_emitter() -> Emitter | None:
-    config = worker_config()
-    if not config.events:
-        return None
-    factory = _layer_factory
-    if factory is None:
-        if not _django_layer_configured():
-            return None
-        factory = _django_layer
-    return Emitter(factory, max_queue=config.queue_size, send_timeout=config.send_timeout)
+# -- loading the worker side when a worker starts -----------------------------------------------
 
-
-def _django_layer_configured() -> bool:
-    try:
-        from channels.layers import DEFAULT_CHANNEL_LAYER
-        from django.conf import settings
-
-        return bool(
-            settings.configured
-            and DEFAULT_CHANNEL_LAYER in (getattr(settings, "CHANNEL_LAYERS", None) or {})
-        )
-    except Exception:
-        return False
-
-
-def _django_layer() -> Any:
-    """Django's default channel layer (emitter thread). ``InMemoryChannelLayer`` is
-    refused: its asyncio queues belong to the web process's event loop and cannot
-    be fed from another thread's loop, nor reached from a worker process."""
-    from channels.layers import InMemoryChannelLayer, get_channel_layer
-
-    layer = get_channel_layer()
-    if isinstance(layer, InMemoryChannelLayer):
-        once(
-            "in_memory_layer",
-            "aceleryctl does not publish task events to InMemoryChannelLayer (it cannot "
-            "carry them between threads or processes); use channels_redis",
-        )
-        return None
-    return layer
-
-
-_WATCHED: Final = frozenset(
-    {
-        "ACELERYCTL",
-        "CHANNEL_LAYERS",
-        "CELERY_ENABLE_SUCCESS_LOGGING",
-        "CELERY_ENABLE_PRERUN_LOGGING",
-    }
+#: Celery's signals sent as a worker process starts, before it consumes a task: in
+#: the main process (``celeryd_init`` by ``celery worker``, ``worker_init`` by every
+#: ``WorkController``) and in each prefork child (``worker_process_init``).
+_WORKER_START = (
+    (celery_signals.celeryd_init, "celeryd_init"),
+    (celery_signals.worker_init, "worker_init"),
+    (celery_signals.worker_process_init, "worker_process_init"),
 )
 
 
-def _on_setting_changed(*, setting: str, **_: Any) -> None:
-    if setting in _WATCHED:
-        reset_worker_config()
-        if setting in {"ACELERYCTL", "CHANNEL_LAYERS"}:
-            reset_default_emitter(timeout=1.0)
+def _on_worker_start(**_: Any) -> None:
+    """A worker is starting in this process: connect the receivers, unless
+    :func:`connect` was called already (it may have been given a layer factory).
+    Runs on the worker's main thread; logs and swallows what fails (a worker
+    without live events still runs its tasks)."""
+    if any(is_connected().values()):
+        return
+    try:
+        connect()
+    except Exception:
+        from aceleryctl._once import internal
+
+        internal.exception("worker_start", "aceleryctl could not connect its worker receivers")
 
 
-def _after_fork_in_child() -> None:
-    global _lock
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _watch_settings() -> None:
-    from django.core.signals import setting_changed
-
-    setting_changed.connect(_on_setting_changed, dispatch_uid="aceleryctl.signals.settings")
+def connect_when_worker_starts() -> None:
+    """Connect :func:`_on_worker_start` to the worker start signals (idempotent).
+    Called by the Django app's ``ready()``; imports nothing of the worker side."""
+    for signal, name in _WORKER_START:
+        signal.connect(
+            _on_worker_start, weak=False, dispatch_uid=f"aceleryctl.signals.start.{name}"
+        )

@@ -21,9 +21,9 @@ from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aceleryctl import consumers
 from aceleryctl.consumers import TaskEventsConsumer
 from aceleryctl.events import Phase, Progress, RetryInfo, TaskEvent, group_name, order_key
+from aceleryctl.live import consumer as consumers
 from aceleryctl.tokens import make_subscription_token
 
 TASK = "9a7c1e7e-2f61-4d2a-a1a4-6b3c0e0f7d11"

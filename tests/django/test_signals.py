@@ -21,17 +21,19 @@ from django.conf import settings
 from django.test import override_settings
 
 from aceleryctl import signals
-from aceleryctl._emitter import default_emitter
-from aceleryctl._receivers import (
-    on_before_publish,
+from aceleryctl._once import internal
+from aceleryctl.correlation import CORRELATION_HEADER, current_correlation_id, use_correlation_id
+from aceleryctl.events import Phase, TaskEvent, split_order
+from aceleryctl.live import sent
+from aceleryctl.worker.layer import default_emitter
+from aceleryctl.worker.receivers import (
     on_received,
     on_rejected,
     on_retry,
     on_revoked,
     on_unknown,
 )
-from aceleryctl.correlation import CORRELATION_HEADER, current_correlation_id, use_correlation_id
-from aceleryctl.events import Phase, TaskEvent, split_order
+from aceleryctl.worker.retry import on_before_publish
 
 TIMEOUT = 10.0
 
@@ -138,7 +140,8 @@ def layer() -> Iterator[RecordingLayer]:
     try:
         yield recording
     finally:
-        signals.connect()  # back to what the app connects
+        signals.disconnect()  # back to a web process: the app connects no receiver
+        sent.install_web()
 
 
 def types_of(events: list[TaskEvent]) -> list[str]:
@@ -333,7 +336,7 @@ def test_connect_and_disconnect_are_idempotent(layer: RecordingLayer) -> None:
 
 
 def test_retry_reason_without_an_exception() -> None:
-    from aceleryctl._receivers import retry_details
+    from aceleryctl.worker.building import retry_details
 
     request = types.SimpleNamespace(id="r", retries=4)
     info, error_type = retry_details(journey, request, Retry(when=2.5))
@@ -368,7 +371,7 @@ def test_each_event_setting_problem_names_its_key(value: dict[str, Any], key: st
 def test_event_settings_are_read_and_invalid_ones_fall_back_to_defaults(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from aceleryctl._worker_config import reset_worker_config, worker_config
+    from aceleryctl.worker.config import reset_worker_config, worker_config
 
     value = {
         **settings.ACELERYCTL,
@@ -400,17 +403,21 @@ def test_event_settings_are_read_and_invalid_ones_fall_back_to_defaults(
 def test_the_in_memory_layer_is_refused_not_fed_from_another_thread(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from aceleryctl import _worker_config
 
-    _worker_config._reported.discard("in_memory_layer")
+    internal.forget(["in_memory_layer"])
     caplog.set_level(logging.WARNING, logger="aceleryctl.emitter")
     layers = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     with override_settings(CHANNEL_LAYERS=layers):
-        emitter = default_emitter()
-        assert emitter is not None
-        journey.apply((1, 0))
-        assert emitter.flush(TIMEOUT)
-        assert emitter.statistics().dropped_no_layer == 3
+        signals.connect()  # as a worker does
+        try:
+            emitter = default_emitter()
+            assert emitter is not None
+            journey.apply((1, 0))
+            assert emitter.flush(TIMEOUT)
+            assert emitter.statistics().dropped_no_layer == 3
+        finally:
+            signals.disconnect()
+            sent.install_web()
     assert any("InMemoryChannelLayer" in r.getMessage() for r in caplog.records)
 
 

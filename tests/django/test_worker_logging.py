@@ -15,10 +15,10 @@ from celery.app.trace import build_tracer
 from django.conf import settings
 from django.test import override_settings
 
-from aceleryctl import _worker_logging as wl
 from aceleryctl import signals
 from aceleryctl._logging import Redactor
 from aceleryctl.correlation import CORRELATION_HEADER
+from aceleryctl.worker import execlog as wl
 
 app = Celery("logging-tests", broker="memory://", backend="cache+memory://", set_as_current=False)
 app.conf.update(

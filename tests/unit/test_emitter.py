@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from aceleryctl._emitter import Emitter
 from aceleryctl.events import STATE_OF_TYPE, Phase, TaskEvent, group_name, order_key
+from aceleryctl.worker.emitter import Emitter
 from tests._support.waiting import wait_until
 
 TIMEOUT = 10.0  # seconds: a generous bound for anything that should take milliseconds

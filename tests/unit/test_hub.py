@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from aceleryctl._hub import TaskHub, hub_for
 from aceleryctl.events import Phase, Progress, TaskEvent, group_name, order_key
+from aceleryctl.live.hub import TaskHub, hub_for
 from tests._support.waiting import wait_until_async
 
 TASK = "0b6f2a4e-6a4c-4c35-9d57-1d4f5f1d2c3b"

@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aceleryctl._progress import ProgressGate
 from aceleryctl.events import STATE_OF_TYPE, Phase, Progress, TaskEvent, order_key, split_order
+from aceleryctl.worker.progress_gate import ProgressGate
 
 
 def report(seq: int, task_id: str = "t", attempt: int = 0) -> TaskEvent:

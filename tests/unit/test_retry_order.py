@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from celery.exceptions import Retry
 
-from aceleryctl import _receivers
-from aceleryctl._receivers import on_before_publish
+from aceleryctl.worker import retry as _receivers
+from aceleryctl.worker.retry import on_before_publish
 
 #: What Celery's task protocol 2 puts in the headers of a first publish.
 FIRST_PUBLISH: dict[str, Any] = {
@@ -121,12 +121,12 @@ def test_without_celerys_frame_the_handled_exception_is_the_reason() -> None:
 
 def test_an_announced_retry_is_taken_once_and_the_memo_is_bounded() -> None:
     _receivers._remember_announced("memo-1", 0)
-    assert _receivers._take_announced("memo-1", 0)
-    assert not _receivers._take_announced("memo-1", 0)
+    assert _receivers.take_announced("memo-1", 0)
+    assert not _receivers.take_announced("memo-1", 0)
     for i in range(_receivers._MAX_ANNOUNCED + 5):
         _receivers._remember_announced(f"memo-{i}", 1)
     assert len(_receivers._announced) <= _receivers._MAX_ANNOUNCED
-    assert not _receivers._take_announced("memo-0", 1)  # the oldest went first
+    assert not _receivers.take_announced("memo-0", 1)  # the oldest went first
     last = _receivers._MAX_ANNOUNCED + 4
-    assert _receivers._take_announced(f"memo-{last}", 1)
+    assert _receivers.take_announced(f"memo-{last}", 1)
     _receivers._announced.clear()

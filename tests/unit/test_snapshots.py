@@ -11,8 +11,8 @@ import pytest
 from celery.exceptions import TaskRevokedError
 
 from aceleryctl._logging import Redactor
-from aceleryctl._snapshots import SnapshotReader, reader_for_loop, snapshot_from_meta
 from aceleryctl.events import Phase, TaskEvent, order_key, split_order
+from aceleryctl.live.snapshots import SnapshotReader, reader_for_loop, snapshot_from_meta
 from tests._support.waiting import wait_until_async
 
 TASK = "5d0c3b8a-1b1e-4d4f-8b52-6b1c3a2d9e01"

@@ -1,6 +1,6 @@
 """What ``report_progress`` stores in a real Redis result backend.
 
-Its one-round-trip write (:mod:`aceleryctl._progress_store`) must leave exactly
+Its one-round-trip write (:mod:`aceleryctl.worker.progress_store`) must leave exactly
 what Celery's own ``task.update_state(state="PROGRESS", meta=...)`` leaves: the
 same key, the same meta field by field, the same expiry, the same message on the
 key's pub/sub channel. And it must never turn a terminal state back into PROGRESS.
@@ -20,9 +20,12 @@ import redis
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from aceleryctl import _progress_store, signals
-from aceleryctl._snapshots import celery_snapshot_source
+from aceleryctl import signals
 from aceleryctl.events import Progress
+from aceleryctl.live import sent
+from aceleryctl.live.snapshots import celery_snapshot_source
+from aceleryctl.worker import progress as worker_progress
+from aceleryctl.worker import progress_store as _progress_store
 from tests._support.redis_server import RedisServer
 from tests._support.waiting import wait_until
 
@@ -67,6 +70,18 @@ def run(app: Celery, body: Body | Any, task_id: str, **options: Any) -> None:
     outcome = task.apply(task_id=task_id, **options)
     if outcome.failed():
         raise AssertionError(f"the task body failed: {outcome.traceback}")
+
+
+@pytest.fixture(autouse=True)
+def worker_side() -> Iterator[None]:
+    """Tasks run here as in a worker: the worker's receivers are connected (they
+    end each attempt's progress throttle), then this process is a web one again."""
+    signals.connect()
+    try:
+        yield
+    finally:
+        signals.disconnect()
+        sent.install_web()
 
 
 @pytest.fixture
@@ -301,7 +316,7 @@ def test_a_connection_the_server_dropped_falls_back_and_is_replaced(
     run(app, report, task_id)  # the writer now keeps an idle connection
     # Drop the writer's connections server-side, as a server restart would; only
     # those: the session's workers and listeners share this server.
-    from aceleryctl._progress_store import _writers
+    from aceleryctl.worker.progress_store import _writers
 
     idle = _writers[app.backend]._idle
     assert idle
@@ -309,13 +324,13 @@ def test_a_connection_the_server_dropped_falls_back_and_is_replaced(
         connection.send_command("CLIENT", "ID")
         assert raw.client_kill_filter(_id=connection.read_response()) == 1
     fallbacks: list[str] = []
-    celerys = signals._store_progress
+    celerys = worker_progress._store_progress
 
     def fallback(task: Any, task_id: str, progress: Any) -> None:
         fallbacks.append(task_id)
         celerys(task, task_id, progress)
 
-    monkeypatch.setattr(signals, "_store_progress", fallback)
+    monkeypatch.setattr(worker_progress, "_store_progress", fallback)
 
     def later(self: Task[Any, Any]) -> None:
         signals.report_progress(self, 4, 10, "after the drop")

@@ -1,30 +1,25 @@
-"""What the worker-side code reads of the settings, once per process, and how it
-reports its own problems without ever failing a task.
+"""The settings the worker side (and the web side's live events) read, once per process.
 
 :func:`worker_config` turns :func:`aceleryctl.conf.load_settings` into a
 :class:`WorkerConfig`, cached until :func:`reset_worker_config` (called on
-``connect()`` and when a watched Django setting changes). :func:`guard` wraps a
-signal receiver so that it never raises.
+``connect()`` and when a watched Django setting changes). Problems are logged
+through :mod:`aceleryctl._once`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Final
 
 from aceleryctl._logging import Redactor
 
-__all__ = ["WorkerConfig", "guard", "once", "reset_worker_config", "worker_config"]
+__all__ = ["WorkerConfig", "reset_worker_config", "worker_config"]
 
 #: aceleryctl's own trouble in a worker (never task outcomes) is logged here.
 internal_logger: Final = logging.getLogger("aceleryctl.emitter")
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_LOG_FILE: Final = "logs/celery_logs.txt"
 
@@ -100,35 +95,6 @@ def reset_worker_config() -> None:
     global _cached
     with _lock:
         _cached = None
-
-
-_reported: set[str] = set()
-
-
-def once(kind: str, message: str, *args: object) -> None:
-    """Log ``message`` at WARNING the first time ``kind`` happens in this process."""
-    if kind not in _reported:
-        _reported.add(kind)
-        internal_logger.warning(message, *args)
-
-
-def guard(kind: str) -> Callable[[F], F]:
-    """Decorate a signal receiver so that it never raises: the first exception of
-    each ``kind`` is logged with its traceback, later ones are dropped."""
-
-    def decorate(function: F) -> F:
-        @functools.wraps(function)
-        def receiver(*args: Any, **kwargs: Any) -> None:
-            try:
-                function(*args, **kwargs)
-            except Exception:
-                if kind not in _reported:
-                    _reported.add(kind)
-                    internal_logger.exception("aceleryctl's %s receiver failed", kind)
-
-        return receiver  # type: ignore[return-value]
-
-    return decorate
 
 
 def _after_fork_in_child() -> None:

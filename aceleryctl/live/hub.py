@@ -32,8 +32,8 @@ from typing import Any, Final, Literal, Protocol
 
 import redis.exceptions
 
-from aceleryctl._protocol import event_frame
 from aceleryctl.events import TaskEvent, group_name
+from aceleryctl.live.protocol import event_frame
 
 __all__ = ["ChannelLayer", "HubStatistics", "Listener", "TaskHub", "hub_for"]
 

@@ -25,7 +25,6 @@ Events still queued in the parent at fork time are sent by the parent only.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import logging
 import os
@@ -38,15 +37,13 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from aceleryctl._logging import scrub_credentials
+from aceleryctl._once import OnceLog
 from aceleryctl.events import TaskEvent, clip_text, group_name
 
 __all__ = [
     "Emitter",
     "EmitterStatistics",
     "GroupSender",
-    "default_emitter",
-    "reset_default_emitter",
-    "set_default_factory",
 ]
 
 logger: Final = logging.getLogger("aceleryctl.emitter")
@@ -66,6 +63,9 @@ class GroupSender(Protocol):
 LayerFactory = Callable[[], GroupSender | None]
 #: Runs on the emitter thread when a timer is due; returns an event to send, or None.
 TimerCallback = Callable[[], TaskEvent | None]
+#: A coroutine function run on the emitter's loop (see :meth:`Emitter.run_soon`),
+#: given the current layer (``None`` when there is none).
+Job = Callable[[GroupSender | None], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +152,7 @@ class Emitter:
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[TaskEvent] = deque()
         self._timers: deque[tuple[float, TimerCallback]] = deque()
+        self._jobs: deque[Job] = deque()
         self._pending = 0  # events accepted and neither sent nor dropped yet
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -172,7 +173,7 @@ class Emitter:
             0,
         )
         self._burst = 0  # events dropped for a full queue since it was last empty
-        self._logged: set[str] = set()
+        self._logged = OnceLog(logger)
 
     def _after_fork(self) -> None:
         _abandoned.extend(x for x in (self._thread, self._loop) if x is not None)
@@ -226,6 +227,33 @@ class Emitter:
         if wake:
             self._wake()
 
+    def run_soon(self, job: Job) -> bool:
+        """Run ``await job(layer)`` on the emitter's loop, after the events queued
+        before it, and return at once. For senders that batch (the web side's
+        ``task.sent``): the job does its own sends, under its own timeouts; one that
+        raises is logged once per exception type. Runs on the caller's thread and
+        blocks only on a short internal lock; never raises.
+
+        Returns:
+            ``False`` if the emitter is closed (the job will not run), else ``True``.
+        """
+        self._check_pid()
+        with self._cond:
+            if self._closed:
+                return False
+            self._jobs.append(job)
+            self._pending += 1
+            self._ensure_thread_locked()
+            wake = self._take_wake_locked()
+        if wake:
+            self._wake()
+        return True
+
+    @property
+    def send_timeout(self) -> float:
+        """Seconds one ``group_send`` may take."""
+        return self._send_timeout
+
     def _append_locked(self, event: TaskEvent) -> bool:
         self._ensure_thread_locked()
         first_drop = False
@@ -266,8 +294,9 @@ class Emitter:
                     self._ensure_thread_locked()
 
     def flush(self, timeout: float) -> bool:
-        """Block the calling thread until every event emitted so far has been sent
-        or dropped, for at most ``timeout`` seconds. Returns ``True`` if it was.
+        """Block the calling thread until every event emitted (and every job handed
+        to :meth:`run_soon`) so far has been sent, run or dropped, for at most
+        ``timeout`` seconds. Returns ``True`` if it was.
 
         Timers scheduled with :meth:`schedule` and not yet due are not waited for.
         """
@@ -290,6 +319,8 @@ class Emitter:
         with self._cond:
             self._closed = True
             self._timers.clear()
+            self._pending -= len(self._jobs)
+            self._jobs.clear()
             thread = self._thread
             wake = self._take_wake_locked()
         if wake:
@@ -336,13 +367,15 @@ class Emitter:
             with self._cond:
                 timers = list(self._timers)
                 self._timers.clear()
+                jobs = list(self._jobs)
+                self._jobs.clear()
                 if self._closed and self._queue:
                     self._counts["dropped_closed"] += len(self._queue)
                     self._pending -= len(self._queue)
                     self._queue.clear()
                     self._cond.notify_all()
                 event = self._queue.popleft() if self._queue else None
-                if event is None and not timers:
+                if event is None and not timers and not jobs:
                     if self._closed:
                         return
                     ended_burst, self._burst = self._burst, 0
@@ -350,6 +383,8 @@ class Emitter:
                     self._idle = True
             for due, callback in timers:
                 loop.call_later(max(due - time.monotonic(), 0.0), self._fire, callback)
+            for job in jobs:
+                await self._run_job(job)
             if event is not None:
                 await self._send(event)
                 with self._cond:
@@ -357,7 +392,7 @@ class Emitter:
                     if self._pending <= 0:
                         self._cond.notify_all()
                 continue
-            if timers:
+            if timers or jobs:
                 continue
             if ended_burst:
                 logger.warning(
@@ -383,6 +418,29 @@ class Emitter:
             wakeup = self._wakeup
         if wakeup is not None:
             wakeup.set()
+
+    async def _run_job(self, job: Job) -> None:
+        try:
+            await job(self._layer())
+        except Exception as exc:
+            self._problem(f"job:{type(exc).__name__}", "an emitter job raised %s", _describe(exc))
+        finally:
+            with self._cond:
+                self._pending -= 1
+                if self._pending <= 0:
+                    self._cond.notify_all()
+
+    def _layer(self) -> GroupSender | None:
+        """The layer from the factory, ``None`` (logged once) if it fails."""
+        try:
+            return self._factory()
+        except Exception as exc:
+            self._problem(
+                f"factory:{type(exc).__name__}",
+                "aceleryctl could not get a channel layer: %s",
+                _describe(exc),
+            )
+            return None
 
     async def _send(self, event: TaskEvent) -> None:
         try:
@@ -424,9 +482,9 @@ class Emitter:
             )
         else:
             self._count("sent")
-            transport = {k for k in self._logged if k == "timeout" or k.startswith("send:")}
-            if transport:
-                self._logged -= transport
+            seen = self._logged.seen() if len(self._logged) else ()
+            transport = [k for k in seen if k == "timeout" or k.startswith("send:")]
+            if transport and self._logged.forget(transport):
                 logger.info("channel layer group_send works again; task events flow")
 
     def _count(self, key: str) -> None:
@@ -436,71 +494,16 @@ class Emitter:
     def _problem(self, kind: str, message: str, *args: object) -> None:
         """Log ``message`` at WARNING the first time ``kind`` happens (again after a
         successful send, for transport problems). Emitter thread only."""
-        if kind in self._logged:
-            return
-        self._logged.add(kind)
-        logger.warning(message, *args)
+        self._logged.warning(kind, message, *args)
 
 
 def _describe(exc: BaseException) -> str:
     return clip_text(scrub_credentials(f"{type(exc).__name__}: {exc}"), 300)
 
 
-# -- the process's default emitter ------------------------------------------------------------
-
-_default_lock = threading.Lock()
-_default: Emitter | None = None
-_default_resolved = False
-_default_factory: Callable[[], Emitter | None] | None = None
-
-
-def set_default_factory(factory: Callable[[], Emitter | None] | None) -> None:
-    """Set what builds the process's default emitter (``None`` from the factory:
-    events are off) and forget the current one. Called by
-    :func:`aceleryctl.signals.connect`."""
-    global _default_factory
-    with _default_lock:
-        _default_factory = factory
-    reset_default_emitter()
-
-
-def default_emitter() -> Emitter | None:
-    """The process's default emitter, built on first use; ``None`` when events are
-    off (no factory, or the factory found no channel layer). Thread-safe, and
-    cheap after the first call."""
-    global _default, _default_resolved
-    if _default_resolved:
-        return _default
-    with _default_lock:
-        if not _default_resolved:
-            factory = _default_factory
-            _default = factory() if factory is not None else None
-            _default_resolved = True
-        return _default
-
-
-def reset_default_emitter(timeout: float = 1.0) -> None:
-    """Close the default emitter (sending what is queued for up to ``timeout``
-    seconds, on the calling thread) and build a new one on next use."""
-    global _default, _default_resolved
-    with _default_lock:
-        old, _default, _default_resolved = _default, None, False
-    if old is not None:
-        old.close(timeout)
-
-
-def _at_exit() -> None:
-    emitter = _default
-    if emitter is not None and emitter._pid == os.getpid() and not emitter.closed:
-        emitter.close(2.0)
-
-
 def _after_fork_in_child() -> None:
-    global _default_lock
-    _default_lock = threading.Lock()
     for emitter in list(_live):
         emitter._after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_at_exit)

@@ -37,10 +37,11 @@ from logging.handlers import RotatingFileHandler
 from typing import Any, Final
 
 from aceleryctl._logging import Redactor, _parameter_names, scrub_credentials
-from aceleryctl._receivers import retry_details
-from aceleryctl._worker_config import WorkerConfig, guard, worker_config
+from aceleryctl._once import guard, internal
 from aceleryctl.correlation import current_correlation_id
 from aceleryctl.events import summarize_error
+from aceleryctl.worker.building import error_type_of, retry_details
+from aceleryctl.worker.config import WorkerConfig, worker_config
 
 __all__ = [
     "LOG_FORMAT",
@@ -227,7 +228,7 @@ def log_failure(
         name = _task_name(task)
         clean_args = redactor.sanitize_args(args or (), _parameter_names(task))
         clean_kwargs = redactor.sanitize(kwargs or {})
-        error_type = _error_type(error)
+        error_type = error_type_of(error)
         message = summarize_error(error)
         tb = traceback if traceback is not None else error.__traceback__
         logger.error(
@@ -294,21 +295,8 @@ def _task_name(task: object) -> str:
     return name if isinstance(name, str) and name else "<unknown>"
 
 
-def _error_type(error: BaseException) -> str:
-    # Celery wraps exceptions it cannot pickle; name the original class.
-    wrapped = getattr(error, "exc_cls_name", None)
-    return wrapped if isinstance(wrapped, str) and wrapped else type(error).__name__
-
-
-_reported: set[str] = set()
-
-
 def _internal_error(kind: str) -> None:
-    if kind not in _reported:
-        _reported.add(kind)
-        logging.getLogger("aceleryctl.emitter").exception(
-            "aceleryctl could not write a %s log record", kind
-        )
+    internal.exception(f"log:{kind}", "aceleryctl could not write a %s log record", kind)
 
 
 # -- receivers --------------------------------------------------------------------------------

@@ -1,0 +1,164 @@
+"""The retry pre-announcement: ``task.retried`` sent from ``before_task_publish``,
+before Celery publishes the retry's message, found by walking the stack to
+``Task.retry``'s frame.
+
+Celery fires ``task_retry`` only after ``Task.retry()`` has published the next
+attempt's message. Another worker process can receive that message and publish
+the next attempt's ``task.received`` first; a subscriber then drops the late
+``task.retried`` as older than what it has. So the worker announces the retry from
+``before_task_publish``, on the task's thread, and waits (bounded) until the
+emitter has sent it. :func:`take_announced` tells the ``task_retry`` receiver
+that the retry was already announced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from types import CodeType
+from typing import Any, Final
+
+from celery._state import get_current_worker_task
+from celery.app.task import Task
+from celery.exceptions import Retry
+
+from aceleryctl._once import guard
+from aceleryctl.worker.building import attempt_number, retry_details
+from aceleryctl.worker.config import worker_config
+from aceleryctl.worker.layer import default_emitter
+from aceleryctl.worker.sending import emit_retried
+
+__all__ = ["on_before_publish", "take_announced"]
+
+_RETRY_CODE: Final[CodeType | None] = getattr(Task.retry, "__code__", None)
+#: Frames looked at above the receiver for Task.retry's (it is about ten up).
+_MAX_FRAMES: Final = 64
+_announced_lock = threading.Lock()
+_announced: OrderedDict[tuple[str, int], None] = OrderedDict()
+#: Retries announced before publishing and not yet seen by task_retry, at most.
+_MAX_ANNOUNCED: Final = 1_024
+
+
+def _remember_announced(task_id: str, attempt: int) -> None:
+    with _announced_lock:
+        _announced[(task_id, attempt)] = None
+        while len(_announced) > _MAX_ANNOUNCED:
+            _announced.popitem(last=False)
+
+
+def take_announced(task_id: str, attempt: int) -> bool:
+    """Whether :func:`on_before_publish` announced this attempt's retry (forgets it)."""
+    key = (task_id, attempt)
+    with _announced_lock:
+        if key not in _announced:
+            return False
+        del _announced[key]
+        return True
+
+
+@guard("before_task_publish")
+def on_before_publish(
+    sender: object = None, body: object = None, headers: object = None, **_: Any
+) -> None:
+    """``task.retried`` when the message about to be published is the retry of the
+    task running on this thread; nothing for any other message.
+
+    Runs on the publishing thread, for every task message the process publishes. A
+    message that is not a retry (``retries`` 0: every publish of a web process)
+    returns after two dictionary look-ups, under a microsecond (Celery's signal
+    dispatch costs a few more). For the retry of the current task it builds the
+    event as :func:`on_retry` would (:func:`retry_details` on Celery's ``Retry``,
+    see :func:`_retry_being_published`), with the ETA of the message's ``eta``
+    header, hands the attempt's held progress report and the event to the emitter,
+    and blocks until the emitter has sent them and whatever was queued before, for
+    at most ``EVENT_SEND_TIMEOUT`` seconds: so the event reaches the layer before
+    the next attempt's ``task.received`` can. Never raises (:func:`guard`).
+    """
+    found: Mapping[str, Any] = headers if isinstance(headers, dict) else {}
+    retries = found.get("retries")
+    if retries is None and isinstance(body, dict):  # task protocol 1
+        found, retries = body, body.get("retries")
+    if not retries:
+        return
+    task = get_current_worker_task()
+    if task is None:
+        return
+    request = task.request
+    task_id = request.id
+    if not task_id or found.get("id") != task_id:
+        return
+    attempt = attempt_number(request.retries)
+    if attempt_number(retries) != attempt + 1:
+        return
+    current = default_emitter()
+    if current is None:
+        return
+    info, error_type = retry_details(task, request, _retry_being_published())
+    info = dataclasses.replace(info, eta=_eta_header(found.get("eta"), info.eta))
+    emit_retried(task, request, info, error_type)
+    _remember_announced(task_id, attempt)
+    current.flush(worker_config().send_timeout)
+
+
+def _retry_being_published() -> Retry | None:
+    """The reason of the retry this thread is publishing, as :func:`retry_details`
+    reads it: a :class:`~celery.exceptions.Retry` whose ``exc`` is the exception
+    being retried.
+
+    ``Task.retry`` makes its ``Retry`` (local ``ret``; ``exc`` is its argument)
+    before it publishes, so both are found in its frame on this thread's stack.
+    When it was given no exception, or its frame is not found (a retry published
+    some other way), the exception being handled stands in (``autoretry_for`` and
+    ``except X as e: raise self.retry(...)`` run inside an ``except`` block).
+    Returns ``None`` when there is neither.
+    """
+    found: dict[str, Any] = {}
+    frame = sys._getframe(1)
+    for _ in range(_MAX_FRAMES):
+        if frame.f_code is _RETRY_CODE:
+            found = dict(frame.f_locals)
+            break
+        if frame.f_back is None:
+            break
+        frame = frame.f_back
+    del frame
+    made = found.get("ret")
+    made = made if isinstance(made, Retry) else None
+    if made is not None and made.exc is not None:
+        return made
+    exc = found.get("exc")
+    if not isinstance(exc, Exception):
+        handled = sys.exc_info()[1]
+        exc = handled if isinstance(handled, Exception) and not isinstance(handled, Retry) else None
+    if exc is None:
+        return made
+    when = made.when if made is not None else found.get("eta") or found.get("countdown")
+    return Retry(exc=exc, when=when)
+
+
+def _eta_header(value: object, default: str | None) -> str | None:
+    """A message's ``eta`` header as ISO 8601 in UTC (a naive time is taken as
+    UTC); ``None`` when there is none (the retry is due at once); ``default`` when
+    it is not a date and time."""
+    if value is None:
+        return None
+    try:
+        when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return when.astimezone(UTC).isoformat()
+    except (ValueError, OverflowError):
+        return default
+
+
+def _after_fork_in_child() -> None:
+    global _announced_lock
+    _announced_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,224 @@
+"""The web side's live ``task.sent``: noted by the dispatch listener (or the publish
+signal), looked up in batches, sent only to watched tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from aceleryctl.breaker import BreakerState, StateChange
+from aceleryctl.dispatch.listener import DispatchEvent, DispatchListener, Outcome, PoolChange
+from aceleryctl.events import TaskEvent, group_name
+from aceleryctl.live import sent
+from aceleryctl.live.sent import LiveEventsListener, SentEvents
+from aceleryctl.worker.emitter import Emitter
+from tests._support.waiting import wait_until
+
+TIMEOUT = 10.0
+
+
+class RecordingLayer:
+    """A channel layer recording group sends; ``watched`` groups have a member."""
+
+    def __init__(self, watched: set[str] | None = None) -> None:
+        self.watched = watched
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.lookups: list[list[str]] = []
+        self.lock = threading.Lock()
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        await asyncio.sleep(0)
+        with self.lock:
+            self.sent.append((group, message))
+
+    def events(self) -> list[TaskEvent]:
+        with self.lock:
+            return [TaskEvent.from_dict(m["event"]) for _, m in self.sent]
+
+
+class ShardedLayer(RecordingLayer):
+    """The parts of channels_redis that :func:`sent.watched_groups` uses, on one
+    shard, answering the member-count script from ``watched``."""
+
+    group_expiry = 86_400
+
+    def __init__(self, watched: set[str]) -> None:
+        super().__init__(watched)
+        self.scripts: list[tuple[int, tuple[Any, ...]]] = []
+
+    def _group_key(self, group: str) -> bytes:
+        return f"asgi:group:{group}".encode()
+
+    def consistent_hash(self, value: str) -> int:
+        return 0
+
+    def connection(self, index: int) -> Any:
+        layer = self
+
+        class Client:
+            async def eval(self, script: str, numkeys: int, *args: Any) -> list[int]:
+                layer.scripts.append((numkeys, args))
+                keys = [k.decode().removeprefix("asgi:group:") for k in args[:numkeys]]
+                return [1 if key in (layer.watched or set()) else 0 for key in keys]
+
+        return Client()
+
+
+def settled(task_id: str | None, outcome: Outcome = Outcome.SENT, **fields: Any) -> DispatchEvent:
+    values: dict[str, Any] = {
+        "task_name": "proj.add",
+        "task_id": task_id,
+        "method": "delay",
+        "kind": "task",
+        "queue": "celery",
+        "path": "redis",
+        "outcome": outcome,
+        "error_type": None,
+        "correlation_id": "req-1",
+        "queued_at": 1.0,
+        "started_at": 1.0,
+        "finished_at": 1.1,
+    }
+    values.update(fields)
+    return DispatchEvent(**values)
+
+
+@pytest.fixture
+def wired(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A SentEvents flushed by a real emitter over a layer chosen per test."""
+    holder: dict[str, Any] = {}
+    emitter = Emitter(lambda: holder["layer"], max_queue=10, send_timeout=TIMEOUT)
+    monkeypatch.setattr(sent, "_process_emitter", lambda: emitter)
+    monkeypatch.setattr(sent, "_send_timeout", lambda: TIMEOUT)
+    monkeypatch.setattr(sent, "_signal_path", False)  # as once the engine calls listeners
+    events = SentEvents(window=0.0)
+    yield holder, emitter, events
+    emitter.close(TIMEOUT)
+
+
+def test_the_listener_is_a_dispatch_listener() -> None:
+    listener = LiveEventsListener(SentEvents())
+    assert isinstance(listener, DispatchListener)
+    listener.pool_changed(PoolChange.SATURATED)  # nothing to do, nothing raised
+    listener.breaker_changed(
+        StateChange(breaker="b", old=BreakerState.CLOSED, new=BreakerState.OPEN, reason="x", at=0)
+    )
+
+
+def test_only_sent_dispatches_with_an_id_are_noted(wired: Any) -> None:
+    holder, emitter, events = wired
+    holder["layer"] = RecordingLayer()  # an unknown layer: every group may be watched
+    listener = LiveEventsListener(events)
+    listener.dispatch_settled(settled("t-1"))
+    listener.dispatch_settled(settled("t-2", Outcome.NOT_SENT, error_type="BrokerError"))
+    listener.dispatch_settled(settled("t-3", Outcome.UNKNOWN, error_type="DispatchTimeout"))
+    listener.dispatch_settled(settled(None, kind="callable"))
+    assert emitter.flush(TIMEOUT)
+    [event] = holder["layer"].events()
+    assert (event.type, event.task_id, event.task_name, event.correlation_id, event.order) == (
+        "task.sent",
+        "t-1",
+        "proj.add",
+        "req-1",
+        0,
+    )
+    assert event.state == "PENDING"
+    stats = events.statistics()
+    assert (stats.noted, stats.sent, stats.unwatched, stats.buffered) == (1, 1, 0, 0)
+
+
+def test_only_watched_tasks_get_an_event_one_lookup_per_batch(wired: Any) -> None:
+    holder, emitter, events = wired
+    layer = ShardedLayer({group_name("w-2")})
+    holder["layer"] = layer
+    events._armed = emitter  # hold the flush: the three entries form one batch
+    for task_id in ("w-1", "w-2", "w-3"):
+        events.add(task_id, "proj.add", None)
+    events._arm()
+    assert emitter.flush(TIMEOUT)
+    assert [group for group, _ in layer.sent] == [group_name("w-2")]
+    assert [e.task_id for e in layer.events()] == ["w-2"]
+    [(numkeys, args)] = layer.scripts
+    assert numkeys == 3
+    assert [k.decode() for k in args[:3]] == [
+        f"asgi:group:{group_name(t)}" for t in ("w-1", "w-2", "w-3")
+    ]
+    assert str(args[3]).startswith("(")  # members that joined within group_expiry
+    stats = events.statistics()
+    assert (stats.noted, stats.sent, stats.unwatched) == (3, 1, 2)
+
+
+def test_a_full_buffer_drops_new_entries_and_counts_them(wired: Any) -> None:
+    holder, emitter, _ = wired
+    holder["layer"] = RecordingLayer()
+    events = SentEvents(max_buffered=2, window=0.0)
+    events._armed = emitter
+    for task_id in ("f-1", "f-2", "f-3"):
+        events.add(task_id, "proj.add", None)
+    events._arm()
+    assert emitter.flush(TIMEOUT)
+    assert [e.task_id for e in holder["layer"].events()] == ["f-1", "f-2"]
+    assert events.statistics().dropped_full == 1
+
+
+def test_a_flush_lost_with_its_emitter_is_armed_again(wired: Any) -> None:
+    holder, emitter, events = wired
+    holder["layer"] = RecordingLayer()
+    closed = Emitter(lambda: None)
+    closed.close(TIMEOUT)
+    events._armed = closed  # armed on an emitter a settings change has closed since
+    events.add("again-1", "proj.add", None)
+    assert emitter.flush(TIMEOUT)
+    assert [e.task_id for e in holder["layer"].events()] == ["again-1"]
+
+
+def test_without_an_emitter_entries_are_dropped_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sent, "_process_emitter", lambda: None)
+    events = SentEvents(window=0.0)
+    events.add("off-1", "proj.add", None)
+    stats = events.statistics()
+    assert (stats.buffered, stats.dropped_off) == (0, 1)
+
+
+def test_the_publish_signal_notes_first_messages_only(
+    wired: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holder, emitter, events = wired
+    holder["layer"] = RecordingLayer()
+    monkeypatch.setattr(sent, "_sent", events)
+    sent.on_published(sender="proj.add", body=(), headers={"id": "p-1", "task": "proj.add"})
+    sent.on_published(sender="proj.add", body=(), headers={"id": "p-2", "retries": 1})
+    sent.on_published(sender="proj.add", body={"id": "p-3", "task": "proj.add"}, headers=None)
+    assert emitter.flush(TIMEOUT)
+    wait_until(lambda: len(holder["layer"].events()) == 2, timeout=TIMEOUT)
+    assert sorted(e.task_id for e in holder["layer"].events()) == ["p-1", "p-3"]
+
+
+def test_the_listener_defers_to_the_publish_signal(monkeypatch: pytest.MonkeyPatch) -> None:
+    recorded: list[tuple[str, object, str | None]] = []
+
+    class Recording(SentEvents):
+        def add(self, task_id: str, task_name: object, correlation: str | None) -> None:
+            recorded.append((task_id, task_name, correlation))
+
+    listener = LiveEventsListener(Recording())
+    monkeypatch.setattr(sent, "_signal_path", True)
+    listener.dispatch_settled(settled("s-1"))
+    monkeypatch.setattr(sent, "_signal_path", False)
+    listener.dispatch_settled(settled("s-2"))
+    assert recorded == [("s-2", "proj.add", "req-1")]
+
+
+def test_attach_adds_one_listener_when_events_are_on() -> None:
+    added: list[object] = []
+
+    class Controller:
+        def add_listener(self, listener: object) -> None:
+            added.append(listener)
+
+    listener = sent.attach_live_events(Controller())
+    assert added == [listener]
+    assert isinstance(listener, LiveEventsListener)
