@@ -183,7 +183,15 @@ def _build_default() -> AsyncCeleryController:
     global _default
     with _lock:
         if _default is None:
-            _default = build_controller(load_settings())
+            settings = load_settings()
+            controller = build_controller(settings)
+            if settings.events_enabled:
+                # Live task.sent events come off the dispatch listener: a deque
+                # append per dispatch on the caller's thread, sent in batches.
+                from aceleryctl.live.sent import LiveEventsListener
+
+                controller.add_listener(LiveEventsListener())
+            _default = controller
         return _default
 
 

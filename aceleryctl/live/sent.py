@@ -23,11 +23,13 @@ would have reached it misses ``task.sent`` exactly as it would have missed the
 ``group_send`` itself; its snapshot, read after joining, shows what the result
 backend knows.
 
-Where the entries come from: the web process's dispatch listener
+Where the entries come from: a controller's dispatch listener
 (:class:`LiveEventsListener`, attached to the default controller when events are
-on), and ``after_task_publish`` (:func:`on_published`) in a worker, for tasks
-dispatched from inside tasks with Celery's own ``delay``, and in a web process
-whose controller does not call listeners yet.
+on), and ``after_task_publish`` (:func:`on_published`) for every other publish of
+the process: Celery's own ``delay`` in a view or inside a task, or a controller
+built without the listener. A publishing thread of a controller that has the
+listener is marked when it starts, and the signal receiver skips its publishes,
+so no dispatch is noted twice.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from celery import signals as celery_signals
 from aceleryctl._once import guard, internal
 from aceleryctl.breaker import StateChange
 from aceleryctl.correlation import correlation_id, correlation_id_from
-from aceleryctl.dispatch.listener import DispatchEvent, Outcome, PoolChange
+from aceleryctl.dispatch.listener import DispatchEvent, DispatchOutcome, PoolChange
 from aceleryctl.events import MAX_NAME_LENGTH, TaskEvent, clip_text, group_name, order_key
 
 if TYPE_CHECKING:
@@ -296,9 +298,10 @@ class LiveEventsListener:
     noting every dispatch whose message reached the broker, for ``task.sent``.
 
     Runs on the thread that settles the dispatch (the event loop's, for ``await
-    controller.delay``); costs about a microsecond and never blocks or raises. It
-    notes nothing while :func:`on_published` is connected in this process (a
-    worker), which notes the same publishes.
+    controller.delay``); costs about a microsecond and never blocks or raises.
+    Add it before the controller's first dispatch: it marks each publishing
+    thread as it starts, so that :func:`on_published` leaves that thread's
+    publishes to it.
     """
 
     __slots__ = ("_events",)
@@ -308,14 +311,20 @@ class LiveEventsListener:
 
     def dispatch_settled(self, event: DispatchEvent) -> None:
         """Note a sent dispatch (see the class docstring)."""
-        if event.outcome is Outcome.SENT and event.task_id is not None and not _signal_path:
+        if event.outcome is DispatchOutcome.SENT and event.task_id is not None and not event.late:
             self._events.add(event.task_id, event.task_name, event.correlation_id)
 
     def pool_changed(self, change: PoolChange) -> None:
-        """Nothing to do."""
+        """On a publishing thread as it starts: mark it as listened to."""
+        if change is PoolChange.THREAD_STARTED:
+            _listened.on = True
 
     def breaker_changed(self, change: StateChange) -> None:
         """Nothing to do."""
+
+
+#: Set on the publishing threads of controllers that have a LiveEventsListener.
+_listened = threading.local()
 
 
 def attach_live_events(controller: Any) -> LiveEventsListener | None:
@@ -335,7 +344,6 @@ def attach_live_events(controller: Any) -> LiveEventsListener | None:
     return listener
 
 
-_signal_path = False
 _signal_lock = threading.Lock()
 
 
@@ -345,7 +353,10 @@ def on_published(
 ) -> None:
     """``after_task_publish``: note a task's first message (a retry's message is
     announced by ``task.retried`` instead). Runs on the publishing thread; about
-    a microsecond."""
+    a microsecond. Skips the publishing threads of controllers whose listener
+    notes their dispatches."""
+    if getattr(_listened, "on", False):
+        return
     found: Mapping[str, Any] = headers if isinstance(headers, Mapping) else {}
     if "id" not in found and isinstance(body, Mapping):  # task protocol 1
         found = body
@@ -362,23 +373,17 @@ def on_published(
 
 def use_publish_signal(on: bool) -> None:
     """Connect (or disconnect) :func:`on_published` to ``after_task_publish``.
-    Idempotent, thread-safe. While it is connected the listener notes nothing."""
-    global _signal_path
+    Idempotent, thread-safe."""
     with _signal_lock:
         uid = "aceleryctl.live.sent.on_published"
         if on:
             celery_signals.after_task_publish.connect(on_published, weak=False, dispatch_uid=uid)
         else:
             celery_signals.after_task_publish.disconnect(on_published, dispatch_uid=uid)
-        _signal_path = on
 
 
 def install_web() -> None:
-    """The web process's ``task.sent`` source, chosen at Django's ``ready()``:
-    nothing to connect when the controller class takes dispatch listeners (the
-    settings module attaches :class:`LiveEventsListener` to the default
-    controller), else ``after_task_publish``. Imports no worker module."""
-    import aceleryctl
-
-    if not hasattr(aceleryctl.AsyncCeleryController, "add_listener"):
-        use_publish_signal(True)
+    """The web process's ``task.sent`` source for publishes no listening controller
+    makes (Celery's own ``delay``, a controller built without the listener), at
+    Django's ``ready()`` when events are on. Imports no worker module."""
+    use_publish_signal(True)

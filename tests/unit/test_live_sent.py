@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 
 from aceleryctl.breaker import BreakerState, StateChange
-from aceleryctl.dispatch.listener import DispatchEvent, DispatchListener, Outcome, PoolChange
+from aceleryctl.dispatch.listener import (
+    DispatchEvent,
+    DispatchListener,
+    DispatchOutcome,
+    PoolChange,
+)
 from aceleryctl.events import TaskEvent, group_name
 from aceleryctl.live import sent
 from aceleryctl.live.sent import LiveEventsListener, SentEvents
@@ -67,7 +72,9 @@ class ShardedLayer(RecordingLayer):
         return Client()
 
 
-def settled(task_id: str | None, outcome: Outcome = Outcome.SENT, **fields: Any) -> DispatchEvent:
+def settled(
+    task_id: str | None, outcome: DispatchOutcome = DispatchOutcome.SENT, **fields: Any
+) -> DispatchEvent:
     values: dict[str, Any] = {
         "task_name": "proj.add",
         "task_id": task_id,
@@ -93,7 +100,6 @@ def wired(monkeypatch: pytest.MonkeyPatch) -> Any:
     emitter = Emitter(lambda: holder["layer"], max_queue=10, send_timeout=TIMEOUT)
     monkeypatch.setattr(sent, "_process_emitter", lambda: emitter)
     monkeypatch.setattr(sent, "_send_timeout", lambda: TIMEOUT)
-    monkeypatch.setattr(sent, "_signal_path", False)  # as once the engine calls listeners
     events = SentEvents(window=0.0)
     yield holder, emitter, events
     emitter.close(TIMEOUT)
@@ -113,8 +119,8 @@ def test_only_sent_dispatches_with_an_id_are_noted(wired: Any) -> None:
     holder["layer"] = RecordingLayer()  # an unknown layer: every group may be watched
     listener = LiveEventsListener(events)
     listener.dispatch_settled(settled("t-1"))
-    listener.dispatch_settled(settled("t-2", Outcome.NOT_SENT, error_type="BrokerError"))
-    listener.dispatch_settled(settled("t-3", Outcome.UNKNOWN, error_type="DispatchTimeout"))
+    listener.dispatch_settled(settled("t-2", DispatchOutcome.NOT_SENT, error_type="BrokerError"))
+    listener.dispatch_settled(settled("t-3", DispatchOutcome.UNKNOWN, error_type="DispatchTimeout"))
     listener.dispatch_settled(settled(None, kind="callable"))
     assert emitter.flush(TIMEOUT)
     [event] = holder["layer"].events()
@@ -197,19 +203,30 @@ def test_the_publish_signal_notes_first_messages_only(
     assert sorted(e.task_id for e in holder["layer"].events()) == ["p-1", "p-3"]
 
 
-def test_the_listener_defers_to_the_publish_signal(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_listened_publishing_thread_is_left_to_the_listener(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     recorded: list[tuple[str, object, str | None]] = []
 
     class Recording(SentEvents):
         def add(self, task_id: str, task_name: object, correlation: str | None) -> None:
             recorded.append((task_id, task_name, correlation))
 
-    listener = LiveEventsListener(Recording())
-    monkeypatch.setattr(sent, "_signal_path", True)
-    listener.dispatch_settled(settled("s-1"))
-    monkeypatch.setattr(sent, "_signal_path", False)
-    listener.dispatch_settled(settled("s-2"))
-    assert recorded == [("s-2", "proj.add", "req-1")]
+    monkeypatch.setattr(sent, "_sent", Recording())
+    listener = LiveEventsListener()
+
+    def publishing_thread() -> None:
+        # What the engine does on a new publishing thread, then a publish there.
+        listener.pool_changed(PoolChange.THREAD_STARTED)
+        sent.on_published(sender="proj.add", body=(), headers={"id": "t-1", "task": "proj.add"})
+        listener.dispatch_settled(settled("t-1"))
+
+    thread = threading.Thread(target=publishing_thread)
+    thread.start()
+    thread.join(TIMEOUT)
+    # Elsewhere (Celery's own delay in a view): the signal notes it.
+    sent.on_published(sender="proj.add", body=(), headers={"id": "t-2", "task": "proj.add"})
+    assert [task_id for task_id, _, _ in recorded] == ["t-1", "t-2"]
 
 
 def test_attach_adds_one_listener_when_events_are_on() -> None:
