@@ -48,6 +48,7 @@ from celery import Celery
 
 from aceleryctl._logging import DEFAULT_REDACT_KEYS
 from aceleryctl.breaker import CircuitBreaker
+from aceleryctl.compat.celery import active_apps, is_fallback_app
 from aceleryctl.dispatch.build import current_celery_app
 from aceleryctl.dispatch.controller import AsyncCeleryController
 
@@ -369,13 +370,10 @@ def _project_app() -> Celery:
     # Celery's current app is per thread: on a thread other than the one that
     # created the project's app it is a bare fallback app named "default", whose
     # broker is amqp://localhost. Never publish with that by accident.
-    from celery import _state
-
     current = current_celery_app()
-    if not _is_fallback(current):
+    if not is_fallback_app(current):
         return current
-    active: list[Celery] = list(getattr(_state, "_get_active_apps")())  # noqa: B009
-    candidates = [a for a in active if not _is_fallback(a)]
+    candidates = [a for a in active_apps() if not is_fallback_app(a)]
     if len(candidates) == 1:
         return candidates[0]
     from django.core.exceptions import ImproperlyConfigured
@@ -385,12 +383,6 @@ def _project_app() -> Celery:
         "aceleryctl cannot tell which Celery app to publish with (apps found: "
         f"{found}); set ACELERYCTL['CELERY_APP'] to its dotted path, e.g. 'proj.celery:app'"
     )
-
-
-def _is_fallback(app: Celery) -> bool:
-    from celery import _state
-
-    return app is getattr(_state, "default_app", None) and app.main == "default"
 
 
 def _breaker_arguments(breaker: Mapping[str, Any]) -> dict[str, Any]:
