@@ -27,6 +27,7 @@ from django.core import checks
 from django.core.checks import CheckMessage, Error, register
 from django.utils.module_loading import import_string
 
+from aceleryctl.compat.channels import ASGI_CHILD_ATTRIBUTES, routed_consumer_class
 from aceleryctl.conf import SETTING_NAME, resolve_celery_app, settings_problems
 
 __all__ = [
@@ -143,7 +144,7 @@ def _routes_consumer(app: object) -> bool:
         if id(node) in seen:
             continue
         seen.add(id(node))
-        consumer = getattr(node, "consumer_class", None)
+        consumer = routed_consumer_class(node)
         if isinstance(consumer, type) and issubclass(consumer, TaskEventsConsumer):
             return True
         if isinstance(node, dict):
@@ -152,7 +153,7 @@ def _routes_consumer(app: object) -> bool:
         if isinstance(node, list | tuple):
             pending.extend(node)
             continue
-        for attr in ("application_mapping", "routes", "url_patterns", "callback", "inner", "app"):
+        for attr in ASGI_CHILD_ATTRIBUTES:
             child = getattr(node, attr, None)
             if child is not None:
                 pending.append(child)

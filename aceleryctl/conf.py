@@ -54,6 +54,7 @@ from aceleryctl._settings import (
     settings_problems,
 )
 from aceleryctl.breaker import CircuitBreaker
+from aceleryctl.compat.celery import active_apps, is_fallback_app
 from aceleryctl.dispatch.build import current_celery_app
 from aceleryctl.dispatch.controller import AsyncCeleryController
 
@@ -100,13 +101,10 @@ def _project_app() -> Celery:
     # Celery's current app is per thread: on a thread other than the one that
     # created the project's app it is a bare fallback app named "default", whose
     # broker is amqp://localhost. Never publish with that by accident.
-    from celery import _state
-
     current = current_celery_app()
-    if not _is_fallback(current):
+    if not is_fallback_app(current):
         return current
-    active: list[Celery] = list(getattr(_state, "_get_active_apps")())  # noqa: B009
-    candidates = [a for a in active if not _is_fallback(a)]
+    candidates = [a for a in active_apps() if not is_fallback_app(a)]
     if len(candidates) == 1:
         return candidates[0]
     from django.core.exceptions import ImproperlyConfigured
@@ -118,10 +116,6 @@ def _project_app() -> Celery:
     )
 
 
-def _is_fallback(app: Celery) -> bool:
-    from celery import _state
-
-    return app is getattr(_state, "default_app", None) and app.main == "default"
 
 
 def build_controller(conf: ControllerSettings) -> AsyncCeleryController:

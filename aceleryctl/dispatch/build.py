@@ -13,10 +13,9 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from celery import Celery, Task, current_app
-from celery.canvas import Signature, _chain, chord, group
-from celery.local import Proxy
+from celery import Celery, Signature, Task
 
+from aceleryctl.compat.celery import CANVAS_TYPES, TASK_PROXY_TYPE, current_app_object
 from aceleryctl.correlation import CORRELATION_HEADER, correlation_id
 from aceleryctl.dispatch.ids import new_task_id
 from aceleryctl.dispatch.record import Dispatch, DispatchKind
@@ -77,7 +76,7 @@ def _resolve_task(app: Celery, task: Task) -> Task:  # type: ignore[type-arg]
     app, and a task object may be bound to another app; publishing must use the
     controller's app (its broker, its routes) whichever thread runs it.
     """
-    if not isinstance(task, Proxy) and task.app is app:
+    if not isinstance(task, TASK_PROXY_TYPE) and task.app is app:
         return task
     resolved: Task | None = app.tasks.get(task.name)  # type: ignore[type-arg]
     return resolved if resolved is not None else task
@@ -85,8 +84,7 @@ def _resolve_task(app: Celery, task: Task) -> Task:  # type: ignore[type-arg]
 
 def current_celery_app() -> Celery:
     """Celery's current app for this thread, as the real object (not its proxy)."""
-    app: Celery = current_app._get_current_object()  # type: ignore[attr-defined]
-    return app
+    return current_app_object()
 
 
 def _inherit_parent(app: Celery, options: dict[str, Any]) -> Any:
@@ -142,7 +140,7 @@ def build_apply_async(
         TypeError: ``task`` is none of those, or ``args``/``kwargs`` have the wrong shape.
     """
     call_args, call_kwargs = _check_args(args, kwargs)
-    if isinstance(task, group | _chain | chord):
+    if isinstance(task, CANVAS_TYPES):
         parent = _inherit_parent(app, options)
         cid = _with_correlation(options)
         name = f"{type(task).__name__.lstrip('_')}({task!r:.120})"

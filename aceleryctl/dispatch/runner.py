@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aceleryctl._clock import Clock
+from aceleryctl.compat.celery import freeze_canvas
 from aceleryctl.dispatch.listener import DispatchOutcome
 from aceleryctl.dispatch.pool import BatchJob, run_each
 from aceleryctl.dispatch.record import Attempt, DispatchKind
@@ -105,5 +106,4 @@ def _freeze(attempt: Attempt) -> Any:
     # (the controller's app current) before connecting, and the id is recorded
     # on the attempt, so that a deadline passing mid-connect or mid-publish can
     # still name the id the canvas is sent under.
-    canvas = attempt.dispatch.target
-    return canvas.freeze(_id=attempt.dispatch.options.get("task_id")).id
+    return freeze_canvas(attempt.dispatch.target, attempt.dispatch.options.get("task_id"))

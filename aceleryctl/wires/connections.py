@@ -31,6 +31,7 @@ from celery import Celery
 from kombu import Connection, Producer
 
 from aceleryctl._clock import Clock
+from aceleryctl.compat.kombu_redis import channel_pool, take_connection
 from aceleryctl.dispatch.listener import DispatchOutcome
 from aceleryctl.wires.base import WireOutcome
 
@@ -318,7 +319,7 @@ class LeanProducer(Producer):
         microseconds per write. Only the owning publishing thread uses it.
         """
         if self._held is None:
-            self._held = self._pool().get_connection()
+            self._held = take_connection(self._pool())
         return self._held
 
     def drop_redis_connection(self) -> None:
@@ -330,8 +331,7 @@ class LeanProducer(Producer):
 
     def _pool(self) -> Any:
         # The Redis channel's own connection pool: kombu closes it with the channel.
-        channel: Any = self.channel
-        return channel.pool
+        return channel_pool(self.channel)
 
     def declare_once(self, entity: Any) -> None:
         """Declare ``entity`` on this connection unless this producer already did."""

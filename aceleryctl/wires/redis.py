@@ -17,6 +17,7 @@ from typing import Any
 from celery import Celery, Task
 
 from aceleryctl._clock import Clock
+from aceleryctl.compat.kombu_redis import send_lpushes
 from aceleryctl.dispatch.listener import DispatchOutcome
 from aceleryctl.dispatch.record import Attempt, DispatchKind
 from aceleryctl.wires.base import Wire, WireOutcome
@@ -174,14 +175,7 @@ def _write(producer: LeanProducer, items: list[Prepared]) -> None:
         payloads.append(item.payload)
     connection = producer.redis_connection()
     try:
-        packed = [
-            chunk
-            for key, payloads in by_key.items()
-            for chunk in connection.pack_command("LPUSH", key, *payloads)
-        ]
-        connection.send_packed_command([b"".join(packed)], check_health=False)
-        for _ in by_key:
-            connection.read_response()
+        send_lpushes(connection, by_key)
     except BaseException:
         producer.drop_redis_connection()  # replies may be left unread: never reuse it
         raise

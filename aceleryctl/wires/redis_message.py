@@ -7,7 +7,8 @@ copies entities and builds a Redis client per message. For the calls that need
 none of that generality, this module builds the same message with the same
 functions (Celery's ``as_task_v2``, kombu's serializer registry, the Redis
 channel's own ``prepare_message`` and envelope augmentation and its priority
-key) and pushes a whole batch of messages for one queue with a single
+key; the private ones among them are reached through :mod:`aceleryctl.compat`)
+and pushes a whole batch of messages for one queue with a single
 ``LPUSH``.
 
 What takes this path (anything else takes Celery's stock ``apply_async``):
@@ -37,19 +38,13 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
 from celery import Celery, Task, signals
-from celery.app.routes import MapRoute
 from celery.app.task import Task as _StockTask
-from celery.backends.base import BaseBackend
-from celery.backends.redis import RedisBackend
-from celery.utils.nodenames import anon_nodename
-from celery.utils.saferepr import saferepr
-from celery.utils.time import subtract_datetimes  # type: ignore[attr-defined]
 from dateutil.parser import isoparse  # type: ignore[import-untyped]
 from kombu import Queue
 from kombu.common import Broadcast
@@ -57,6 +52,20 @@ from kombu.entity import maybe_delivery_mode
 from kombu.serialization import dumps as serialize
 from kombu.utils.json import dumps as dumps_envelope
 
+from aceleryctl.compat.celery import (
+    anon_nodename,
+    backend_sees_publishes,
+    exec_options,
+    has_publish_quirks,
+    has_receivers,
+    reply_to_oid,
+    saferepr,
+    seconds_until,
+    signature_checker,
+    static_route,
+    task_message_v2,
+)
+from aceleryctl.compat.kombu_redis import redis_envelope
 from aceleryctl.dispatch.ids import new_task_id
 
 __all__ = ["DIRECT_OPTIONS", "DirectPath", "Prepared", "Snapshot", "fast_repr"]
@@ -152,7 +161,8 @@ class Prepared:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The app's settings one batch of direct messages is built with."""
+    """The app's settings one batch of direct messages is built with, and
+    Celery's message builder (bound once per batch)."""
 
     serializer: str
     repr_maxlevels: int
@@ -160,6 +170,7 @@ class Snapshot:
     reply_to: str
     origin: str
     default_delivery_mode: Any
+    task_message: Callable[..., Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +206,7 @@ class DirectPath:
         if (
             cls.apply_async is not _StockTask.apply_async
             or cls.shadow_name is not _StockTask.shadow_name
-            or task.__v2_compat__
-            or getattr(task, "_dump_pydantic_arguments", None) is not None
+            or has_publish_quirks(task)
             or options.get("retry")
         ):
             return False
@@ -217,22 +227,19 @@ class DirectPath:
             or conf.task_always_eager
             or conf.task_send_sent_event
             or conf.task_compression
-            or signals.task_sent.receivers
+            or has_receivers(signals.task_sent)
         ):
             return None
-        backend_type = type(app.backend)
-        on_task_call = backend_type.on_task_call
-        if on_task_call is not BaseBackend.on_task_call and not issubclass(
-            backend_type, RedisBackend
-        ):
+        if backend_sees_publishes(app):
             return None  # the backend must see each publish (rpc:// declares a reply queue)
         return Snapshot(
             serializer=conf.task_serializer,
             repr_maxlevels=conf.task_repr_maxlevels,
             retry_policy=conf.task_publish_retry_policy,
-            reply_to=app.thread_oid,
+            reply_to=reply_to_oid(app),
             origin=self._origin_header(),
             default_delivery_mode=conf.task_default_delivery_mode,
+            task_message=task_message_v2(app),
         )
 
     def prepare(
@@ -255,11 +262,10 @@ class DirectPath:
         if task.soft_time_limit and task.time_limit and task.soft_time_limit > task.time_limit:
             raise ValueError("soft_time_limit must be less than or equal to time_limit")
         if task.typing:
-            check = getattr(task, "__header__", None)
+            check = signature_checker(task)
             if check is not None:
                 check(*args, **kwargs)
-        stock: Any = task  # Celery's private per-class cache of the task's options
-        options = dict(stock._get_exec_options(), **given)
+        options = dict(exec_options(task), **given)
         for key in _NONE_ONLY:
             if options.get(key) is not None:
                 return None
@@ -289,10 +295,9 @@ class DirectPath:
     ) -> _Destination | None:
         # Route once per (task, queue option), with Celery's own router, when the
         # result can depend on nothing else.
-        router: Any = self._app.amqp.router
-        if not all(isinstance(route, MapRoute) for route in router.routes):
+        routed = static_route(self._app, name, queue, task)
+        if routed is None:
             return None
-        routed = router.route({"queue": queue} if queue else {}, name, (), {}, task)
         found: Any = routed.get("queue")
         if set(routed) != {"queue"} or not isinstance(found, Queue):
             return None  # the route sets an exchange, a routing key or other options
@@ -343,7 +348,7 @@ class DirectPath:
         kwargsrepr = fast_repr(kwargs, amqp.kwargsrepr_maxsize) or saferepr(
             kwargs, amqp.kwargsrepr_maxsize, maxlevels=maxlevels
         )
-        headers, properties, body, _ = amqp.as_task_v2(
+        headers, properties, body, _ = snapshot.task_message(
             task_id,
             name,
             args,
@@ -367,7 +372,7 @@ class DirectPath:
         properties.update(extra)
         queue = destination.queue
         routing_key = queue.name
-        if signals.before_task_publish.receivers:
+        if has_receivers(signals.before_task_publish):
             retry_policy = options.get("retry_policy")
             policy = snapshot.retry_policy
             signals.before_task_publish.send(
@@ -391,24 +396,26 @@ class DirectPath:
         content_type, content_encoding, data = serialize(
             body, serializer=options.get("serializer") or snapshot.serializer
         )
-        envelope = channel.prepare_message(
-            data, priority, content_type, content_encoding, headers, props
+        # The channel's envelope and list key, with a delivery tag cut from
+        # pooled random bytes (kombu reads os.urandom for each one).
+        key, envelope = redis_envelope(
+            channel,
+            data,
+            priority,
+            content_type,
+            content_encoding,
+            headers,
+            props,
+            routing_key,
+            new_task_id(),
         )
-        # What the virtual channel's basic_publish adds, with a delivery tag cut
-        # from pooled random bytes (kombu reads os.urandom for each one).
-        envelope["body"], body_encoding = channel.encode_body(
-            envelope["body"], channel.body_encoding
-        )
-        props.update(body_encoding=body_encoding, delivery_tag=new_task_id())
-        props["delivery_info"].update(exchange="", routing_key=routing_key)
-        key = channel._q_for_pri(routing_key, channel._get_message_priority(envelope))
         payload = dumps_envelope(envelope)
         return Prepared(key, queue, payload, task_id, name, body, headers, "", routing_key)
 
     @staticmethod
     def announce(prepared: Sequence[Prepared]) -> None:
         """Fire ``after_task_publish`` for written messages, as Celery does."""
-        if not signals.after_task_publish.receivers:
+        if not has_receivers(signals.after_task_publish):
             return
         for item in prepared:
             signals.after_task_publish.send(
@@ -423,9 +430,9 @@ class DirectPath:
 def _expires_in(app: Celery, expires: Any) -> float:
     # Seconds until ``expires``, as Celery's send_task computes the message TTL.
     if isinstance(expires, datetime):
-        seconds: float = subtract_datetimes(expires, app.now()).total_seconds()
+        seconds: float = seconds_until(expires, app.now())
     elif isinstance(expires, str):
-        seconds = subtract_datetimes(isoparse(expires), app.now()).total_seconds()
+        seconds = seconds_until(isoparse(expires), app.now())
     else:
         seconds = expires
     return max(seconds, 0)

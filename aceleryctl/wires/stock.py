@@ -19,6 +19,7 @@ from typing import Any
 
 from celery import Celery
 
+from aceleryctl.compat.kombu_redis import ping_channel, publish_batch
 from aceleryctl.dispatch.listener import DispatchOutcome
 from aceleryctl.dispatch.record import Attempt, Dispatch, DispatchKind
 from aceleryctl.wires.base import Wire, WireOutcome
@@ -182,8 +183,7 @@ class StockWire(Wire):
         built: list[tuple[bool, Any]] = []
         flush_error: BaseException | None = None
         try:
-            batching: Any = producer  # kombu 5.7's Producer.batch is not in the stubs
-            with batching.batch(max_size=4 * len(attempts) + 8):
+            with publish_batch(producer, max_size=4 * len(attempts) + 8):
                 for attempt in attempts:
                     try:
                         built.append(
@@ -226,6 +226,4 @@ class StockWire(Wire):
 
 
 def _ping(producer: LeanProducer) -> None:
-    client = getattr(producer.channel, "client", None)
-    if client is not None:
-        client.ping()  # a round trip even on an established connection
+    ping_channel(producer.channel)  # a round trip even on an established connection

@@ -1,0 +1,148 @@
+"""kombu and redis-py internals aceleryctl relies on, each behind one function.
+
+The Redis wire writes Celery's message itself, so it must reproduce what kombu's
+Redis channel does to a message before its ``LPUSH`` (virtual-channel methods and
+two underscored ones) and talk to redis-py's connection below its client API.
+The stock wire batches publishes with an API older kombu versions lack. Each
+docstring says what is relied on, why, and what happens when it is missing;
+``tests/unit/test_compat.py`` checks each one's shape without a network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "channel_pool",
+    "ping_channel",
+    "publish_batch",
+    "redis_envelope",
+    "send_lpushes",
+    "take_connection",
+]
+
+
+def redis_envelope(
+    channel: Any,
+    data: Any,
+    priority: Any,
+    content_type: str,
+    content_encoding: str,
+    headers: dict[str, Any],
+    properties: dict[str, Any],
+    routing_key: str,
+    delivery_tag: str,
+) -> tuple[str, dict[str, Any]]:
+    """The Redis list key and the envelope kombu's Redis channel would push for a
+    message published through the anonymous exchange.
+
+    Does what ``Producer.publish`` and the channel's ``basic_publish`` / ``_put``
+    do, with the channel's own methods: ``prepare_message`` (the channel
+    interface), ``encode_body`` with the channel's ``body_encoding`` and the
+    ``delivery_info`` augmentation (kombu's virtual channel), then the list key
+    from the private ``_get_message_priority`` and ``_q_for_pri`` (the Redis
+    channel's priority lists). ``properties`` becomes the envelope's properties
+    and is updated in place. The delivery tag is the caller's (kombu draws one
+    from ``os.urandom`` per message).
+
+    Runs per message on the direct path: one call instead of the same calls
+    inline. Were any of these renamed, the direct path raises ``AttributeError``
+    for the messages it builds (their callers get the error, nothing is sent);
+    ``tests/unit/test_compat.py`` fails first.
+    """
+    envelope: dict[str, Any] = channel.prepare_message(
+        data, priority, content_type, content_encoding, headers, properties
+    )
+    envelope["body"], body_encoding = channel.encode_body(envelope["body"], channel.body_encoding)
+    props = envelope["properties"]
+    props.update(body_encoding=body_encoding, delivery_tag=delivery_tag)
+    props["delivery_info"].update(exchange="", routing_key=routing_key)
+    key: str = channel._q_for_pri(routing_key, channel._get_message_priority(envelope))
+    return key, envelope
+
+
+def channel_pool(channel: Any) -> Any:
+    """The redis-py connection pool of a kombu Redis channel (its ``pool`` property).
+
+    Undocumented; the pool is created on first use and closed by kombu with the
+    channel, so connections taken from it live no longer than the channel. The
+    Redis wire keeps one of its connections per publishing thread.
+    """
+    return channel.pool
+
+
+def take_connection(pool: Any) -> Any:
+    """A connection from a redis-py pool, however this redis-py wants it asked for.
+
+    redis-py before 5.3 requires a command name (``get_connection(command_name,
+    *keys)``); from 5.3 on the argument is deprecated and warns. The pool's
+    signature is read (once per pool class) to choose.
+    """
+    if _needs_command_name(type(pool)):
+        return pool.get_connection("LPUSH")
+    return pool.get_connection()
+
+
+_COMMAND_NAME_REQUIRED: dict[Any, bool] = {}
+
+
+def _needs_command_name(pool_type: Any) -> bool:
+    known = _COMMAND_NAME_REQUIRED.get(pool_type)
+    if known is None:
+        parameter = inspect.signature(pool_type.get_connection).parameters.get("command_name")
+        known = parameter is not None and parameter.default is inspect.Parameter.empty
+        _COMMAND_NAME_REQUIRED[pool_type] = known
+    return known
+
+
+def send_lpushes(connection: Any, by_key: Mapping[str, Sequence[str]]) -> None:
+    """``LPUSH key *payloads`` for each key, in one ``sendall``, and read each reply.
+
+    Uses redis-py's connection-level methods below the client:
+    ``pack_command(*args)`` (a list of byte chunks), ``send_packed_command(
+    command, check_health=False)`` and ``read_response()``. Going below the client
+    sends one buffer instead of several socket writes per large value, and skips
+    the health-check ``PING`` (the connection answered recently). A reply that is
+    an error is raised by ``read_response``.
+
+    Raises:
+        redis.RedisError, OSError: the write or a reply failed; any of the
+            messages may have landed, and replies may be left unread.
+    """
+    packed = [
+        chunk
+        for key, payloads in by_key.items()
+        for chunk in connection.pack_command("LPUSH", key, *payloads)
+    ]
+    connection.send_packed_command([b"".join(packed)], check_health=False)
+    for _ in by_key:
+        connection.read_response()
+
+
+def ping_channel(channel: Any) -> None:
+    """A ``PING`` round trip on a kombu Redis channel's client, if it has one.
+
+    The channel's ``client`` property is undocumented; channels of other
+    transports (kombu's in-memory one) have none, and then nothing is sent.
+    """
+    client = getattr(channel, "client", None)
+    if client is not None:
+        client.ping()
+
+
+def publish_batch(producer: Any, max_size: int) -> contextlib.AbstractContextManager[Any]:
+    """kombu's ``Producer.batch(max_size=...)``, or a context that batches nothing.
+
+    kombu 5.7 added the publish batch: publishes inside it are buffered and sent
+    in one pipeline when the block exits (never retried). Older kombu has no
+    such method; there each publish goes out on its own, on the same producer,
+    as Celery's stock path does.
+    """
+    batch = getattr(producer, "batch", None)
+    if batch is None:
+        return contextlib.nullcontext()
+    manager: contextlib.AbstractContextManager[Any] = batch(max_size=max_size)
+    return manager
