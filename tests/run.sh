@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check on a fresh machine: installs what is missing (redis-server and
-# Chromium from Debian, one virtualenv per supported Python/Django pair), then lint,
-# types, docs, the compose file, and the test suite on both pairs.
+# Chromium from Debian, one virtualenv per supported Python/Django pair and one with
+# the lowest dependency versions pyproject.toml admits), then lint, types, docs, the
+# compose file and the benchmark smoke runs, then the test suite on all three, two
+# suites at a time (ACELERYCTL_SUITE_JOBS), each suite's output kept in logs/run/.
 #
 #   bash tests/run.sh            # everything
 #   bash tests/run.sh -k breaker # extra arguments go to pytest
@@ -9,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-log() { printf '\n== %s\n' "$*"; }
+t0=$(date +%s)
+log() { printf '\n== [%4ss] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }  # seconds since the start
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
