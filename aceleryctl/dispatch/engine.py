@@ -80,8 +80,10 @@ class DispatchEngine:
         self.wire = wire
         self.breaker = breaker
         self.clock = clock
+        # The statistics are the first listener; the engine counts into them
+        # directly and builds a DispatchEvent only when other listeners exist.
         self._stats = StatisticsListener()
-        self._listeners = Listeners((self._stats, *listeners))
+        self._listeners = Listeners(listeners)
         self._failures = Failures(app, redactor)
         self._runner = BatchRunner(wire, clock)
         self.pool = PublishPool(
@@ -109,7 +111,7 @@ class DispatchEngine:
 
     @property
     def listeners(self) -> Listeners:
-        """The listeners, the engine's own statistics first."""
+        """The listeners added (the engine's own statistics are counted apart)."""
         return self._listeners
 
     # -- the ways in -------------------------------------------------------
@@ -257,8 +259,13 @@ class DispatchEngine:
         error: BaseException | None,
         late: bool = False,
     ) -> None:
+        error_type = None if error is None else type(error).__name__
+        self._stats.count(outcome, error_type, attempt.path, late)
+        listeners = self._listeners
+        if not listeners:
+            return
         dispatch = attempt.dispatch
-        self._listeners.dispatch_settled(
+        listeners.dispatch_settled(
             DispatchEvent(
                 dispatch.task_name,
                 attempt.task_id,
@@ -267,7 +274,7 @@ class DispatchEngine:
                 attempt.queue or dispatch.queue,
                 attempt.path,
                 outcome,
-                None if error is None else type(error).__name__,
+                error_type,
                 dispatch.correlation_id,
                 attempt.queued_at,
                 attempt.started_at or None,

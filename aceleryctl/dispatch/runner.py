@@ -56,16 +56,19 @@ class BatchRunner:
 
     def __call__(self, jobs: Sequence[BatchJob]) -> None:
         """Publish ``jobs`` and settle every one of their futures. Never raises."""
+        attempts: list[Attempt] = []
         publishes: list[BatchJob] = []
         others: list[BatchJob] = []
         for job in jobs:
-            (publishes if isinstance(job.fn, PublishJob) else others).append(job)
-        if publishes:
-            attempts = []
-            for job in publishes:
-                attempt = job.fn.attempt  # type: ignore[attr-defined]
+            fn = job.fn
+            if type(fn) is PublishJob:
+                attempt = fn.attempt
                 attempt.context = job.context  # the caller's, copied by the pool at submit
                 attempts.append(attempt)
+                publishes.append(job)
+            else:
+                others.append(job)
+        if publishes:
             for job, outcome in zip(publishes, self.publish(attempts), strict=True):
                 job.future.set_result(outcome)
         if others:
@@ -74,31 +77,52 @@ class BatchRunner:
     def publish(self, attempts: Sequence[Attempt]) -> list[WireOutcome]:
         """Stamp, freeze canvases, publish; one outcome per attempt. Never raises."""
         started = self._clock()
-        todo: list[Attempt] = []
-        failed: dict[int, WireOutcome] = {}
-        for index, attempt in enumerate(attempts):
+        unfrozen = False
+        for attempt in attempts:
             attempt.started_at = started
-            if attempt.dispatch.kind is DispatchKind.CANVAS and attempt.task_id is None:
-                try:
-                    attempt.task_id = attempt.run(_freeze, attempt)
-                except Exception as exc:
-                    failed[index] = WireOutcome(DispatchOutcome.NOT_SENT, error=exc, path="")
-                    continue
-            todo.append(attempt)
-        deadline = min((a.deadline for a in todo), default=started)
-        try:
-            published = iter(self._wire.publish_batch(todo, deadline) if todo else ())
-        except BaseException as exc:  # a wire must not raise; make sure of it
-            published = iter([WireOutcome(DispatchOutcome.UNKNOWN, error=exc)] * len(todo))
+            if attempt.task_id is None and attempt.dispatch.kind is DispatchKind.CANVAS:
+                unfrozen = True
+        if unfrozen:
+            outcomes = self._publish_with_canvases(attempts, started)
+        else:
+            outcomes = self._publish(attempts, started)
         finished = self._clock()
-        outcomes: list[WireOutcome] = []
-        for index, attempt in enumerate(attempts):
-            outcome = failed.get(index) or next(published)
+        for attempt, outcome in zip(attempts, outcomes, strict=True):
             attempt.finished_at = finished
             attempt.path = outcome.path or None
             attempt.queue = outcome.queue
-            outcomes.append(outcome)
         return outcomes
+
+    def _publish(self, attempts: Sequence[Attempt], started: float) -> list[WireOutcome]:
+        if not attempts:
+            return []
+        deadline = min(a.deadline for a in attempts)
+        try:
+            outcomes = self._wire.publish_batch(attempts, deadline)
+        except BaseException as exc:  # a wire must not raise; make sure of it
+            return [WireOutcome(DispatchOutcome.UNKNOWN, error=exc)] * len(attempts)
+        if len(outcomes) != len(attempts):
+            error = RuntimeError(f"{type(self._wire).__name__} returned a wrong number of outcomes")
+            return [WireOutcome(DispatchOutcome.UNKNOWN, error=error)] * len(attempts)
+        return outcomes
+
+    def _publish_with_canvases(
+        self, attempts: Sequence[Attempt], started: float
+    ) -> list[WireOutcome]:
+        # Canvases get their ids here, before the wire connects; one that cannot
+        # be frozen fails alone (nothing was sent for it).
+        failed: dict[int, WireOutcome] = {}
+        todo: list[Attempt] = []
+        for index, attempt in enumerate(attempts):
+            if attempt.task_id is None and attempt.dispatch.kind is DispatchKind.CANVAS:
+                try:
+                    attempt.task_id = attempt.run(_freeze, attempt)
+                except Exception as exc:
+                    failed[index] = WireOutcome(DispatchOutcome.NOT_SENT, error=exc)
+                    continue
+            todo.append(attempt)
+        published = iter(self._publish(todo, started))
+        return [failed.get(index) or next(published) for index in range(len(attempts))]
 
 
 def _freeze(attempt: Attempt) -> Any:

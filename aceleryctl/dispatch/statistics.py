@@ -62,21 +62,27 @@ class StatisticsListener:
 
     def dispatch_settled(self, event: DispatchEvent) -> None:
         """Count one outcome (called on the settling thread; takes a lock briefly)."""
-        error = event.error_type
+        self.count(event.outcome, event.error_type, event.path, event.late)
+
+    def count(
+        self, outcome: DispatchOutcome, error_type: str | None, path: str | None, late: bool
+    ) -> None:
+        """:meth:`dispatch_settled` without an event: the engine calls this directly,
+        so that a dispatch nobody else listens to builds no event at all."""
         with self._lock:
-            if event.late:
+            if late:
                 self._late += 1
-            elif error is None:
+            elif error_type is None:
                 self._dispatched += 1
-                if event.path == "redis" and event.outcome is DispatchOutcome.SENT:
+                if path == "redis" and outcome is DispatchOutcome.SENT:
                     self._direct += 1
             else:
                 self._failed += 1
-                if error == "DispatchTimeout":
+                if error_type == "DispatchTimeout":
                     self._timed_out += 1
-                elif error == "DispatchOverloaded":
+                elif error_type == "DispatchOverloaded":
                     self._overloaded += 1
-                elif error == "CircuitOpenError":
+                elif error_type == "CircuitOpenError":
                     self._rejected_open += 1
 
     def pool_changed(self, change: PoolChange) -> None:

@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery, Task
+from celery.signals import after_task_publish
 
 from aceleryctl._clock import Clock
+from aceleryctl.compat.celery import has_receivers
 from aceleryctl.compat.kombu_redis import send_lpushes
 from aceleryctl.dispatch.listener import DispatchOutcome
 from aceleryctl.dispatch.record import Attempt, DispatchKind
@@ -76,21 +78,18 @@ class RedisWire(Wire):
     def publish_batch(self, attempts: Sequence[Attempt], deadline: float) -> list[WireOutcome]:
         """Write the direct calls in one round trip, the rest through the stock wire.
         Never raises."""
-        outcomes: list[WireOutcome | None] = [None] * len(attempts)
         direct = self.direct
-        if direct is not None:
-            chosen = [i for i, a in enumerate(attempts) if self._accepts(direct, a)]
-            if chosen:
-                # The app's settings are read once per batch, and only when needed.
-                snapshot = direct.configured()
-                if snapshot is not None:
-                    self._write_direct(direct, attempts, chosen, snapshot, deadline, outcomes)
-        rest = [i for i, outcome in enumerate(outcomes) if outcome is None]
-        if rest:
-            stocked = self.stock.publish_batch([attempts[i] for i in rest], deadline)
-            for i, outcome in zip(rest, stocked, strict=True):
-                outcomes[i] = outcome
-        return [outcome for outcome in outcomes if outcome is not None]
+        chosen = [] if direct is None else [a for a in attempts if self._accepts(direct, a)]
+        # The app's settings are read once per batch, and only when needed.
+        snapshot = direct.configured() if direct is not None and chosen else None
+        if direct is None or snapshot is None:
+            return self.stock.publish_batch(attempts, deadline)
+        written = self._write_direct(direct, chosen, snapshot, deadline)
+        if len(written) == len(attempts):
+            return [written[id(a)] for a in attempts]
+        rest = [a for a in attempts if id(a) not in written]
+        stocked = iter(self.stock.publish_batch(rest, deadline))
+        return [written[id(a)] if id(a) in written else next(stocked) for a in attempts]
 
     def _accepts(self, direct: DirectPath, attempt: Attempt) -> bool:
         dispatch = attempt.dispatch
@@ -106,53 +105,57 @@ class RedisWire(Wire):
     def _write_direct(
         self,
         direct: DirectPath,
-        attempts: Sequence[Attempt],
-        chosen: list[int],
+        chosen: list[Attempt],
         snapshot: Snapshot,
         deadline: float,
-        outcomes: list[WireOutcome | None],
-    ) -> None:
-        """Build and write the chosen attempts; fill their outcomes. Those whose
-        destination is not a plain direct queue stay ``None`` (stock wire)."""
+    ) -> dict[int, WireOutcome]:
+        """Build and write the chosen attempts; their outcomes by ``id(attempt)``.
+        Those whose destination is not a plain direct queue are left out (they
+        take the stock wire)."""
+        outcomes: dict[int, WireOutcome] = {}
         publisher = self.stock.publisher()
         try:
             producer = publisher.producer(deadline)
         except BaseException as exc:
-            for i in chosen:
-                outcomes[i] = classify_failure(exc, self.name, attempts[i].dispatch.queue)
-            return
-        ready: list[tuple[int, Prepared]] = []
-        for i in chosen:
-            attempt = attempts[i]
-            dispatch = attempt.dispatch
+            for attempt in chosen:
+                outcomes[id(attempt)] = classify_failure(exc, self.name, attempt.dispatch.queue)
+            return outcomes
+        channel = producer.channel
+        prepare = direct.prepare
+        ready: list[tuple[Attempt, Prepared]] = []
+        for attempt in chosen:
+            d = attempt.dispatch
+            context = attempt.context
             try:
-                prepared = attempt.run(
-                    direct.prepare,
-                    dispatch.target,
-                    dispatch.args,
-                    dispatch.kwargs,
-                    dispatch.options,
-                    producer.channel,
-                    snapshot,
-                )
+                if context is None:
+                    prepared = prepare(d.target, d.args, d.kwargs, d.options, channel, snapshot)
+                else:
+                    prepared = context.run(
+                        prepare, d.target, d.args, d.kwargs, d.options, channel, snapshot
+                    )
             except BaseException as exc:
-                outcomes[i] = classify_failure(exc, self.name, dispatch.queue)
+                outcomes[id(attempt)] = classify_failure(exc, self.name, d.queue)
                 continue
             if prepared is not None:
-                ready.append((i, prepared))
+                ready.append((attempt, prepared))
         if not ready:
-            return
+            return outcomes
         try:
             publisher.run(lambda p: _write(p, [item for _, item in ready]), deadline)
         except BaseException as exc:
-            for i, item in ready:
-                outcomes[i] = classify_failure(exc, self.name, item.routing_key)
-            return
-        for i, item in ready:
-            attempts[i].run(DirectPath.announce, (item,))
-            outcomes[i] = WireOutcome(
-                DispatchOutcome.SENT, queue=item.routing_key, path=self.name, sent_id=item.task_id
+            for attempt, item in ready:
+                outcomes[id(attempt)] = classify_failure(exc, self.name, item.routing_key)
+            return outcomes
+        announce = DirectPath.announce if has_receivers(after_task_publish) else None
+        sent = DispatchOutcome.SENT
+        name = self.name
+        for attempt, item in ready:
+            if announce is not None:
+                attempt.run(announce, (item,))
+            outcomes[id(attempt)] = WireOutcome(
+                sent, None, None, False, item.routing_key, name, item.task_id
             )
+        return outcomes
 
 
 def _write(producer: LeanProducer, items: list[Prepared]) -> None:
