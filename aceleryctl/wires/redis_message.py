@@ -67,6 +67,7 @@ from aceleryctl.compat.celery import (
 )
 from aceleryctl.compat.kombu_redis import redis_envelope
 from aceleryctl.dispatch.ids import new_task_id
+from aceleryctl.wires.fast_repr import fast_repr
 
 __all__ = ["DIRECT_OPTIONS", "DirectPath", "Prepared", "Snapshot", "fast_repr"]
 
@@ -101,46 +102,6 @@ _MAX_ROUTES: Final = 1024
 
 #: Options Celery passes on to the producer as message properties.
 _PROPERTY_OPTIONS: Final = ("priority", "immediate", "mandatory")
-
-_SCALARS: Final = (int, float, type(None))
-
-
-def fast_repr(value: tuple[Any, ...] | dict[str, Any], limit: int) -> str | None:
-    """``repr(value)`` when it provably equals Celery's ``saferepr(value, limit)``.
-
-    True for flat tuples and dicts of ints, floats, ``None`` and short printable
-    ASCII strings without quotes or backslashes, whose repr fits ``limit``
-    characters; ``None`` otherwise (the caller then uses ``saferepr``, which
-    escapes other characters its own way). Runs on any thread.
-    """
-    if isinstance(value, tuple):
-        items: Any = value
-    elif type(value) is dict:
-        if not all(type(k) is str and _plain_text(k) for k in value):
-            return None
-        items = value.values()
-    else:
-        return None
-    for item in items:
-        kind = type(item)
-        if kind is str:
-            if not _plain_text(item):
-                return None
-        elif kind not in _SCALARS:
-            return None
-    text = repr(value)
-    return text if len(text) < limit // 2 else None
-
-
-def _plain_text(text: str) -> bool:
-    # Quotes and backslashes: saferepr quotes and escapes them unlike repr.
-    return (
-        len(text) < 64
-        and text.isascii()
-        and text.isprintable()
-        and "'" not in text
-        and "\\" not in text
-    )
 
 
 @dataclass(slots=True)

@@ -18,7 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aceleryctl.dispatch.ids import new_task_id
-from aceleryctl.wires.redis_message import DirectPath, fast_repr
+from aceleryctl.wires.fast_repr import fast_repr
+from aceleryctl.wires.redis_message import DirectPath
 
 scalars = st.one_of(
     st.integers(),
