@@ -116,8 +116,6 @@ def _project_app() -> Celery:
     )
 
 
-
-
 def build_controller(conf: ControllerSettings) -> AsyncCeleryController:
     """A new controller configured from ``conf``."""
     app = resolve_celery_app(conf)
