@@ -103,11 +103,14 @@ def correlation_id_from(request: object) -> str | None:
         else:
             value = getattr(request, CORRELATION_HEADER, None)
             if value is None:
-                for attribute in ("headers", "request_dict"):
-                    found = getattr(request, attribute, None)
-                    if isinstance(found, Mapping) and found.get(CORRELATION_HEADER):
-                        value = found.get(CORRELATION_HEADER)
-                        break
+                headers = getattr(request, "headers", None)
+                if isinstance(headers, Mapping) and headers.get(CORRELATION_HEADER):
+                    value = headers.get(CORRELATION_HEADER)
+                else:
+                    # Imported here: this module loads without Celery's modules.
+                    from aceleryctl.compat.celery import worker_request_dict
+
+                    value = worker_request_dict(request).get(CORRELATION_HEADER) or None
         return value if is_valid_correlation_id(value) else None
     except Exception:
         return None

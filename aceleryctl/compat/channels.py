@@ -1,17 +1,25 @@
-"""Django Channels internals aceleryctl relies on (read by the system checks only).
+"""Django Channels and channels_redis internals aceleryctl relies on.
 
 The ``aceleryctl.W003`` check walks the project's ASGI application to learn
 whether the websocket consumer is routed. Channels documents how to build a
 routing tree, not how to read one back: the attributes below are what its
 classes happen to store. If one is renamed the walk stops finding the consumer
 behind that node and the check stays silent (a missed warning, never an error).
+
+The web process's live ``task.sent`` asks channels_redis which groups have a
+member (:func:`redis_groups_with_members`), which needs how its
+``RedisChannelLayer`` stores groups: a private key function, its sharding and its
+per-shard connections.
 """
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any, Final
 
-__all__ = ["ASGI_CHILD_ATTRIBUTES", "routed_consumer_class"]
+__all__ = ["ASGI_CHILD_ATTRIBUTES", "redis_groups_with_members", "routed_consumer_class"]
 
 #: Attributes through which one ASGI application holds others:
 #: ``ProtocolTypeRouter.application_mapping``, ``URLRouter.routes``,
@@ -33,3 +41,51 @@ def routed_consumer_class(node: object) -> Any:
     ``as_asgi()`` returns a function carrying ``consumer_class`` (undocumented).
     """
     return getattr(node, "consumer_class", None)
+
+
+# KEYS: group keys; ARGV[1]: the exclusive lowest join time that counts, as "(t".
+# channels_redis keeps a group as a sorted set of channel -> join time, and its
+# group_send skips members older than group_expiry: count those within it.
+_COUNT_MEMBERS: Final = """
+local counts = {}
+for i, key in ipairs(KEYS) do
+  counts[i] = redis.call('ZCOUNT', key, ARGV[1], '+inf')
+end
+return counts
+"""
+
+
+async def redis_groups_with_members(layer: Any, groups: Sequence[str]) -> list[str] | None:
+    """The groups among ``groups`` that have a member now, on a channels_redis
+    layer; ``None`` for a layer not shaped like channels_redis' ``RedisChannelLayer``.
+
+    One ``EVAL`` per shard counts each group's members that joined within
+    ``group_expiry`` (those its ``group_send`` delivers to). Relies on
+    channels_redis' private ``_group_key(group)`` (the group's sorted-set key),
+    its undocumented ``consistent_hash(group)`` (the shard) and
+    ``connection(index)`` (that shard's client), its ``group_expiry`` and on a
+    group being a sorted set of channel to join time (``group_add``'s ``ZADD``).
+    Any of them missing: ``None``, and the caller treats every group as watched
+    (``task.sent`` to groups nobody may be in, never lost). Runs per batch of
+    ``task.sent`` on the emitter's thread.
+
+    Raises:
+        Exception: what the layer's Redis client raises.
+    """
+    key_of = getattr(layer, "_group_key", None)
+    shard_of = getattr(layer, "consistent_hash", None)
+    client_of = getattr(layer, "connection", None)
+    expiry = getattr(layer, "group_expiry", None)
+    if key_of is None or shard_of is None or client_of is None or not isinstance(expiry, int):
+        return None
+    by_shard: defaultdict[int, list[str]] = defaultdict(list)
+    for group in groups:
+        by_shard[shard_of(group)].append(group)
+    since = f"({int(time.time()) - expiry}"
+    watched: list[str] = []
+    for index, members in by_shard.items():
+        counts = await client_of(index).eval(
+            _COUNT_MEMBERS, len(members), *[key_of(group) for group in members], since
+        )
+        watched.extend(group for group, count in zip(members, counts, strict=True) if count)
+    return watched

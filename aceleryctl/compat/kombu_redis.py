@@ -3,7 +3,8 @@
 The Redis wire writes Celery's message itself, so it must reproduce what kombu's
 Redis channel does to a message before its ``LPUSH`` (virtual-channel methods and
 two underscored ones) and talk to redis-py's connection below its client API.
-The stock wire batches publishes with an API older kombu versions lack. Each
+The stock wire batches publishes with an API older kombu versions lack. The
+worker's progress store encodes with kombu's serializer registry directly. Each
 docstring says what is relied on, why, and what happens when it is missing;
 ``tests/unit/test_compat.py`` checks each one's shape without a network.
 """
@@ -15,12 +16,16 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kombu import serialization
+
 __all__ = [
     "channel_pool",
+    "new_pool_connection",
     "ping_channel",
     "publish_batch",
     "redis_envelope",
     "send_lpushes",
+    "serializer_encoder",
     "take_connection",
 ]
 
@@ -146,3 +151,36 @@ def publish_batch(producer: Any, max_size: int) -> contextlib.AbstractContextMan
         return contextlib.nullcontext()
     manager: contextlib.AbstractContextManager[Any] = batch(max_size=max_size)
     return manager
+
+
+def serializer_encoder(name: str) -> Any:
+    """The encoder function kombu's serializer registry holds for ``name``
+    (``json``: ``kombu.utils.json.dumps``), or ``None``.
+
+    ``kombu.serialization.registry`` is not in kombu's type stubs and its
+    ``_encoders`` (name to ``codec(content_type, content_encoding, encoder)``) is
+    private. The progress store calls the encoder directly: the registry's
+    ``dumps`` look-up and error wrapping cost more than encoding a small meta.
+    ``None`` when the registry is not laid out so; the caller then encodes through
+    the result backend's own ``encode``. Read once per result backend.
+    """
+    registry = getattr(serialization, "registry", None)
+    codec = getattr(registry, "_encoders", {}).get(name)
+    encoder = codec[2] if isinstance(codec, tuple) and len(codec) == 3 else None
+    return encoder if callable(encoder) else None
+
+
+def new_pool_connection(pool: Any) -> Any:
+    """A new, unconnected redis-py connection made like ``pool``'s own (same class
+    and arguments: server, database, credentials, TLS, timeouts), owned by the
+    caller rather than the pool.
+
+    ``ConnectionPool.connection_class`` and ``connection_kwargs`` are undocumented
+    attributes. The worker's progress store keeps such connections and talks to
+    them with the connection-level ``send_command`` / ``read_response`` (as
+    :func:`send_lpushes` does), skipping the pool's and client's per-command
+    bookkeeping. Were they renamed, the store's first write raises
+    ``AttributeError`` and every report falls back to ``update_state``. Runs once
+    per connection made.
+    """
+    return pool.connection_class(**pool.connection_kwargs)

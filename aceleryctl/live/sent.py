@@ -38,7 +38,7 @@ import asyncio
 import os
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -47,6 +47,7 @@ from celery import signals as celery_signals
 
 from aceleryctl._once import guard, internal
 from aceleryctl.breaker import StateChange
+from aceleryctl.compat.channels import redis_groups_with_members
 from aceleryctl.correlation import correlation_id, correlation_id_from
 from aceleryctl.dispatch.listener import DispatchEvent, DispatchOutcome, PoolChange
 from aceleryctl.events import MAX_NAME_LENGTH, TaskEvent, clip_text, group_name, order_key
@@ -75,18 +76,6 @@ BATCH_SIZE: Final = 500
 BATCH_WINDOW: Final = 0.02
 #: Entries waiting for the emitter thread, at most; beyond that new ones are dropped.
 MAX_BUFFERED: Final = 20_000
-
-# Counts live members of each group (channels_redis keeps a group as a sorted set
-# of channel names scored by the time they joined; members older than
-# group_expiry no longer receive group_send). KEYS: group keys; ARGV[1]: the
-# exclusive lower score bound.
-_COUNT_MEMBERS: Final = """
-local counts = {}
-for i, key in ipairs(KEYS) do
-  counts[i] = redis.call('ZCOUNT', key, ARGV[1], '+inf')
-end
-return counts
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,30 +231,15 @@ async def watched_groups(layer: Any, groups: Sequence[str]) -> list[str]:
 
     For channels_redis' ``RedisChannelLayer``: one ``EVAL`` per shard counting each
     group's members that joined within ``group_expiry`` (what its ``group_send``
-    delivers to). It uses ``_group_key``, a private method of channels_redis
-    (checked by the tests against the installed version). Any other layer: every
-    group, as nobody can tell.
+    delivers to), through
+    :func:`aceleryctl.compat.channels.redis_groups_with_members` (it relies on
+    channels_redis internals). Any other layer: every group, as nobody can tell.
 
     Raises:
         Exception: what the layer's Redis client raises.
     """
-    key_of = getattr(layer, "_group_key", None)
-    shard_of = getattr(layer, "consistent_hash", None)
-    client_of = getattr(layer, "connection", None)
-    expiry = getattr(layer, "group_expiry", None)
-    if key_of is None or shard_of is None or client_of is None or not isinstance(expiry, int):
-        return list(groups)
-    by_shard: defaultdict[int, list[str]] = defaultdict(list)
-    for group in groups:
-        by_shard[shard_of(group)].append(group)
-    since = f"({int(time.time()) - expiry}"
-    watched: list[str] = []
-    for index, members in by_shard.items():
-        counts = await client_of(index).eval(
-            _COUNT_MEMBERS, len(members), *[key_of(group) for group in members], since
-        )
-        watched.extend(group for group, count in zip(members, counts, strict=True) if count)
-    return watched
+    watched = await redis_groups_with_members(layer, groups)
+    return list(groups) if watched is None else watched
 
 
 _sent = SentEvents()

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from aceleryctl.compat.celery import unpickleable_exception_name
 from aceleryctl.correlation import correlation_id, correlation_id_from
 from aceleryctl.events import (
     MAX_NAME_LENGTH,
@@ -67,8 +68,7 @@ def build_event(
 
 def error_type_of(error: object) -> str:
     # Celery wraps exceptions it cannot pickle; name the original class.
-    wrapped = getattr(error, "exc_cls_name", None)
-    return wrapped if isinstance(wrapped, str) and wrapped else type(error).__name__
+    return unpickleable_exception_name(error) or type(error).__name__
 
 
 def headers_of(message: object) -> Mapping[str, Any]:

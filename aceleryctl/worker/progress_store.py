@@ -43,8 +43,14 @@ from typing import Any, Final
 from celery.app.task import Task
 from celery.backends.redis import RedisBackend
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from kombu import serialization
 from redis.exceptions import NoScriptError, ResponseError
+
+from aceleryctl.compat.celery import (
+    REDIS_RESULT_STORE_METHODS,
+    max_stored_value_size,
+    result_meta,
+)
+from aceleryctl.compat.kombu_redis import new_pool_connection, serializer_encoder
 
 __all__ = ["ProgressWrite", "start_progress_write", "store_progress"]
 
@@ -73,27 +79,6 @@ redis.call('PUBLISH', KEYS[1], ARGV[1])
 return 1
 """
 
-#: The backend methods whose Celery versions this module reproduces: a backend class
-#: that overrides any of them stores differently, so it goes through ``update_state``.
-_REPRODUCED: Final = (
-    "store_result",
-    "_store_result",
-    "encode_result",
-    "prepare_value",
-    "_get_result_meta",
-    "current_task_children",
-    "encode",
-    "_encode",
-    "get_key_for_task",
-    "_get_key_for",
-    "_set_with_state",
-    "set",
-    "_set",
-    "_get_task_meta_for",
-    "get",
-    "decode_result",
-)
-
 _TIME_LIMITS: Final = (SoftTimeLimitExceeded, TimeLimitExceeded)
 
 
@@ -102,10 +87,8 @@ def _json_encoder(backend: Any) -> Callable[[Any], Any]:
     compression: the encoder kombu's registry holds for ``json``, called directly
     (the registry's lookup and error wrapping cost more than the encoding). The
     backend's own ``encode`` when the registry is not laid out as expected."""
-    registry = getattr(serialization, "registry", None)  # not in kombu's type stubs
-    codec = getattr(registry, "_encoders", {}).get("json")
-    encoder = codec[2] if isinstance(codec, tuple) and len(codec) == 3 else None
-    return encoder if callable(encoder) else backend.encode  # type: ignore[no-any-return]
+    encoder: Callable[[Any], Any] | None = serializer_encoder("json")
+    return encoder if encoder is not None else backend.encode
 
 
 class _Writer:
@@ -119,7 +102,17 @@ class _Writer:
     to ``update_state``, whose client retries.
     """
 
-    __slots__ = ("__weakref__", "_idle", "_pid", "backend", "client", "encode", "extended", "sha")
+    __slots__ = (
+        "__weakref__",
+        "_idle",
+        "_pid",
+        "backend",
+        "client",
+        "encode",
+        "extended",
+        "max_value",
+        "sha",
+    )
 
     def __init__(self, backend: Any) -> None:
         """Load the script into the backend's server (one round trip).
@@ -134,6 +127,7 @@ class _Writer:
         # Read once, as the backend reads its other settings: Celery looks it up on
         # every store, which costs more than the rest of building the meta.
         self.extended = bool(backend.app.conf.find_value_for_key("extended", "result"))
+        self.max_value = max_stored_value_size(backend)  # a class constant
         self.sha: str = self.client.script_load(_SCRIPT)
         self._idle: list[Any] = []  # connections of this writer's, not in use
         self._pid = os.getpid()
@@ -144,9 +138,7 @@ class _Writer:
         plain case, in Celery's key order; with ``result_extended``, by Celery."""
         backend = self.backend
         if self.extended:
-            meta: dict[str, Any] = backend._get_result_meta(
-                result=result, state=PROGRESS_STATE, traceback=None, request=request
-            )
+            meta: dict[str, Any] = result_meta(backend, result, PROGRESS_STATE, request)
         else:
             meta = {
                 "status": PROGRESS_STATE,
@@ -176,7 +168,7 @@ class _Writer:
         """
         backend = self.backend
         value = self.encode(self.meta(request, task_id, backend.encode_result(meta, "PROGRESS")))
-        if isinstance(value, str) and len(value) > backend._MAX_STR_VALUE_SIZE:
+        if isinstance(value, str) and len(value) > self.max_value:
             return None
         expires = backend.expires
         ttl = expires if isinstance(expires, int) and expires > 0 else 0
@@ -196,8 +188,7 @@ class _Writer:
         try:
             connection = self._idle.pop()  # atomic: threads never share a connection
         except IndexError:
-            pool = self.client.connection_pool
-            connection = pool.connection_class(**pool.connection_kwargs)
+            connection = new_pool_connection(self.client.connection_pool)
         try:
             connection.send_command(*command)
         except BaseException:
@@ -278,7 +269,10 @@ def _eligible(task: Any, backend: Any) -> bool:
     if getattr(type(task), "update_state", None) is not Task.update_state:
         return False
     kind = type(backend)
-    if any(getattr(kind, name, None) is not getattr(RedisBackend, name) for name in _REPRODUCED):
+    if any(
+        getattr(kind, name, None) is not getattr(RedisBackend, name)
+        for name in REDIS_RESULT_STORE_METHODS
+    ):
         return False
     serializer = getattr(backend, "serializer", None)
     return serializer == "json" and not getattr(backend, "compression", None)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
 from typing import Any, Final
 
 from aceleryctl._once import guard
+from aceleryctl.compat.celery import worker_request_dict
 from aceleryctl.correlation import correlation_id_from
 from aceleryctl.events import summarize_error, summarize_result
 from aceleryctl.worker.building import (
@@ -75,8 +75,7 @@ def attempt_of(task: Any, task_id: str) -> int:
 @guard("task_received")
 def on_received(sender: object = None, request: Any = None, **_: Any) -> None:
     """``task.received`` in the worker's main process."""
-    headers = getattr(request, "request_dict", None)
-    headers = headers if isinstance(headers, Mapping) else {}
+    headers = worker_request_dict(request)
     task_id = getattr(request, "id", None) or headers.get("id")
     if not task_id:
         return

@@ -20,14 +20,12 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from types import CodeType
 from typing import Any, Final
 
-from celery._state import get_current_worker_task
-from celery.app.task import Task
 from celery.exceptions import Retry
 
 from aceleryctl._once import guard
+from aceleryctl.compat.celery import RetryCall, current_worker_task, retry_call_on_stack
 from aceleryctl.worker.building import attempt_number, retry_details
 from aceleryctl.worker.config import worker_config
 from aceleryctl.worker.layer import default_emitter
@@ -35,9 +33,10 @@ from aceleryctl.worker.sending import emit_retried
 
 __all__ = ["on_before_publish", "take_announced"]
 
-_RETRY_CODE: Final[CodeType | None] = getattr(Task.retry, "__code__", None)
 #: Frames looked at above the receiver for Task.retry's (it is about ten up).
 _MAX_FRAMES: Final = 64
+#: No ``Task.retry`` call found on the stack.
+_NO_CALL: Final = RetryCall(None, None, None, None)
 _announced_lock = threading.Lock()
 _announced: OrderedDict[tuple[str, int], None] = OrderedDict()
 #: Retries announced before publishing and not yet seen by task_retry, at most.
@@ -85,7 +84,7 @@ def on_before_publish(
         found, retries = body, body.get("retries")
     if not retries:
         return
-    task = get_current_worker_task()
+    task = current_worker_task()
     if task is None:
         return
     request = task.request
@@ -110,34 +109,25 @@ def _retry_being_published() -> Retry | None:
     reads it: a :class:`~celery.exceptions.Retry` whose ``exc`` is the exception
     being retried.
 
-    ``Task.retry`` makes its ``Retry`` (local ``ret``; ``exc`` is its argument)
-    before it publishes, so both are found in its frame on this thread's stack.
-    When it was given no exception, or its frame is not found (a retry published
-    some other way), the exception being handled stands in (``autoretry_for`` and
-    ``except X as e: raise self.retry(...)`` run inside an ``except`` block).
-    Returns ``None`` when there is neither.
+    ``Task.retry`` makes its ``Retry`` (``exc`` is its argument) before it
+    publishes, so both are found in its frame on this thread's stack
+    (:func:`~aceleryctl.compat.celery.retry_call_on_stack`, which knows Celery's
+    frame). When it was given no exception, or its frame is not found (a retry
+    published some other way), the exception being handled stands in
+    (``autoretry_for`` and ``except X as e: raise self.retry(...)`` run inside an
+    ``except`` block). Returns ``None`` when there is neither.
     """
-    found: dict[str, Any] = {}
-    frame = sys._getframe(1)
-    for _ in range(_MAX_FRAMES):
-        if frame.f_code is _RETRY_CODE:
-            found = dict(frame.f_locals)
-            break
-        if frame.f_back is None:
-            break
-        frame = frame.f_back
-    del frame
-    made = found.get("ret")
-    made = made if isinstance(made, Retry) else None
+    call = retry_call_on_stack(_MAX_FRAMES) or _NO_CALL
+    made = call.retry
     if made is not None and made.exc is not None:
         return made
-    exc = found.get("exc")
+    exc = call.exc
     if not isinstance(exc, Exception):
         handled = sys.exc_info()[1]
         exc = handled if isinstance(handled, Exception) and not isinstance(handled, Retry) else None
     if exc is None:
         return made
-    when = made.when if made is not None else found.get("eta") or found.get("countdown")
+    when = made.when if made is not None else call.eta or call.countdown
     return Retry(exc=exc, when=when)
 
 

@@ -3,14 +3,16 @@
 One test (or a few) per internal: it exists, takes the parameters used, and
 returns what the call site reads. No network: Celery apps use kombu's in-memory
 broker, a Redis channel is built with its connection check stubbed out, and
-redis-py connections are only asked to pack commands. The last tests walk the
-dispatch side's source and fail when a module outside ``aceleryctl.compat``
-reaches into a library's private attribute.
+redis-py connections are only asked to pack commands, and a channels_redis layer
+is built without connecting. The last tests walk every module of the package and
+fail when one outside ``aceleryctl.compat`` reaches into a library's private
+attribute.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
 import contextlib
 import inspect
 import json
@@ -27,12 +29,17 @@ import kombu
 import pytest
 import redis
 from celery import Celery, Task, chain, chord, group, shared_task
+from celery import signals as celery_signals
 from celery.app.routes import Router
 from celery.backends.base import BaseBackend
 from celery.backends.redis import RedisBackend
 from celery.canvas import Signature
+from celery.contrib.testing.mocks import TaskMessage
+from celery.exceptions import Retry
 from celery.utils.dispatch import Signal
-from kombu import Queue
+from celery.utils.serialization import UnpickleableExceptionWrapper
+from celery.worker.request import Request
+from kombu import Queue, serialization
 from kombu.transport import redis as kombu_redis_transport
 from kombu.utils.json import dumps as kombu_json_dumps
 
@@ -372,6 +379,121 @@ def test_prepare_and_release_a_publishing_thread(app: Celery) -> None:
     assert app.backend.on_task_call is not cc._no_subscription  # this thread's own
 
 
+# -- Celery: the worker side ---------------------------------------------------------
+
+
+def test_current_worker_task_is_the_task_a_worker_runs(app: Celery) -> None:
+    assert callable(celery._state.get_current_worker_task)
+    assert cc.current_worker_task() is None
+    seen: list[Any] = []
+
+    @app.task(shared=False, name="c.who")
+    def who() -> None:
+        seen.append(cc.current_worker_task())
+
+    who.apply()  # traced as a worker traces it (not called directly)
+    assert seen == [who]
+    who()  # called directly: not a worker's task
+    assert seen == [who, None]
+
+
+def _retrying_app() -> Celery:
+    """An app that can publish a retry without a network (no result backend)."""
+    app = Celery("compat-retry", set_as_current=False, broker="memory://")
+    app.conf.task_default_queue = "celery"
+
+    @app.task(shared=False, name="c.flaky", default_retry_delay=7)
+    def flaky(x: int) -> int:
+        return x
+
+    app.finalize()
+    return app
+
+
+def _retry_seen_while_publishing(task: Any, **retry_kwargs: Any) -> tuple[Any, Retry]:
+    """Call ``task.retry(**retry_kwargs)`` as a worker would, and return what
+    :func:`cc.retry_call_on_stack` finds from ``before_task_publish`` (and the Retry)."""
+    seen: list[Any] = []
+
+    def on_publish(**kwargs: Any) -> None:
+        seen.append(cc.retry_call_on_stack(64))
+
+    celery_signals.before_task_publish.connect(on_publish, weak=False)
+    task.push_request(id="retry-id", args=(1,), kwargs={}, retries=0, called_directly=False)
+    try:
+        with pytest.raises(Retry) as raised:
+            task.retry(**retry_kwargs)
+    finally:
+        task.pop_request()
+        celery_signals.before_task_publish.disconnect(on_publish)
+    [found] = seen
+    return found, raised.value
+
+
+def test_retry_call_on_stack_reads_task_retrys_frame() -> None:
+    assert cc.TASK_RETRY_CODE is Task.retry.__code__
+    # The locals read: its arguments, and ``ret``, the Retry made before publishing.
+    names = Task.retry.__code__.co_varnames
+    assert {"exc", "eta", "countdown", "ret"} <= set(names)
+    source = inspect.getsource(Task.retry)
+    assert source.index("ret = Retry(") < source.index("S.apply_async()")
+    assert cc.retry_call_on_stack(64) is None  # no retry on this stack
+
+    app = _retrying_app()
+    flaky = app.tasks["c.flaky"]
+    error = ConnectionError("down")
+    found, raised = _retry_seen_while_publishing(flaky, exc=error, countdown=5)
+    assert isinstance(found, cc.RetryCall)
+    assert found.retry is raised
+    assert found.retry.exc is error
+    assert (found.exc, found.eta, found.countdown) == (error, None, 5)
+    when = datetime(2030, 1, 1, tzinfo=UTC)
+    found, raised = _retry_seen_while_publishing(flaky, eta=when)
+    assert found.retry is raised
+    assert (found.exc, found.eta) == (None, when)
+    found, _ = _retry_seen_while_publishing(flaky)
+    assert found.countdown == 7  # the task's default delay
+    app.close()
+
+
+def test_unpickleable_exception_name_is_the_wrapped_class() -> None:
+    wrapper = UnpickleableExceptionWrapper.from_exception(ValueError("bad"))
+    assert wrapper.exc_cls_name == "ValueError"
+    assert cc.unpickleable_exception_name(wrapper) == "ValueError"
+    assert cc.unpickleable_exception_name(ValueError("bad")) is None
+
+
+def test_worker_request_dict_is_the_messages_fields(app: Celery) -> None:
+    assert isinstance(inspect.getattr_static(Request, "request_dict"), property)
+    message = TaskMessage(
+        "c.add", id="req-id", args=(1, 2), kwargs={}, retries=2, correlation="c-1"
+    )
+    request = Request(message, app=app)
+    fields = cc.worker_request_dict(request)
+    assert (fields["id"], fields["task"], fields["retries"]) == ("req-id", "c.add", 2)
+    assert fields["correlation"] == "c-1"  # custom headers too
+    assert cc.worker_request_dict(object()) == {}
+
+
+def test_the_progress_store_reproduces_redis_backend_methods(app: Celery) -> None:
+    for name in cc.REDIS_RESULT_STORE_METHODS:
+        assert callable(getattr(RedisBackend, name)), name
+    assert {"result", "state", "traceback", "request"} <= set(_params(BaseBackend._get_result_meta))
+    backend = app.backend
+    assert isinstance(backend, RedisBackend)
+    meta = cc.result_meta(backend, {"done": 1}, "PROGRESS", None)
+    assert list(meta)[:5] == ["status", "result", "traceback", "children", "date_done"]
+    assert (meta["status"], meta["result"], meta["traceback"]) == ("PROGRESS", {"done": 1}, None)
+    app.conf.result_extended = True
+    request = celery.app.task.Context(id="x", task="c.add", args=[1], kwargs={}, retries=2)
+    extended = cc.result_meta(backend, 1, "PROGRESS", request)
+    assert (extended["name"], extended["args"], extended["retries"]) == ("c.add", [1], 2)
+
+    assert isinstance(RedisBackend._MAX_STR_VALUE_SIZE, int)
+    assert cc.max_stored_value_size(backend) == RedisBackend._MAX_STR_VALUE_SIZE
+    assert cc.max_stored_value_size(object()) == 512 * 1024 * 1024
+
+
 # -- kombu and redis-py -------------------------------------------------------------
 
 
@@ -503,6 +625,31 @@ def test_publish_batch_or_immediate_publishes() -> None:
     assert isinstance(ckr.publish_batch(object(), max_size=1), contextlib.nullcontext)
 
 
+def test_new_pool_connection_is_made_like_the_pools_own() -> None:
+    pool = redis.ConnectionPool.from_url("redis://:secret@127.0.0.1:1/3", socket_timeout=2.5)
+    made = ckr.new_pool_connection(pool)
+    assert type(made) is pool.connection_class
+    assert (made.host, made.port, made.db, made.password) == ("127.0.0.1", 1, 3, "secret")
+    assert made.socket_timeout == 2.5
+    assert made._sock is None  # nothing connected
+    sends = _params(redis.Connection.send_command)
+    assert any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in sends.values())
+    assert callable(made.send_command)
+    assert callable(made.read_response)
+
+
+def test_serializer_encoder_is_the_registrys_json_encoder() -> None:
+    codec = serialization.registry._encoders["json"]  # type: ignore[attr-defined]
+    assert isinstance(codec, tuple)
+    assert len(codec) == 3
+    assert codec[0] == "application/json"
+    encode = ckr.serializer_encoder("json")
+    assert encode is kombu_json_dumps
+    value = {"status": "PROGRESS", "result": {"n": 1}, "task_id": "t"}
+    assert encode(value) == serialization.dumps(value, serializer="json")[2]
+    assert ckr.serializer_encoder("no-such-serializer") is None
+
+
 # -- Django Channels ----------------------------------------------------------------
 
 
@@ -534,23 +681,61 @@ def test_routing_tree_attributes() -> None:
     )
 
 
+def test_redis_groups_with_members_reads_channels_redis_groups() -> None:
+    core = pytest.importorskip("channels_redis.core")
+    layer_type = core.RedisChannelLayer
+    layer = layer_type(hosts=["redis://127.0.0.1:1/0", "redis://127.0.0.1:1/1"], prefix="p")
+    assert layer._group_key("g") == b"p:group:g"
+    assert layer.consistent_hash("g") in range(2)
+    assert isinstance(layer.group_expiry, int)
+    assert list(_params(layer_type.connection)) == ["self", "index"]
+    # A group is a sorted set of channel -> join time; group_send skips old members.
+    adds = inspect.getsource(layer_type.group_add)
+    assert "_group_key(group)" in adds
+    assert "zadd(group_key, {channel: time.time()})" in adds
+    sends = inspect.getsource(layer_type.group_send)
+    assert "zremrangebyscore" in sends
+    assert "self.group_expiry" in sends
+
+    evaluated: list[tuple[int, int, tuple[Any, ...]]] = []
+
+    class Client:
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        async def eval(self, script: str, numkeys: int, *args: Any) -> list[int]:
+            assert "ZCOUNT" in script
+            evaluated.append((self.index, numkeys, args))
+            return [int(key.endswith(b"watched")) for key in args[:numkeys]]
+
+    groups = [f"g{n}-watched" if n % 3 == 0 else f"g{n}" for n in range(12)]
+    with mock.patch.object(layer, "connection", Client):
+        found = asyncio.run(cch.redis_groups_with_members(layer, groups))
+    assert found is not None
+    assert sorted(found) == sorted(g for g in groups if g.endswith("watched"))
+    assert {index for index, _, _ in evaluated} == {0, 1}  # one EVAL per shard
+    for index, numkeys, args in evaluated:
+        assert all(
+            layer.consistent_hash(k.decode()[len("p:group:") :]) == index for k in args[:numkeys]
+        )
+        assert str(args[-1]).startswith("(")  # join times after now - group_expiry
+    assert asyncio.run(cch.redis_groups_with_members(object(), ["g"])) is None
+
+
 # -- no private library attribute outside aceleryctl.compat ---------------------------
 
 PACKAGE = Path(__file__).resolve().parents[2] / "aceleryctl"
 
-#: The dispatch side. The worker side joins as its internals move into compat.
+#: Every module of the package outside ``aceleryctl.compat``.
 SCOPE = sorted(
-    [
-        *PACKAGE.glob("dispatch/*.py"),
-        *PACKAGE.glob("wires/*.py"),
-        *(PACKAGE / name for name in ("conf.py", "checks.py", "sync.py", "testing.py")),
-    ]
+    path for path in PACKAGE.rglob("*.py") if path.relative_to(PACKAGE).parts[0] != "compat"
 )
 
 #: aceleryctl's own private attributes read on objects other than ``self``/``cls``
 #: (one class of the package using another's). Each must be defined in aceleryctl.
 OWN_PRIVATE = frozenset(
     {
+        # the dispatch side
         "_apply",
         "_apply_async_call",
         "_close_blocking",
@@ -562,6 +747,36 @@ OWN_PRIVATE = frozenset(
         "_schedule",
         "_send",
         "_send_task_call",
+        # breaker.py: the state classes and the permit read the breaker's fields
+        "_backoff_factor",
+        "_clock",
+        "_close",
+        "_consecutive_failures",
+        "_current_reset_timeout",
+        "_done",
+        "_failure_rate_threshold",
+        "_failure_threshold",
+        "_forced_message",
+        "_half_open",
+        "_half_open_max_calls",
+        "_issuer",
+        "_max_reset_timeout",
+        "_minimum_calls",
+        "_open",
+        "_open_message",
+        "_probing_message",
+        "_probing_retry_after",
+        "_settle",
+        "_slow_call_after",
+        "_slow_call_rate_threshold",
+        "_span",
+        "_total_rejections",
+        "_window",
+        # _logging.py: the dispatch-failure record uses the Redactor's text scrubber
+        "_text",
+        # the worker side: an Emitter's fork hook, and its owning process id
+        "_after_fork",
+        "_pid",
     }
 )
 
@@ -578,6 +793,7 @@ PYTHON_DUNDERS = frozenset(
         "__module__",
         "__name__",
         "__qualname__",
+        "__setattr__",  # object.__setattr__ past a class's own (_proxy.py)
         "__traceback__",
         "__wrapped__",
     }
@@ -622,6 +838,17 @@ def _private_uses(path: Path) -> list[str]:
 def test_the_scope_is_not_empty() -> None:
     names = {p.relative_to(PACKAGE).as_posix() for p in SCOPE}
     assert {"dispatch/build.py", "wires/redis_message.py", "wires/redis.py", "conf.py"} <= names
+    assert {
+        "breaker.py",
+        "correlation.py",
+        "events.py",
+        "live/sent.py",
+        "signals.py",
+        "worker/progress_store.py",
+        "worker/retry.py",
+        "management/commands/aceleryctl_health.py",
+    } <= names
+    assert not [name for name in names if name.startswith("compat/")]
 
 
 @pytest.mark.parametrize("path", SCOPE, ids=lambda p: p.relative_to(PACKAGE).as_posix())

@@ -61,7 +61,7 @@ def test_a_message_that_is_no_retry_returns_before_looking_for_a_task(
     def current_task() -> None:
         looked.append("task")
 
-    monkeypatch.setattr(_receivers, "get_current_worker_task", current_task)
+    monkeypatch.setattr(_receivers, "current_worker_task", current_task)
     publish(FIRST_PUBLISH)
     publish({**FIRST_PUBLISH, "retries": None})
     publish({}, body={"id": "p1", "task": "reports.export", "retries": 0})  # task protocol 1
