@@ -108,7 +108,7 @@ def correlation_id_from(request: object) -> str | None:
                     value = headers.get(CORRELATION_HEADER)
                 else:
                     # Imported here: this module loads without Celery's modules.
-                    from aceleryctl.compat.celery import worker_request_dict
+                    from aceleryctl.compat.celery_worker import worker_request_dict
 
                     value = worker_request_dict(request).get(CORRELATION_HEADER) or None
         return value if is_valid_correlation_id(value) else None

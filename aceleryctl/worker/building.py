@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aceleryctl.compat.celery import unpickleable_exception_name
+from aceleryctl.compat.celery_worker import unpickleable_exception_name
 from aceleryctl.correlation import correlation_id, correlation_id_from
 from aceleryctl.events import (
     MAX_NAME_LENGTH,

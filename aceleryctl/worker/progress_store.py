@@ -45,7 +45,7 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from redis.exceptions import NoScriptError, ResponseError
 
-from aceleryctl.compat.celery import (
+from aceleryctl.compat.celery_worker import (
     REDIS_RESULT_STORE_METHODS,
     max_stored_value_size,
     result_meta,

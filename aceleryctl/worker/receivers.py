@@ -17,7 +17,7 @@ from collections import OrderedDict
 from typing import Any, Final
 
 from aceleryctl._once import guard
-from aceleryctl.compat.celery import worker_request_dict
+from aceleryctl.compat.celery_worker import worker_request_dict
 from aceleryctl.correlation import correlation_id_from
 from aceleryctl.events import summarize_error, summarize_result
 from aceleryctl.worker.building import (

@@ -25,7 +25,7 @@ from typing import Any, Final
 from celery.exceptions import Retry
 
 from aceleryctl._once import guard
-from aceleryctl.compat.celery import RetryCall, current_worker_task, retry_call_on_stack
+from aceleryctl.compat.celery_worker import RetryCall, current_worker_task, retry_call_on_stack
 from aceleryctl.worker.building import attempt_number, retry_details
 from aceleryctl.worker.config import worker_config
 from aceleryctl.worker.layer import default_emitter

@@ -44,6 +44,7 @@ from kombu.transport import redis as kombu_redis_transport
 from kombu.utils.json import dumps as kombu_json_dumps
 
 from aceleryctl.compat import celery as cc
+from aceleryctl.compat import celery_worker as cw
 from aceleryctl.compat import channels as cch
 from aceleryctl.compat import kombu_redis as ckr
 from aceleryctl.wires.redis_message import _NONE_ONLY, DIRECT_OPTIONS
@@ -384,12 +385,12 @@ def test_prepare_and_release_a_publishing_thread(app: Celery) -> None:
 
 def test_current_worker_task_is_the_task_a_worker_runs(app: Celery) -> None:
     assert callable(celery._state.get_current_worker_task)
-    assert cc.current_worker_task() is None
+    assert cw.current_worker_task() is None
     seen: list[Any] = []
 
     @app.task(shared=False, name="c.who")
     def who() -> None:
-        seen.append(cc.current_worker_task())
+        seen.append(cw.current_worker_task())
 
     who.apply()  # traced as a worker traces it (not called directly)
     assert seen == [who]
@@ -412,11 +413,11 @@ def _retrying_app() -> Celery:
 
 def _retry_seen_while_publishing(task: Any, **retry_kwargs: Any) -> tuple[Any, Retry]:
     """Call ``task.retry(**retry_kwargs)`` as a worker would, and return what
-    :func:`cc.retry_call_on_stack` finds from ``before_task_publish`` (and the Retry)."""
+    :func:`cw.retry_call_on_stack` finds from ``before_task_publish`` (and the Retry)."""
     seen: list[Any] = []
 
     def on_publish(**kwargs: Any) -> None:
-        seen.append(cc.retry_call_on_stack(64))
+        seen.append(cw.retry_call_on_stack(64))
 
     celery_signals.before_task_publish.connect(on_publish, weak=False)
     task.push_request(id="retry-id", args=(1,), kwargs={}, retries=0, called_directly=False)
@@ -431,19 +432,19 @@ def _retry_seen_while_publishing(task: Any, **retry_kwargs: Any) -> tuple[Any, R
 
 
 def test_retry_call_on_stack_reads_task_retrys_frame() -> None:
-    assert cc.TASK_RETRY_CODE is Task.retry.__code__
+    assert cw.TASK_RETRY_CODE is Task.retry.__code__
     # The locals read: its arguments, and ``ret``, the Retry made before publishing.
     names = Task.retry.__code__.co_varnames
     assert {"exc", "eta", "countdown", "ret"} <= set(names)
     source = inspect.getsource(Task.retry)
     assert source.index("ret = Retry(") < source.index("S.apply_async()")
-    assert cc.retry_call_on_stack(64) is None  # no retry on this stack
+    assert cw.retry_call_on_stack(64) is None  # no retry on this stack
 
     app = _retrying_app()
     flaky = app.tasks["c.flaky"]
     error = ConnectionError("down")
     found, raised = _retry_seen_while_publishing(flaky, exc=error, countdown=5)
-    assert isinstance(found, cc.RetryCall)
+    assert isinstance(found, cw.RetryCall)
     assert found.retry is raised
     assert found.retry.exc is error
     assert (found.exc, found.eta, found.countdown) == (error, None, 5)
@@ -459,8 +460,8 @@ def test_retry_call_on_stack_reads_task_retrys_frame() -> None:
 def test_unpickleable_exception_name_is_the_wrapped_class() -> None:
     wrapper = UnpickleableExceptionWrapper.from_exception(ValueError("bad"))
     assert wrapper.exc_cls_name == "ValueError"
-    assert cc.unpickleable_exception_name(wrapper) == "ValueError"
-    assert cc.unpickleable_exception_name(ValueError("bad")) is None
+    assert cw.unpickleable_exception_name(wrapper) == "ValueError"
+    assert cw.unpickleable_exception_name(ValueError("bad")) is None
 
 
 def test_worker_request_dict_is_the_messages_fields(app: Celery) -> None:
@@ -469,29 +470,29 @@ def test_worker_request_dict_is_the_messages_fields(app: Celery) -> None:
         "c.add", id="req-id", args=(1, 2), kwargs={}, retries=2, correlation="c-1"
     )
     request = Request(message, app=app)
-    fields = cc.worker_request_dict(request)
+    fields = cw.worker_request_dict(request)
     assert (fields["id"], fields["task"], fields["retries"]) == ("req-id", "c.add", 2)
     assert fields["correlation"] == "c-1"  # custom headers too
-    assert cc.worker_request_dict(object()) == {}
+    assert cw.worker_request_dict(object()) == {}
 
 
 def test_the_progress_store_reproduces_redis_backend_methods(app: Celery) -> None:
-    for name in cc.REDIS_RESULT_STORE_METHODS:
+    for name in cw.REDIS_RESULT_STORE_METHODS:
         assert callable(getattr(RedisBackend, name)), name
     assert {"result", "state", "traceback", "request"} <= set(_params(BaseBackend._get_result_meta))
     backend = app.backend
     assert isinstance(backend, RedisBackend)
-    meta = cc.result_meta(backend, {"done": 1}, "PROGRESS", None)
+    meta = cw.result_meta(backend, {"done": 1}, "PROGRESS", None)
     assert list(meta)[:5] == ["status", "result", "traceback", "children", "date_done"]
     assert (meta["status"], meta["result"], meta["traceback"]) == ("PROGRESS", {"done": 1}, None)
     app.conf.result_extended = True
     request = celery.app.task.Context(id="x", task="c.add", args=[1], kwargs={}, retries=2)
-    extended = cc.result_meta(backend, 1, "PROGRESS", request)
+    extended = cw.result_meta(backend, 1, "PROGRESS", request)
     assert (extended["name"], extended["args"], extended["retries"]) == ("c.add", [1], 2)
 
     assert isinstance(RedisBackend._MAX_STR_VALUE_SIZE, int)
-    assert cc.max_stored_value_size(backend) == RedisBackend._MAX_STR_VALUE_SIZE
-    assert cc.max_stored_value_size(object()) == 512 * 1024 * 1024
+    assert cw.max_stored_value_size(backend) == RedisBackend._MAX_STR_VALUE_SIZE
+    assert cw.max_stored_value_size(object()) == 512 * 1024 * 1024
 
 
 # -- kombu and redis-py -------------------------------------------------------------
