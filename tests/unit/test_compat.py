@@ -706,8 +706,10 @@ def test_redis_groups_with_members_reads_channels_redis_groups() -> None:
 
         async def eval(self, script: str, numkeys: int, *args: Any) -> list[int]:
             assert "ZCOUNT" in script
-            evaluated.append((self.index, numkeys, args))
-            return [int(key.endswith(b"watched")) for key in args[:numkeys]]
+            assert numkeys == 0  # the keys travel as one argument, one per line
+            since, keys = args
+            evaluated.append((self.index, since, keys.split(b"\n")))
+            return [n + 1 for n, key in enumerate(keys.split(b"\n")) if key.endswith(b"watched")]
 
     groups = [f"g{n}-watched" if n % 3 == 0 else f"g{n}" for n in range(12)]
     with mock.patch.object(layer, "connection", Client):
@@ -715,11 +717,9 @@ def test_redis_groups_with_members_reads_channels_redis_groups() -> None:
     assert found is not None
     assert sorted(found) == sorted(g for g in groups if g.endswith("watched"))
     assert {index for index, _, _ in evaluated} == {0, 1}  # one EVAL per shard
-    for index, numkeys, args in evaluated:
-        assert all(
-            layer.consistent_hash(k.decode()[len("p:group:") :]) == index for k in args[:numkeys]
-        )
-        assert str(args[-1]).startswith("(")  # join times after now - group_expiry
+    for index, since, keys in evaluated:
+        assert all(layer.consistent_hash(k.decode()[len("p:group:") :]) == index for k in keys)
+        assert str(since).startswith("(")  # join times after now - group_expiry
     assert asyncio.run(cch.redis_groups_with_members(object(), ["g"])) is None
 
 

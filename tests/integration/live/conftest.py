@@ -34,6 +34,7 @@ from django.test import override_settings
 
 from aceleryctl import AsyncCeleryController
 from aceleryctl.events import TERMINAL_TYPES, TaskEvent, group_name
+from aceleryctl.live.sent import LiveEventsListener
 from tests._support.redis_server import RedisServer
 from tests._support.reports import attach_on_failure
 from tests._support.waiting import WaitTimeout
@@ -167,8 +168,11 @@ def publishing_here(redis_server: RedisServer) -> Iterator[None]:
 async def live_controller(
     live_app: Celery, live_workers: dict[str, LiveWorker], publishing_here: None
 ) -> AsyncIterator[AsyncCeleryController]:
-    """A controller on the live app, closed after the test."""
-    ctl = AsyncCeleryController(app=live_app, dispatch_timeout=10.0, max_workers=2)
+    """A controller on the live app, closed after the test. Its dispatches' task.sent
+    come off its LiveEventsListener, as the docs tell users who build their own."""
+    ctl = AsyncCeleryController(
+        app=live_app, dispatch_timeout=10.0, max_workers=2, listeners=[LiveEventsListener()]
+    )
     try:
         yield ctl
     finally:
