@@ -46,7 +46,7 @@ from celery import signals as celery_signals
 from aceleryctl._once import guard, internal
 from aceleryctl.breaker import StateChange
 from aceleryctl.correlation import correlation_id, correlation_id_from
-from aceleryctl.dispatch.listener import DispatchEvent, Outcome, PoolChange
+from aceleryctl.dispatch.listener import DispatchEvent, DispatchOutcome, PoolChange
 from aceleryctl.events import MAX_NAME_LENGTH, TaskEvent, clip_text, group_name, order_key
 
 if TYPE_CHECKING:
@@ -308,7 +308,7 @@ class LiveEventsListener:
 
     def dispatch_settled(self, event: DispatchEvent) -> None:
         """Note a sent dispatch (see the class docstring)."""
-        if event.outcome is Outcome.SENT and event.task_id is not None and not _signal_path:
+        if event.outcome is DispatchOutcome.SENT and event.task_id is not None and not _signal_path:
             self._events.add(event.task_id, event.task_name, event.correlation_id)
 
     def pool_changed(self, change: PoolChange) -> None:

@@ -100,7 +100,9 @@ def test_a_web_process_loads_nothing_of_the_worker_side() -> None:
     # What the web side needs stays: the controller's exit handler, the dispatch
     # ids' after-fork reseed (both dispatch side).
     assert ours(found["atexit"]) == ["aceleryctl.conf.close_default_controller"]
-    assert all(hook.startswith("aceleryctl._ids.") for hook in ours(found["fork"])), found["fork"]
+    assert all(hook.startswith("aceleryctl.dispatch.ids.") for hook in ours(found["fork"])), found[
+        "fork"
+    ]
     assert ours(found["filters"]) == []
     # No worker receiver; the web process's task.sent source is its only publish hook.
     for name, receivers in found["receivers"].items():

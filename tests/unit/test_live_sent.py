@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 
 from aceleryctl.breaker import BreakerState, StateChange
-from aceleryctl.dispatch.listener import DispatchEvent, DispatchListener, Outcome, PoolChange
+from aceleryctl.dispatch.listener import (
+    DispatchEvent,
+    DispatchListener,
+    DispatchOutcome,
+    PoolChange,
+)
 from aceleryctl.events import TaskEvent, group_name
 from aceleryctl.live import sent
 from aceleryctl.live.sent import LiveEventsListener, SentEvents
@@ -67,7 +72,9 @@ class ShardedLayer(RecordingLayer):
         return Client()
 
 
-def settled(task_id: str | None, outcome: Outcome = Outcome.SENT, **fields: Any) -> DispatchEvent:
+def settled(
+    task_id: str | None, outcome: DispatchOutcome = DispatchOutcome.SENT, **fields: Any
+) -> DispatchEvent:
     values: dict[str, Any] = {
         "task_name": "proj.add",
         "task_id": task_id,
@@ -113,8 +120,8 @@ def test_only_sent_dispatches_with_an_id_are_noted(wired: Any) -> None:
     holder["layer"] = RecordingLayer()  # an unknown layer: every group may be watched
     listener = LiveEventsListener(events)
     listener.dispatch_settled(settled("t-1"))
-    listener.dispatch_settled(settled("t-2", Outcome.NOT_SENT, error_type="BrokerError"))
-    listener.dispatch_settled(settled("t-3", Outcome.UNKNOWN, error_type="DispatchTimeout"))
+    listener.dispatch_settled(settled("t-2", DispatchOutcome.NOT_SENT, error_type="BrokerError"))
+    listener.dispatch_settled(settled("t-3", DispatchOutcome.UNKNOWN, error_type="DispatchTimeout"))
     listener.dispatch_settled(settled(None, kind="callable"))
     assert emitter.flush(TIMEOUT)
     [event] = holder["layer"].events()
