@@ -39,6 +39,12 @@ any: a foreign ``Origin`` and a missing channel layer get no frame):
 Error frames that leave the connection open: 4400 malformed frame, 4409 already
 subscribed to that task, 4429 too many subscriptions (``WEBSOCKET_MAX_SUBSCRIPTIONS``),
 4503 result backend unavailable (live events still flow).
+
+This module handles the connection: the handshake and its ``Origin`` check, the
+client's frames (size, parsing, malformed-frame budget) and the ordered outbox
+its one writer task drains. What the connection follows (tokens, hub
+memberships, snapshots and the per-task order) is kept by
+:class:`~aceleryctl.live.subscriptions.Subscriptions`.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -59,25 +65,20 @@ from channels.layers import get_channel_layer
 from django.http.request import split_domain_port, validate_host
 
 from aceleryctl import conf
-from aceleryctl.events import Phase, TaskEvent, split_order
-from aceleryctl.live.hub import TaskHub, hub_for
+from aceleryctl.live.hub import hub_for
 from aceleryctl.live.protocol import (
     CLOSE_FORBIDDEN,
     CLOSE_MALFORMED,
     CLOSE_TOO_LARGE,
     CLOSE_TRY_AGAIN,
-    ERROR_ALREADY_SUBSCRIBED,
-    ERROR_SNAPSHOT_UNAVAILABLE,
-    ERROR_TOO_MANY_SUBSCRIPTIONS,
     ProtocolError,
     Subscribe,
     Unsubscribe,
     error_frame,
     parse_client_frame,
-    snapshot_frame,
 )
-from aceleryctl.live.snapshots import SnapshotSource, celery_snapshot_source, reader_for_loop
-from aceleryctl.tokens import SubscriptionRefused, check_subscription_token
+from aceleryctl.live.snapshots import SnapshotSource
+from aceleryctl.live.subscriptions import Subscriptions
 
 __all__ = ["TaskEventsConsumer"]
 
@@ -97,17 +98,6 @@ class _Close:
     code: int
 
 
-@dataclass(slots=True, eq=False)
-class _Follow:
-    """One task this connection follows."""
-
-    task_id: str
-    last: int = -1  # highest order sent (or the client's ``after``)
-    terminal: bool = False  # a terminal event was sent (or the client had one)
-    ready: bool = False  # the snapshot was sent; until then events are buffered
-    buffer: list[TaskEvent] = field(default_factory=list)
-
-
 def _origin_allowed(origin: str | None, settings: conf.WebsocketSettings) -> bool:
     allowed = settings.allowed_origins
     if allowed is not None and "*" in allowed:
@@ -125,36 +115,6 @@ def _origin_allowed(origin: str | None, settings: conf.WebsocketSettings) -> boo
         return False
     domain, _port = split_domain_port(parts.netloc)
     return bool(domain) and validate_host(domain, list(settings.allowed_hosts))
-
-
-def _newest(snapshot: TaskEvent | None, live: list[TaskEvent]) -> TaskEvent | None:
-    terminal = [e for e in live if e.is_terminal]
-    if terminal:  # a live terminal event is real and final: it beats everything
-        return max(terminal, key=lambda e: e.order)
-    if snapshot is not None and snapshot.is_terminal:
-        return snapshot
-    newest = max(live, key=lambda e: e.order, default=None)
-    if snapshot is None:
-        return newest
-    if newest is None or snapshot.order > newest.order:
-        return snapshot
-    return newest  # on a tie the live event wins: it carries the worker's own data
-
-
-_default_sources: dict[tuple[int, tuple[str, ...]], tuple[Any, SnapshotSource]] = {}
-
-
-def _default_source() -> SnapshotSource:
-    from aceleryctl._logging import Redactor
-
-    settings = conf.load_settings()
-    app = conf.resolve_celery_app(settings)
-    key = (id(app), settings.redact_keys)
-    cached = _default_sources.get(key)
-    if cached is None or cached[0] is not app:
-        source = celery_snapshot_source(app, redactor=Redactor.from_keys(settings.redact_keys))
-        cached = _default_sources[key] = (app, source)
-    return cached[1]
 
 
 class TaskEventsConsumer(AsyncConsumer):  # type: ignore[misc]  # channels is untyped
@@ -197,11 +157,10 @@ class TaskEventsConsumer(AsyncConsumer):  # type: ignore[misc]  # channels is un
         self.snapshot_source = snapshot_source
         self.channel_layer_alias = channel_layer_alias
         self.settings = conf.WebsocketSettings()
-        self._follows: dict[str, _Follow] = {}
         self._outbox: collections.deque[str | _Close] = collections.deque()
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
-        self._hub: TaskHub | None = None
+        self._subscriptions: Subscriptions | None = None
         self._accepted = False
         self._closing = False
         self._protocol_errors = 0
@@ -280,7 +239,16 @@ class TaskEventsConsumer(AsyncConsumer):  # type: ignore[misc]  # channels is un
             await self.base_send({"type": "websocket.close", "code": _CLOSE_INTERNAL_ERROR})
             self._closing = True
             return
-        self._hub = hub_for(layer)
+        self._subscriptions = Subscriptions(
+            hub_for(layer),
+            self.scope,
+            settings=self.settings,
+            snapshot_source=self.snapshot_source,
+            max_buffered_events=self.max_buffered_events,
+            send=self._send,
+            close=self._close,
+            closing=lambda: self._closing,
+        )
         await self.base_send({"type": "websocket.accept"})
         self._accepted = True
         self._writer = asyncio.get_running_loop().create_task(
@@ -306,112 +274,11 @@ class TaskEventsConsumer(AsyncConsumer):  # type: ignore[misc]  # channels is un
         except ProtocolError as exc:
             self._protocol_error(exc)
             return
+        assert self._subscriptions is not None  # made before the handshake was accepted
         if isinstance(command, Subscribe):
-            await self._subscribe(command)
+            await self._subscriptions.subscribe(command)
         elif isinstance(command, Unsubscribe):
-            await self._unsubscribe(command.task_id)
-
-    # -- subscriptions -------------------------------------------------------------
-
-    def _identity(self) -> tuple[Any, str | None]:
-        # Channels' middleware puts lazy objects in the scope; one that was never
-        # resolved raises on first touch. Either counts as "nobody".
-        try:
-            user = self.scope.get("user")
-            if user is not None and not isinstance(user.is_authenticated, bool):
-                user = None
-        except Exception:
-            user = None
-        try:
-            session = self.scope.get("session")
-            key = getattr(session, "session_key", None) if session is not None else None
-        except Exception:
-            key = None
-        return user, key if isinstance(key, str) else None
-
-    async def _subscribe(self, command: Subscribe) -> None:
-        task_id = command.task_id
-        if task_id in self._follows:
-            self._send(error_frame(ERROR_ALREADY_SUBSCRIBED, "already subscribed", task_id))
-            return
-        if len(self._follows) >= self.settings.max_subscriptions:
-            self._send(error_frame(ERROR_TOO_MANY_SUBSCRIPTIONS, "too many subscriptions", task_id))
-            return
-        user, session_key = self._identity()
-        try:
-            check_subscription_token(command.token, task_id, user=user, session_key=session_key)
-        except SubscriptionRefused as exc:
-            self._close(exc.close_code, str(exc), task_id)
-            return
-        follow = _Follow(task_id)
-        if command.after is not None:
-            follow.last = command.after
-            follow.terminal = split_order(command.after)[1] == Phase.TERMINAL
-        self._follows[task_id] = follow
-        assert self._hub is not None
-        try:
-            # Join first, read second: whatever the read misses is already on its way.
-            await self._hub.subscribe(task_id, self._on_event)
-        except Exception:
-            logger.warning("could not join the channel-layer group of %s", task_id, exc_info=True)
-            self._follows.pop(task_id, None)
-            await self._hub.unsubscribe(task_id, self._on_event)
-            self._close(CLOSE_TRY_AGAIN, "live events are unavailable; try again later", task_id)
-            return
-        snapshot: TaskEvent | None = None
-        failed = False
-        try:
-            source = self.snapshot_source or _default_source()
-            snapshot = await reader_for_loop().read(
-                source, task_id, timeout=self.settings.snapshot_timeout
-            )
-        except Exception:
-            logger.warning("could not read the snapshot of task %s", task_id, exc_info=True)
-            failed = True
-        if self._follows.get(task_id) is not follow or self._closing:
-            return
-        self._settle(follow, snapshot)
-        if failed:
-            message = "the task's state could not be read"
-            self._send(error_frame(ERROR_SNAPSHOT_UNAVAILABLE, message, task_id))
-
-    def _settle(self, follow: _Follow, snapshot: TaskEvent | None) -> None:
-        # Runs without an await: no event can slip in between the merge and ready.
-        live, follow.buffer = follow.buffer, []
-        follow.ready = True
-        newest = _newest(snapshot, live)
-        shown: TaskEvent | None = None
-        if (
-            newest is not None
-            and not follow.terminal
-            and (newest.order > follow.last or newest.is_terminal)
-        ):
-            shown = newest
-            follow.last = max(follow.last, newest.order)
-            follow.terminal = newest.is_terminal
-        self._send(snapshot_frame(follow.task_id, shown))
-
-    async def _unsubscribe(self, task_id: str) -> None:
-        if self._follows.pop(task_id, None) is not None and self._hub is not None:
-            await self._hub.unsubscribe(task_id, self._on_event)
-
-    def _on_event(self, event: TaskEvent, frame: str) -> None:
-        """The hub's listener: on the loop's thread, once per event of a followed task."""
-        follow = self._follows.get(event.task_id)
-        if follow is None:
-            return
-        if not follow.ready:
-            follow.buffer.append(event)
-            if len(follow.buffer) > self.max_buffered_events:
-                # Keep the newest; a terminal event is kept whatever its position.
-                follow.buffer.sort(key=lambda e: (e.is_terminal, e.order))
-                del follow.buffer[0]
-            return
-        if follow.terminal or event.order <= follow.last:
-            return
-        follow.last = event.order
-        follow.terminal = event.is_terminal
-        self._send(frame)
+            await self._subscriptions.unsubscribe(command.task_id)
 
     # -- output --------------------------------------------------------------------
 
@@ -463,10 +330,9 @@ class TaskEventsConsumer(AsyncConsumer):  # type: ignore[misc]  # channels is un
 
     async def _teardown(self) -> None:
         self._closing = True
-        follows, self._follows = self._follows, {}
-        if self._hub is not None:
-            for task_id in follows:
-                await self._hub.unsubscribe(task_id, self._on_event)
+        subscriptions, self._subscriptions = self._subscriptions, None
+        if subscriptions is not None:
+            await subscriptions.clear()
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.cancel()

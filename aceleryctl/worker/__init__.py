@@ -4,7 +4,8 @@ execution-time log).
 
 Loaded when a Celery worker starts (:func:`aceleryctl.signals.connect`), never by
 ``import aceleryctl`` in a web process; the web process imports
-:mod:`~aceleryctl.worker.emitter`, :mod:`~aceleryctl.worker.layer` and
-:mod:`~aceleryctl.worker.config` on its first live ``task.sent``. Nothing here is
-public API: import from :mod:`aceleryctl.signals`.
+:mod:`~aceleryctl.worker.emitter` (with :mod:`~aceleryctl.worker.delivery`),
+:mod:`~aceleryctl.worker.layer` and :mod:`~aceleryctl.worker.config` on its first
+live ``task.sent``. Nothing here is public API: import from
+:mod:`aceleryctl.signals`.
 """

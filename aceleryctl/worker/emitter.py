@@ -7,7 +7,9 @@ emitter thread sends each event with ``layer.group_send(group_name(task_id),
 event.to_layer_message())`` under a timeout. When the queue is full the *oldest*
 event is dropped (the newest, often a terminal event, matters most); drops, send
 failures and timeouts are counted (:meth:`Emitter.statistics`) and logged once
-per kind, not once per event, at logger ``aceleryctl.emitter``.
+per kind, not once per event, at logger ``aceleryctl.emitter``. This module is
+the queue, the thread and its loop, and fork safety; what one send or job does
+on that loop is :class:`~aceleryctl.worker.delivery.Delivery`'s.
 
 Why a long-lived loop of our own: channels_redis keeps its Redis connections per
 event loop. Calling ``async_to_sync(layer.group_send)`` from a worker makes a new
@@ -32,13 +34,12 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from collections.abc import Callable
+from typing import Final
 
-from aceleryctl._logging import scrub_credentials
-from aceleryctl._once import OnceLog
-from aceleryctl.events import TaskEvent, clip_text, group_name
+from aceleryctl.events import TaskEvent
+from aceleryctl.worker.delivery import Delivery, EmitterStatistics, GroupSender, Job
+from aceleryctl.worker.delivery import LayerFactory as LayerFactory
 
 __all__ = [
     "Emitter",
@@ -49,55 +50,8 @@ __all__ = [
 logger: Final = logging.getLogger("aceleryctl.emitter")
 
 
-class GroupSender(Protocol):
-    """What the emitter needs of a channel layer."""
-
-    def group_send(self, group: str, message: dict[str, Any]) -> Awaitable[Any]:
-        """Send ``message`` to every channel in ``group``."""
-        ...
-
-
-#: Returns the channel layer to send with, or ``None`` when there is none. Called on
-#: the emitter thread (inside its event loop) before every send, so that a layer
-#: replaced at run time (``override_settings(CHANNEL_LAYERS=...)``) is picked up.
-LayerFactory = Callable[[], GroupSender | None]
 #: Runs on the emitter thread when a timer is due; returns an event to send, or None.
 TimerCallback = Callable[[], TaskEvent | None]
-#: A coroutine function run on the emitter's loop (see :meth:`Emitter.run_soon`),
-#: given the current layer (``None`` when there is none).
-Job = Callable[[GroupSender | None], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class EmitterStatistics:
-    """A snapshot of one process's emitter. Counts are since the emitter started in
-    this process (a forked child starts from zero).
-
-    Attributes:
-        pid: the process the numbers belong to.
-        queued: events waiting to be sent now.
-        accepted: events handed to :meth:`Emitter.emit`.
-        sent: events the layer accepted.
-        failed: sends that raised.
-        timed_out: sends that did not finish within the send timeout.
-        dropped_full: events dropped because the queue was full (the oldest go).
-        dropped_no_layer: events dropped because no channel layer was available.
-        dropped_invalid: events whose task id cannot name a channel-layer group.
-        dropped_closed: events emitted after :meth:`Emitter.close`, or still queued
-            when it gave up waiting.
-    """
-
-    pid: int
-    queued: int
-    accepted: int
-    sent: int
-    failed: int
-    timed_out: int
-    dropped_full: int
-    dropped_no_layer: int
-    dropped_invalid: int
-    dropped_closed: int
-
 
 _live: weakref.WeakSet[Emitter] = weakref.WeakSet()
 #: Threads and loops inherited through fork: unusable, but kept referenced so that
@@ -173,7 +127,7 @@ class Emitter:
             0,
         )
         self._burst = 0  # events dropped for a full queue since it was last empty
-        self._logged = OnceLog(logger)
+        self._delivery = Delivery(self._factory, self._send_timeout, self._count)
 
     def _after_fork(self) -> None:
         _abandoned.extend(x for x in (self._thread, self._loop) if x is not None)
@@ -386,7 +340,7 @@ class Emitter:
             for job in jobs:
                 await self._run_job(job)
             if event is not None:
-                await self._send(event)
+                await self._delivery.send(event)
                 with self._cond:
                     self._pending -= 1
                     if self._pending <= 0:
@@ -405,7 +359,7 @@ class Emitter:
         try:
             event = callback()
         except Exception as exc:
-            self._problem(f"timer:{type(exc).__name__}", "an event timer raised %r", exc)
+            self._delivery.problem(f"timer:{type(exc).__name__}", "an event timer raised %r", exc)
             return
         if event is None:
             return
@@ -421,84 +375,16 @@ class Emitter:
 
     async def _run_job(self, job: Job) -> None:
         try:
-            await job(self._layer())
-        except Exception as exc:
-            self._problem(f"job:{type(exc).__name__}", "an emitter job raised %s", _describe(exc))
+            await self._delivery.run_job(job)
         finally:
             with self._cond:
                 self._pending -= 1
                 if self._pending <= 0:
                     self._cond.notify_all()
 
-    def _layer(self) -> GroupSender | None:
-        """The layer from the factory, ``None`` (logged once) if it fails."""
-        try:
-            return self._factory()
-        except Exception as exc:
-            self._problem(
-                f"factory:{type(exc).__name__}",
-                "aceleryctl could not get a channel layer: %s",
-                _describe(exc),
-            )
-            return None
-
-    async def _send(self, event: TaskEvent) -> None:
-        try:
-            group = group_name(event.task_id)
-        except ValueError as exc:
-            self._count("dropped_invalid")
-            self._problem("invalid", "an event was dropped: %s", exc)
-            return
-        try:
-            layer = self._factory()
-        except Exception as exc:
-            layer = None
-            self._problem(
-                f"factory:{type(exc).__name__}",
-                "aceleryctl could not get a channel layer: %s",
-                _describe(exc),
-            )
-        if layer is None:
-            self._count("dropped_no_layer")
-            self._problem("no_layer", "no channel layer is configured: task events are dropped")
-            return
-        try:
-            await asyncio.wait_for(
-                layer.group_send(group, event.to_layer_message()), self._send_timeout
-            )
-        except TimeoutError:
-            self._count("timed_out")
-            self._problem(
-                "timeout",
-                "channel layer group_send took longer than %.3g s: events are being dropped",
-                self._send_timeout,
-            )
-        except Exception as exc:
-            self._count("failed")
-            self._problem(
-                f"send:{type(exc).__name__}",
-                "channel layer group_send failed (%s): events are being dropped",
-                _describe(exc),
-            )
-        else:
-            self._count("sent")
-            seen = self._logged.seen() if len(self._logged) else ()
-            transport = [k for k in seen if k == "timeout" or k.startswith("send:")]
-            if transport and self._logged.forget(transport):
-                logger.info("channel layer group_send works again; task events flow")
-
     def _count(self, key: str) -> None:
         with self._cond:
             self._counts[key] += 1
-
-    def _problem(self, kind: str, message: str, *args: object) -> None:
-        """Log ``message`` at WARNING the first time ``kind`` happens (again after a
-        successful send, for transport problems). Emitter thread only."""
-        self._logged.warning(kind, message, *args)
-
-
-def _describe(exc: BaseException) -> str:
-    return clip_text(scrub_credentials(f"{type(exc).__name__}: {exc}"), 300)
 
 
 def _after_fork_in_child() -> None:
