@@ -2,7 +2,7 @@
 
     python -m bench.compare 411313b            # 5 rounds of 20,000 dispatches a tree
     python -m bench.compare HEAD~3 --rounds 3 --n 10000
-    python -m bench.compare HEAD --smoke       # tiny: CI checks that it runs
+    python -m bench.compare HEAD --smoke       # tiny: checks that it runs
 
 The other commit is checked out with ``git worktree`` into a temporary folder
 (removed afterwards). Each round runs, in a fresh child process per tree and in
