@@ -159,8 +159,15 @@ def test_an_unwritable_log_file_is_reported_once_and_tasks_carry_on(
     blocker.write_text("not a directory")
     path = blocker / "logs" / "celery_logs.txt"
     with override_settings(ACELERYCTL={**settings.ACELERYCTL, "LOG_FILE": str(path)}):
-        run(fails, "a", password="pw")
-        run(fails, "b", password="pw")
+        # As in a worker: the logging receivers are connected (this test process is
+        # a web process, which connects them only when a worker starts or told to).
+        signals.connect(events=False)
+        try:
+            run(fails, "a", password="pw")
+            run(fails, "b", password="pw")
+        finally:
+            wl.remove_file_handler()
+    signals.connect()
     assert wl.file_handler() is None
     assert len([r for r in caplog.records if "cannot write its log file" in r.getMessage()]) == 1
 
