@@ -141,58 +141,48 @@ def build_apply_async(
     """
     call_args, call_kwargs = _check_args(args, kwargs)
     if isinstance(task, CANVAS_TYPES):
-        parent = _inherit_parent(app, options)
-        cid = _with_correlation(options)
         name = f"{type(task).__name__.lstrip('_')}({task!r:.120})"
-        return Dispatch(
+        # A canvas's id is assigned when it is frozen, on the publishing thread.
+        return _made(
+            app,
             DispatchKind.CANVAS,
             name,
-            options.get("task_id"),
             call_args,
             call_kwargs,
             options,
             timeout,
             method,
             signature=task,
-            correlation_id=cid,
             target=task,
-        ), parent
+        )
     if isinstance(task, Signature):
-        task_id = options.get("task_id") or task.options.get("task_id") or new_task_id()
-        options["task_id"] = task_id
-        parent = _inherit_parent(app, options)
-        cid = _with_correlation(options)
-        return Dispatch(
+        options["task_id"] = options.get("task_id") or task.options.get("task_id") or new_task_id()
+        return _made(
+            app,
             DispatchKind.SIGNATURE,
             str(task.get("task")),
-            task_id,
             call_args,
             call_kwargs,
             options,
             timeout,
             method,
             signature=task,
-            correlation_id=cid,
             target=task,
-        ), parent
+        )
     if isinstance(task, Task):
         bound = _resolve_task(app, task)
-        task_id = options.get("task_id") or new_task_id()
-        options["task_id"] = task_id
-        parent = _inherit_parent(app, options)
-        cid = _with_correlation(options)
-        return Dispatch(
+        options["task_id"] = options.get("task_id") or new_task_id()
+        return _made(
+            app,
             DispatchKind.TASK,
             bound.name,
-            task_id,
             call_args,
             call_kwargs,
             options,
             timeout,
             method,
-            correlation_id=cid,
             target=bound,
-        ), parent
+        )
     if callable(task):
         if call_args or call_kwargs or options:
             raise TypeError(
@@ -223,22 +213,45 @@ def build_send_task(
     if not isinstance(name, str) or not name:
         raise TypeError(f"send_task needs the task's registered name as a str, got {name!r}")
     call_args, call_kwargs = _check_args(args, kwargs)
-    task_id = options.get("task_id") or new_task_id()
-    options["task_id"] = task_id
+    options["task_id"] = options.get("task_id") or new_task_id()
+    return _made(
+        app, DispatchKind.TASK, name, call_args, call_kwargs, options, timeout, method, by_name=True
+    )
+
+
+def _made(
+    app: Celery,
+    kind: DispatchKind,
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    options: dict[str, Any],
+    timeout: float,
+    method: str,
+    *,
+    signature: Any = None,
+    target: Any = None,
+    by_name: bool = False,
+) -> Built:
+    # What every kind but a callable shares: the parent links and the correlation
+    # header go into ``options`` here, on the caller's thread, after the task id.
     parent = _inherit_parent(app, options)
-    cid = _with_correlation(options)
-    return Dispatch(
-        DispatchKind.TASK,
+    correlation = _with_correlation(options)
+    dispatch = Dispatch(
+        kind,
         name,
-        task_id,
-        call_args,
-        call_kwargs,
+        options.get("task_id"),
+        args,
+        kwargs,
         options,
         timeout,
         method,
-        correlation_id=cid,
-        by_name=True,
-    ), parent
+        signature=signature,
+        correlation_id=correlation,
+        by_name=by_name,
+        target=target,
+    )
+    return dispatch, parent
 
 
 def build_callable(method: str, fn: Callable[[], Any], timeout: float) -> Dispatch:

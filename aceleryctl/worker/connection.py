@@ -76,21 +76,8 @@ def connect(
     logging: bool = True,
     layer_factory: LayerFactory | None = None,
 ) -> None:
-    """Connect aceleryctl's receivers to Celery's signals. Idempotent, thread-safe;
-    call it again to change what is connected.
-
-    Args:
-        events: publish task events; default ``ACELERYCTL["EVENTS_ENABLED"]``
-            (``True``). Events need a channel layer: ``layer_factory``, else
-            Django's ``CHANNEL_LAYERS["default"]`` when configured. Without either,
-            no event is even built.
-        logging: write the execution-time log records (failure and retry; success
-            and prerun when their settings are on).
-        layer_factory: returns the channel layer to publish with. It is called on
-            the emitter's thread, inside the event loop that alone uses the layer.
-
-    The receivers that keep a task's correlation id current are always connected.
-    """
+    """What :func:`aceleryctl.signals.connect` does (its docstring has the arguments):
+    connect or disconnect each group of receivers, in order. Idempotent, thread-safe."""
     with _lock:
         reset_worker_config()
         want_events = worker_config().events if events is None else events
