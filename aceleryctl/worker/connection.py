@@ -101,6 +101,10 @@ def disconnect() -> None:
             _switch(group, False)
         sent.use_publish_signal(False)
         _state.update(events=False, logging=False)
+        # Forget the caller's layer too: a later web-side emitter (task.sent, built
+        # by ensure_default_factory) must publish to Django's layer, not to a layer
+        # a disconnected caller once passed in.
+        set_layer_factory(None)
         set_default_factory(None)
 
 

@@ -34,6 +34,7 @@ from aceleryctl.worker.receivers import (
     on_unknown,
 )
 from aceleryctl.worker.retry import on_before_publish
+from tests._support.waiting import wait_until
 
 TIMEOUT = 10.0
 
@@ -333,6 +334,25 @@ def test_connect_and_disconnect_are_idempotent(layer: RecordingLayer) -> None:
     assert default_emitter() is None
     signals.connect(layer_factory=lambda: layer)
     assert count() == once
+
+
+def test_disconnect_forgets_the_layer_factory_it_was_given(layer: RecordingLayer) -> None:
+    """A web process's task.sent after disconnect() goes to Django's layer (none
+    here), never to the layer a disconnected caller passed to connect()."""
+    signals.disconnect()
+    sent.install_web()
+    events = sent.sent_events()
+    before = events.statistics()
+    events.add("after-disconnect", "signals_tests.journey", None)
+    after = wait_until(
+        lambda: (s := events.statistics()).buffered == 0 and s,
+        timeout=TIMEOUT,
+        message="the task.sent entry was never taken off the buffer",
+    )
+    assert after.dropped_off == before.dropped_off + 1  # no channel layer configured
+    assert after.sent == before.sent
+    with layer.lock:
+        assert layer.sent == []
 
 
 def test_retry_reason_without_an_exception() -> None:
