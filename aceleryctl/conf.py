@@ -117,7 +117,10 @@ def _project_app() -> Celery:
 
 
 def build_controller(conf: ControllerSettings) -> AsyncCeleryController:
-    """A new controller configured from ``conf``."""
+    """A new controller configured from ``conf`` (and ``ACELERYCTL["OUTBOX"]``)."""
+    from aceleryctl.outbox.config import outbox_settings
+
+    outbox = outbox_settings()
     app = resolve_celery_app(conf)
     breaker = CircuitBreaker(**breaker_arguments(conf.breaker))
     force = conf.breaker.get("FORCE")
@@ -135,6 +138,7 @@ def build_controller(conf: ControllerSettings) -> AsyncCeleryController:
         drain_timeout=conf.drain_timeout,
         breaker=breaker,
         redact_keys=conf.redact_keys,
+        durable=outbox.enabled and outbox.durable_by_default,
     )
 
 
@@ -224,6 +228,9 @@ atexit.register(close_default_controller)
 
 def _on_setting_changed(*, setting: str, **_: Any) -> None:
     if setting == SETTING_NAME:
+        from aceleryctl.outbox.config import reset_outbox_settings
+
+        reset_outbox_settings()
         reset_default_controller()
 
 

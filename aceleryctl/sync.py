@@ -24,11 +24,18 @@ from celery.result import AsyncResult, EagerResult
 
 from aceleryctl._proxy import LazyProxy
 from aceleryctl.dispatch.build import Built
-from aceleryctl.dispatch.core import ControllerCore, Dispatchable
+from aceleryctl.dispatch.core import (
+    ControllerCore,
+    Dispatchable,
+    outbox_enabled,
+    require_outbox,
+)
 from aceleryctl.dispatch.oncommit import check_deferrable, defer_until_commit
 from aceleryctl.dispatch.protocol import SyncController
 from aceleryctl.dispatch.statistics import ControllerStatistics
 from aceleryctl.exceptions import AsyncContextError, TaskDispatchError
+from aceleryctl.outbox.durable import run_durable_sync
+from aceleryctl.outbox.handoff import store_on_commit
 
 if TYPE_CHECKING:
     from aceleryctl.dispatch.controller import AsyncCeleryController
@@ -106,7 +113,10 @@ class SyncCeleryController:
         """
         _refuse_in_event_loop("delay")
         core = self._core
-        return core._engine.run_sync(*core._delay_call(task, args, kwargs))
+        built = core._delay_call(task, args, kwargs)
+        if core._durable:
+            return run_durable_sync(core._engine, built)
+        return core._engine.run_sync(*built)
 
     def apply_async(
         self,
@@ -119,9 +129,11 @@ class SyncCeleryController:
         """Send ``task`` with Celery options; see ``AsyncCeleryController.apply_async``."""
         _refuse_in_event_loop("apply_async")
         core = self._core
-        return core._engine.run_sync(
-            *core._apply_async_call("apply_async", task, args, kwargs, options)
-        )
+        durable = core._take_durable(options)
+        built = core._apply_async_call("apply_async", task, args, kwargs, options)
+        if durable:
+            return run_durable_sync(core._engine, built)
+        return core._engine.run_sync(*built)
 
     def send_task(
         self,
@@ -134,9 +146,11 @@ class SyncCeleryController:
         """Send a task by registered name; see ``AsyncCeleryController.send_task``."""
         _refuse_in_event_loop("send_task")
         core = self._core
-        result: AsyncResult[Any] = core._engine.run_sync(
-            *core._send_task_call(name, args, kwargs, options)
-        )
+        durable = core._take_durable(options)
+        built = core._send_task_call(name, args, kwargs, options)
+        if durable:
+            return run_durable_sync(core._engine, built)  # type: ignore[no-any-return]
+        result: AsyncResult[Any] = core._engine.run_sync(*built)
         return result
 
     def apply(
@@ -187,7 +201,7 @@ class SyncCeleryController:
         """
         _refuse_in_event_loop("delay_on_commit")
         built = self._core._delay_call(task, args, kwargs, method="delay_on_commit")
-        return self._on_commit(built, None)
+        return self._on_commit(built, None, self._core._durable)
 
     def apply_async_on_commit(
         self,
@@ -201,13 +215,20 @@ class SyncCeleryController:
     ) -> AsyncResult[Any]:
         """:meth:`apply_async` after the transaction on ``using`` commits."""
         _refuse_in_event_loop("apply_async_on_commit")
+        durable = self._core._take_durable(options)
         built = self._core._apply_async_call("apply_async_on_commit", task, args, kwargs, options)
-        return self._on_commit(built, using)
+        return self._on_commit(built, using, durable)
 
-    def _on_commit(self, built: Built, using: str | None) -> AsyncResult[Any]:
+    def _on_commit(self, built: Built, using: str | None, durable: bool) -> AsyncResult[Any]:
         dispatch, parent = built
         task_id = check_deferrable(dispatch)
         engine = self._core._engine
+        if outbox_enabled():
+            if store_on_commit(engine, built, using):
+                return self._core.app.AsyncResult(task_id)
+            return run_durable_sync(engine, built)  # type: ignore[no-any-return]
+        if durable:
+            require_outbox("durable=True")
         if not defer_until_commit(engine.submit_detached, built, using):
             result: AsyncResult[Any] = engine.run_sync(dispatch, parent)
             return result

@@ -24,12 +24,19 @@ from aceleryctl._logging import DEFAULT_REDACT_KEYS, Redactor
 from aceleryctl.breaker import CircuitBreaker
 from aceleryctl.dispatch.build import Built, check_timeout
 from aceleryctl.dispatch.build import current_celery_app as _current_celery_app
-from aceleryctl.dispatch.core import ControllerCore, Dispatchable
+from aceleryctl.dispatch.core import (
+    ControllerCore,
+    Dispatchable,
+    outbox_enabled,
+    require_outbox,
+)
 from aceleryctl.dispatch.engine import DispatchEngine
 from aceleryctl.dispatch.listener import DispatchListener
 from aceleryctl.dispatch.oncommit import check_deferrable, defer_until_commit
 from aceleryctl.dispatch.pool import settle
 from aceleryctl.exceptions import TaskDispatchError
+from aceleryctl.outbox.durable import run_durable
+from aceleryctl.outbox.handoff import store_on_commit
 from aceleryctl.wires import wire_for
 from aceleryctl.wires.connections import TransportPolicy
 
@@ -79,6 +86,8 @@ class AsyncCeleryController(ControllerCore):
             traces); see also :meth:`add_listener`.
         clock: monotonic seconds (``time.monotonic``); tests pass a
             :class:`~aceleryctl.testing.ManualClock`.
+        durable: every dispatch is durable unless a call says ``durable=False``
+            (needs the outbox; see docs/durability.md).
 
     Raises:
         ValueError, TypeError: an argument is out of range or of the wrong type.
@@ -100,6 +109,7 @@ class AsyncCeleryController(ControllerCore):
         direct_publish: bool = True,
         listeners: Iterable[DispatchListener] = (),
         clock: Clock = time.monotonic,
+        durable: bool = False,
     ) -> None:
         if app is None:
             app = _current_celery_app()
@@ -117,7 +127,9 @@ class AsyncCeleryController(ControllerCore):
             listeners=tuple(listeners),
             clock=clock,
         )
-        super().__init__(engine, dispatch_timeout=dispatch_timeout, drain_timeout=drain_timeout)
+        super().__init__(
+            engine, dispatch_timeout=dispatch_timeout, drain_timeout=drain_timeout, durable=durable
+        )
         self._closed = False
         self._sync: SyncCeleryController | None = None
 
@@ -179,7 +191,10 @@ class AsyncCeleryController(ControllerCore):
             TaskDispatchError: a subclass; see :mod:`aceleryctl.exceptions`.
             TypeError: ``task`` is not something that can be dispatched.
         """
-        return await self._engine.run_async(*self._delay_call(task, args, kwargs))
+        built = self._delay_call(task, args, kwargs)
+        if self._durable:
+            return await run_durable(self._engine, built)
+        return await self._engine.run_async(*built)
 
     async def apply_async(
         self,
@@ -195,13 +210,20 @@ class AsyncCeleryController(ControllerCore):
         ``routing_key``, ``priority``, ``task_id``, ``headers``, ``link``,
         ``link_error``, ``retry``, ``retry_policy``, ``serializer``, ``compression``,
         ``ignore_result``, ...) passes through unchanged. ``dispatch_timeout``
-        (seconds) overrides this call's deadline and is not sent to Celery.
+        (seconds) overrides this call's deadline and ``durable`` (``True``: store
+        the dispatch in the outbox when the broker does not take it, and return a
+        :class:`~aceleryctl.outbox.durable.DeferredResult`) overrides the
+        controller's default; neither is sent to Celery.
 
         Raises:
             TaskDispatchError: a subclass; see :mod:`aceleryctl.exceptions`.
-            TypeError, ValueError: bad ``task``, ``args``, ``kwargs`` or ``dispatch_timeout``.
+            TypeError, ValueError: bad ``task``, ``args``, ``kwargs``, ``dispatch_timeout``
+                or ``durable``.
         """
+        durable = self._take_durable(options)
         built = self._apply_async_call("apply_async", task, args, kwargs, options)
+        if durable:
+            return await run_durable(self._engine, built)
         return await self._engine.run_async(*built)
 
     async def send_task(
@@ -219,7 +241,10 @@ class AsyncCeleryController(ControllerCore):
         Raises:
             TaskDispatchError: a subclass; see :mod:`aceleryctl.exceptions`.
         """
+        durable = self._take_durable(options)
         built = self._send_task_call(name, args, kwargs, options)
+        if durable:
+            return await run_durable(self._engine, built)  # type: ignore[no-any-return]
         result: AsyncResult[Any] = await self._engine.run_async(*built)
         return result
 
@@ -287,15 +312,18 @@ class AsyncCeleryController(ControllerCore):
         Celery's own ``delay_on_commit``, which returns ``None``. With no
         transaction open (autocommit), publishes now, under the deadline. The
         transaction is looked for on the thread-sensitive thread, where Django's
-        transactions live in async code. A publish that fails after the commit
-        cannot raise to anyone: it is logged.
+        transactions live in async code. Without the outbox, a publish that fails
+        after the commit cannot raise to anyone: it is logged. With the outbox
+        (``ACELERYCTL["OUTBOX"]["ENABLED"]``), the dispatch is written to it in
+        the transaction and a failed publish is left to the relay; with no
+        transaction open, the call is durable.
 
         Raises:
             TaskDispatchError: only when publishing right away (no transaction).
             TypeError: for a canvas or a callable (their ids are not known up front).
         """
         built = self._delay_call(task, args, kwargs, method="delay_on_commit")
-        return await self._on_commit(built, None)
+        return await self._on_commit(built, None, self._durable)
 
     async def apply_async_on_commit(
         self,
@@ -311,12 +339,22 @@ class AsyncCeleryController(ControllerCore):
 
         See :meth:`delay_on_commit`.
         """
+        durable = self._take_durable(options)
         built = self._apply_async_call("apply_async_on_commit", task, args, kwargs, options)
-        return await self._on_commit(built, using)
+        return await self._on_commit(built, using, durable)
 
-    async def _on_commit(self, built: Built, using: str | None) -> AsyncResult[Any]:
+    async def _on_commit(
+        self, built: Built, using: str | None, durable: bool = False
+    ) -> AsyncResult[Any]:
         dispatch, parent = built
         task_id = check_deferrable(dispatch)
+        if outbox_enabled():
+            store = sync_to_async(store_on_commit, thread_sensitive=True)
+            if await store(self._engine, built, using):
+                return self.app.AsyncResult(task_id)
+            return await run_durable(self._engine, built)  # type: ignore[no-any-return]
+        if durable:
+            require_outbox("durable=True")
         deferred = await sync_to_async(defer_until_commit, thread_sensitive=True)(
             self._engine.submit_detached, built, using
         )

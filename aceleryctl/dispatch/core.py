@@ -23,11 +23,37 @@ from aceleryctl.dispatch.build import (
 from aceleryctl.dispatch.engine import DispatchEngine
 from aceleryctl.dispatch.statistics import ControllerStatistics
 
-__all__ = ["ControllerCore", "Dispatchable"]
+__all__ = ["ControllerCore", "Dispatchable", "outbox_enabled", "require_outbox"]
 
 #: What the dispatch methods accept: a task, a signature, a group/chain/chord, or
 #: a zero-argument callable that dispatches and returns a result.
 Dispatchable = Any
+
+
+def outbox_enabled() -> bool:
+    """Whether ``ACELERYCTL["OUTBOX"]["ENABLED"]`` is on (cached; cheap).
+
+    Raises:
+        django.core.exceptions.ImproperlyConfigured: the setting is invalid.
+    """
+    from aceleryctl.outbox.config import outbox_settings
+
+    return outbox_settings().enabled
+
+
+def require_outbox(what: str) -> None:
+    """Raise unless the outbox is on.
+
+    Raises:
+        django.core.exceptions.ImproperlyConfigured: it is off; says what to set.
+    """
+    if not outbox_enabled():
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(
+            f"{what} needs the outbox: set ACELERYCTL['OUTBOX'] = {{'ENABLED': True}}, keep "
+            "'aceleryctl' in INSTALLED_APPS and run `manage.py migrate` (see docs/durability.md)"
+        )
 
 
 class ControllerCore:
@@ -37,12 +63,24 @@ class ControllerCore:
     thread-safe state.
     """
 
-    __slots__ = ("_default_timeout", "_drain_timeout", "_engine")
+    __slots__ = ("_default_timeout", "_drain_timeout", "_durable", "_engine")
 
-    def __init__(self, engine: DispatchEngine, *, dispatch_timeout: float, drain_timeout: float):
+    def __init__(
+        self,
+        engine: DispatchEngine,
+        *,
+        dispatch_timeout: float,
+        drain_timeout: float,
+        durable: bool = False,
+    ):
         self._engine = engine
         self._default_timeout = check_timeout(dispatch_timeout)
         self._drain_timeout = check_timeout(drain_timeout, name="drain_timeout")
+        if not isinstance(durable, bool):
+            raise TypeError(f"durable must be True or False, got {durable!r}")
+        if durable:
+            require_outbox("durable=True")
+        self._durable = durable
 
     @property
     def app(self) -> Celery:
@@ -86,6 +124,27 @@ class ControllerCore:
             "direct_publish": bool(wire.get("direct_publish", False)),
             "wire": wire["wire"],
         }
+
+    @property
+    def durable(self) -> bool:
+        """Whether every dispatch is durable by default (see docs/durability.md)."""
+        return self._durable
+
+    def _take_durable(self, options: dict[str, Any]) -> bool:
+        """Pop the per-call ``durable`` option; ``True`` needs the outbox.
+
+        Raises:
+            TypeError: ``durable`` is not a bool.
+            django.core.exceptions.ImproperlyConfigured: durable without the outbox.
+        """
+        durable = options.pop("durable", None)
+        if durable is None:
+            return self._durable
+        if not isinstance(durable, bool):
+            raise TypeError(f"durable must be True or False, got {durable!r}")
+        if durable:
+            require_outbox("durable=True")
+        return durable
 
     def _probe_timeout(self, timeout: float | None) -> float:
         return self._default_timeout if timeout is None else check_timeout(timeout, name="timeout")

@@ -3,9 +3,10 @@
 One :class:`DispatchEngine` owns a publish pool, a circuit breaker, a wire (the
 broker seam), the deadline, the mapping of wire outcomes onto
 :mod:`aceleryctl.exceptions`, the failure log and the listeners.
-:meth:`~DispatchEngine.run_async` and :meth:`~DispatchEngine.run_sync` are the two
-ways in for a caller who waits; :meth:`~DispatchEngine.submit_detached` for an
-on-commit publish nobody waits for. All follow the same steps:
+:meth:`~DispatchEngine.run_async`, :meth:`~DispatchEngine.run_sync` and
+:meth:`~DispatchEngine.run_many_sync` (the outbox relay's) are the ways in for a
+caller who waits; :meth:`~DispatchEngine.submit_detached` for an on-commit publish
+nobody waits for. All follow the same steps:
 
 1. ask the breaker (an open breaker costs microseconds: no thread, no socket);
 2. queue the attempt on the pool (a full queue is refused at once);
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -26,8 +28,8 @@ from celery import Celery
 from aceleryctl import compat
 from aceleryctl._clock import Clock
 from aceleryctl._logging import Redactor
-from aceleryctl.breaker import CircuitBreaker, StateChange
-from aceleryctl.dispatch.failures import Failures, Permit
+from aceleryctl.breaker import BreakerState, CircuitBreaker, StateChange
+from aceleryctl.dispatch.failures import Failures, Permit, outcome_of
 from aceleryctl.dispatch.listener import (
     DispatchEvent,
     DispatchListener,
@@ -36,14 +38,22 @@ from aceleryctl.dispatch.listener import (
     PoolChange,
 )
 from aceleryctl.dispatch.pool import PoolClosed, PoolSaturated, PublishPool, WaitOutcome
-from aceleryctl.dispatch.record import Attempt, Dispatch, DispatchKind
+from aceleryctl.dispatch.probe import Probe
+from aceleryctl.dispatch.record import Attempt, Dispatch
 from aceleryctl.dispatch.results import rebind
 from aceleryctl.dispatch.runner import BatchRunner, PublishJob
 from aceleryctl.dispatch.statistics import ControllerStatistics, StatisticsListener
 from aceleryctl.exceptions import CircuitOpenError, TaskDispatchError
 from aceleryctl.wires.base import Wire, WireOutcome
 
-__all__ = ["DispatchEngine"]
+__all__ = ["DispatchEngine", "Settled"]
+
+#: Told how a detached (on-commit) dispatch ended: its outcome, and the error a
+#: caller would have got (``None`` when sent). Runs on a publishing thread, or on
+#: the committing thread when the dispatch was refused at once; must not block.
+Settled = Callable[[DispatchOutcome, TaskDispatchError | None], None]
+
+_OPEN_STATES = (BreakerState.OPEN, BreakerState.FORCED_OPEN)
 
 
 class DispatchEngine:
@@ -85,7 +95,7 @@ class DispatchEngine:
         self._stats = StatisticsListener()
         self._listeners = Listeners(listeners)
         self._failures = Failures(app, redactor)
-        self._runner = BatchRunner(wire, clock)
+        self._runner = BatchRunner(wire, clock, admit=self._admit)
         self.pool = PublishPool(
             max_workers=max_workers,
             max_pending=max_pending,
@@ -97,7 +107,7 @@ class DispatchEngine:
             batch_ready=wire.connected,
             clock=clock,
         )
-        breaker.add_listener(_BreakerRelay(self))
+        breaker.add_listener(self)
 
     # -- listeners ---------------------------------------------------------
 
@@ -147,32 +157,93 @@ class DispatchEngine:
         outcome = self.pool.wait(future, dispatch.timeout)
         return self._finish(attempt, permit, outcome)
 
-    def submit_detached(self, dispatch: Dispatch, parent: Any = None) -> None:
+    def submit_detached(
+        self, dispatch: Dispatch, parent: Any = None, settled: Settled | None = None
+    ) -> None:
         """Publish ``dispatch`` without anyone waiting (on-commit dispatch).
 
         Runs on whatever thread commits the transaction and never blocks it.
         Failures cannot reach a caller any more: they are counted and logged as
-        one record, like any other dispatch failure. Never raises.
+        one record, like any other dispatch failure, and handed to ``settled``
+        (the outbox keeps the row then). A detached publish still queued when its
+        deadline passes, or when the breaker has opened meanwhile, is not sent.
+        Never raises.
         """
         try:
             attempt, permit, future = self._begin(dispatch, parent, on_commit=True)
         except CircuitOpenError as exc:
             # Rejections are not logged per call (cheap and counted), but a
-            # rejected on-commit dispatch is a task lost after its data committed:
-            # that must be visible.
-            self._failures.log(dispatch, exc, "not_sent")
+            # rejected on-commit dispatch is a task lost after its data committed
+            # unless an outbox keeps it: that must be visible.
+            if settled is None:
+                self._failures.log(dispatch, exc, "not_sent")
+            else:
+                settled(DispatchOutcome.NOT_SENT, exc)
             return
-        except TaskDispatchError:
-            return  # already counted and logged by _begin
+        except TaskDispatchError as exc:  # already counted and logged by _begin
+            if settled is not None:
+                settled(DispatchOutcome.NOT_SENT, exc)
+            return
 
         def done(_: Future[Any]) -> None:
+            cancelled = future.cancelled()  # by a shutdown that ran out of time
             try:
-                cancelled = future.cancelled()  # by a shutdown that ran out of time
                 self._finish(attempt, permit, WaitOutcome(future, not cancelled, cancelled))
-            except TaskDispatchError:
-                pass  # logged by _finish
+            except TaskDispatchError as exc:  # logged by _finish
+                if settled is not None:
+                    settled(outcome_of(exc), exc)
+            else:
+                if settled is not None:
+                    settled(DispatchOutcome.SENT, None)
 
         future.add_done_callback(done)
+
+    def run_many_sync(self, dispatches: Sequence[Dispatch]) -> list[Any]:
+        """Publish ``dispatches`` together and block the calling thread until each
+        has settled (the relay's way in). Where the wire batches, dispatches queued
+        together go out in one round trip per publishing thread.
+
+        Returns:
+            One entry per dispatch, in order: its result, or the
+            :class:`~aceleryctl.exceptions.TaskDispatchError` a caller would have
+            got. Once the breaker refuses one, the rest are refused with the same
+            error without asking it again.
+        """
+        begun: list[tuple[Attempt, Permit, Future[WireOutcome]] | TaskDispatchError] = []
+        refused: CircuitOpenError | None = None
+        for dispatch in dispatches:
+            try:
+                begun.append(refused or self._begin(dispatch, None))
+            except TaskDispatchError as exc:
+                refused = exc if isinstance(exc, CircuitOpenError) else None
+                begun.append(exc)
+        results: list[Any] = []
+        for entry in begun:
+            if isinstance(entry, TaskDispatchError):
+                results.append(entry)
+                continue
+            attempt, permit, future = entry
+            waited = self.pool.wait(future, attempt.deadline - self.clock())
+            try:
+                results.append(self._finish(attempt, permit, waited))
+            except TaskDispatchError as exc:
+                results.append(exc)
+        return results
+
+    def _admit(self, attempt: Attempt) -> WireOutcome | None:
+        """On a publishing thread, before a batch: refuse a detached attempt whose
+        deadline passed in the queue or whose breaker opened meanwhile (awaited
+        attempts are abandoned by their waiter instead)."""
+        if not attempt.on_commit:
+            return None
+        if self.breaker.state in _OPEN_STATES:
+            retry_after = self.breaker.statistics().retry_after
+            error: TaskDispatchError = self._failures.opened_meanwhile(attempt, retry_after)
+        elif self.clock() > attempt.deadline:
+            error = self._failures.never_started(attempt, closed=False)
+        else:
+            return None
+        return WireOutcome(DispatchOutcome.NOT_SENT, error=error)
 
     # -- steps -------------------------------------------------------------
 
@@ -332,13 +403,17 @@ class DispatchEngine:
         Raises:
             TaskDispatchError: a subclass saying why the broker did not answer.
         """
-        probe = _Probe(self, timeout)
+        probe = Probe(self, timeout)
         return probe.result(self.pool.wait(self.pool.submit(probe), timeout))
 
     async def run_probe_async(self, timeout: float) -> float:
         """:meth:`run_probe_sync`, awaited on the event loop."""
-        probe = _Probe(self, timeout)
+        probe = Probe(self, timeout)
         return probe.result(await self.pool.wait_async(self.pool.submit(probe), timeout))
+
+    def state_changed(self, change: StateChange) -> None:
+        """The breaker changed state: tell the listeners (the breaker's listener)."""
+        self._listeners.breaker_changed(change)
 
     # -- on pool threads ---------------------------------------------------
 
@@ -351,69 +426,3 @@ class DispatchEngine:
         self.wire.release_thread()
         compat.release_thread_backend(self.app)
         self._listeners.pool_changed(PoolChange.THREAD_STOPPED)
-
-
-class _BreakerRelay:
-    """Passes the breaker's transitions on to the engine's listeners."""
-
-    __slots__ = ("_engine",)
-
-    def __init__(self, engine: DispatchEngine) -> None:
-        self._engine = engine
-
-    def state_changed(self, change: StateChange) -> None:
-        self._engine.listeners.breaker_changed(change)
-
-
-class _Probe:
-    """A pool job that connects as a publish would: not a dispatch, so neither the
-    breaker, the statistics, the listeners nor the failure log hear of it."""
-
-    __slots__ = ("_attempt", "_engine")
-
-    def __init__(self, engine: DispatchEngine, timeout: float) -> None:
-        self._engine = engine
-        now = engine.clock()
-        dispatch = Dispatch(
-            DispatchKind.CALLABLE, "broker probe", None, (), {}, {}, timeout, "probe"
-        )
-        self._attempt = Attempt(dispatch, now + timeout, now)
-
-    def __call__(self) -> WireOutcome:
-        engine, attempt = self._engine, self._attempt
-        attempt.started_at = engine.clock()
-        try:
-            return engine.wire.probe(attempt.deadline)
-        finally:
-            attempt.finished_at = engine.clock()
-
-    def result(self, waited: WaitOutcome[WireOutcome]) -> float:
-        """Seconds the connect took, or the error saying why the broker did not answer."""
-        failures, attempt = self._engine._failures, self._attempt
-        if waited.done:
-            outcome = waited.future.result()
-            if outcome.sent:
-                return attempt.duration
-            error = failures.from_wire(attempt, outcome, _NO_PERMIT)
-        elif waited.never_started:
-            error = failures.never_started(attempt, closed=self._engine.pool.statistics().closed)
-        else:
-            error = failures.timed_out(attempt)
-        failures.attach_cause(error, waited.future.result().error if waited.done else None)
-        raise error
-
-
-class _NoPermit:
-    """Stands in for a breaker permit where the breaker is not consulted (probes)."""
-
-    def record_success(self, duration: float) -> None:
-        """Ignored."""
-
-    def record_failure(self, duration: float) -> None:
-        """Ignored."""
-
-    def release(self) -> None:
-        """Ignored."""
-
-
-_NO_PERMIT = _NoPermit()

@@ -18,6 +18,7 @@ from aceleryctl.dispatch.listener import DispatchOutcome
 from aceleryctl.dispatch.record import Attempt, Dispatch, DispatchKind
 from aceleryctl.exceptions import (
     BrokerError,
+    CircuitOpenError,
     ControllerClosed,
     DispatchOverloaded,
     DispatchTimeout,
@@ -27,7 +28,7 @@ from aceleryctl.exceptions import (
 from aceleryctl.wires.base import WireOutcome
 from aceleryctl.wires.connections import SERIALIZATION_ERRORS, ConnectFailed
 
-__all__ = ["Failures", "Permit"]
+__all__ = ["Failures", "Permit", "outcome_of"]
 
 
 class Permit(Protocol):
@@ -81,6 +82,17 @@ class Failures:
         return error_type(
             f"could not dispatch {dispatch.task_name}: {reason}; nothing was sent",
             task_name=dispatch.task_name,
+            task_id=attempt.task_id,
+        )
+
+    @staticmethod
+    def opened_meanwhile(attempt: Attempt, retry_after: float) -> CircuitOpenError:
+        """A detached publish found the breaker open when its turn came: nothing was sent."""
+        return CircuitOpenError(
+            f"not dispatching {attempt.dispatch.task_name}: the circuit breaker opened "
+            "while it waited for a publishing thread; nothing was sent",
+            retry_after=retry_after,
+            task_name=attempt.dispatch.task_name,
             task_id=attempt.task_id,
         )
 
@@ -184,3 +196,13 @@ class Failures:
             dispatch_method=dispatch.method,
             signature_of=signature_of,
         )
+
+
+def outcome_of(error: TaskDispatchError) -> DispatchOutcome:
+    """What ``error`` says about the message: unknown after a deadline passed
+    mid-publish or a broker failure that may have stored it, else not sent."""
+    if isinstance(error, DispatchTimeout) or (
+        isinstance(error, BrokerError) and error.message_may_exist
+    ):
+        return DispatchOutcome.UNKNOWN
+    return DispatchOutcome.NOT_SENT

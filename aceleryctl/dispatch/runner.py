@@ -10,7 +10,7 @@ probes) run one by one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aceleryctl._clock import Clock
@@ -46,13 +46,21 @@ class BatchRunner:
     Args:
         wire: the controller's wire.
         clock: monotonic seconds, the engine's clock.
+        admit: asked about each attempt as its batch starts; an outcome it
+            returns settles the attempt without publishing it (``None``: publish).
     """
 
-    __slots__ = ("_clock", "_wire")
+    __slots__ = ("_admit", "_clock", "_wire")
 
-    def __init__(self, wire: Wire, clock: Clock) -> None:
+    def __init__(
+        self,
+        wire: Wire,
+        clock: Clock,
+        admit: Callable[[Attempt], WireOutcome | None] | None = None,
+    ) -> None:
         self._wire = wire
         self._clock = clock
+        self._admit = admit
 
     def __call__(self, jobs: Sequence[BatchJob]) -> None:
         """Publish ``jobs`` and settle every one of their futures. Never raises."""
@@ -68,6 +76,18 @@ class BatchRunner:
                 publishes.append(job)
             else:
                 others.append(job)
+        admit = self._admit
+        if admit is not None and publishes:
+            kept = []
+            for job, attempt in zip(publishes, attempts, strict=True):
+                refused = admit(attempt)
+                if refused is None:
+                    kept.append(job)
+                else:
+                    job.future.set_result(refused)
+            if len(kept) != len(publishes):
+                publishes = kept
+                attempts = [job.fn.attempt for job in kept]  # type: ignore[attr-defined]
         if publishes:
             for job, outcome in zip(publishes, self.publish(attempts), strict=True):
                 job.future.set_result(outcome)

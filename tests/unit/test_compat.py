@@ -741,6 +741,7 @@ OWN_PRIVATE = frozenset(
         "_apply_async_call",
         "_close_blocking",
         "_delay_call",
+        "_durable",
         "_eager",
         "_engine",
         "_failures",
@@ -748,6 +749,7 @@ OWN_PRIVATE = frozenset(
         "_schedule",
         "_send",
         "_send_task_call",
+        "_take_durable",
         # breaker.py: the state classes and the permit read the breaker's fields
         "_backoff_factor",
         "_clock",

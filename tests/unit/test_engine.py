@@ -68,6 +68,10 @@ class RecordingBreaker:
         self.log.append(("acquire", None))
         return RecordingPermit(self.log)
 
+    @property
+    def state(self) -> BreakerState:
+        return BreakerState.CLOSED if self.open_for is None else BreakerState.OPEN
+
     def statistics(self) -> BreakerStatistics:
         return BreakerStatistics(
             "fake", BreakerState.CLOSED, 0, 0, 0, 0, 0.0, 0.0, 0, 0, 0, 0, 0.0, 1.0
