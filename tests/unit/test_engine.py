@@ -516,3 +516,103 @@ async def test_the_engine_reads_time_only_from_its_clock(
     timed_out = heard.settled[0]
     assert (timed_out.queued_at, timed_out.started_at) == (100.0, 100.0)
     assert timed_out.finished_at == 105.0
+
+
+# -- the outbox's ways in: a detached publish's end, and run_many_sync -------------------
+
+
+class Settlements:
+    """Records what a detached publish's ``settled`` callback hears."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[DispatchOutcome, TaskDispatchError | None]] = []
+        self.done = threading.Event()
+
+    def __call__(self, outcome: DispatchOutcome, error: TaskDispatchError | None) -> None:
+        self.heard.append((outcome, error))
+        self.done.set()
+
+
+def test_a_detached_publish_tells_its_settled_callback_how_it_ended(
+    engine: DispatchEngine, breaker: RecordingBreaker
+) -> None:
+    sent, failed, refused = Settlements(), Settlements(), Settlements()
+    engine.submit_detached(make_call(lambda: "ok"), None, sent)
+
+    def down() -> None:
+        raise kombu.exceptions.OperationalError("down")
+
+    engine.submit_detached(make_call(down, task_id="id-2"), None, failed)
+    assert sent.done.wait(WAIT) and failed.done.wait(WAIT)
+    breaker.open_for = 3.0
+    engine.submit_detached(make_call(lambda: "never", task_id="id-3"), None, refused)
+    assert refused.done.is_set()  # at once, on the submitting thread
+    assert sent.heard == [(DispatchOutcome.SENT, None)]
+    [(outcome, error)] = failed.heard
+    assert outcome is not DispatchOutcome.SENT and isinstance(error, TaskDispatchError)
+    [(outcome, error)] = refused.heard
+    assert outcome is DispatchOutcome.NOT_SENT and isinstance(error, CircuitOpenError)
+
+
+def _blocking_first(engine: DispatchEngine) -> tuple[threading.Event, threading.Event]:
+    """Occupy the engine's one publishing thread until the returned gate is set."""
+    started, gate = threading.Event(), threading.Event()
+
+    def hold() -> str:
+        started.set()
+        assert gate.wait(WAIT)
+        return "held"
+
+    engine.submit_detached(make_call(hold, task_id="holder"))
+    assert started.wait(WAIT)
+    return started, gate
+
+
+def test_a_queued_detached_publish_is_not_sent_once_the_breaker_has_opened(
+    engine: DispatchEngine, breaker: RecordingBreaker
+) -> None:
+    _, gate = _blocking_first(engine)
+    published: list[str] = []
+    heard = Settlements()
+    engine.submit_detached(make_call(lambda: published.append("x"), task_id="q"), None, heard)
+    breaker.open_for = 2.0  # opens while the publish waits for the thread
+    gate.set()
+    assert heard.done.wait(WAIT)
+    [(outcome, error)] = heard.heard
+    assert outcome is DispatchOutcome.NOT_SENT
+    assert isinstance(error, CircuitOpenError) and "opened while it waited" in str(error)
+    assert published == []
+
+
+def test_a_detached_publish_whose_deadline_passed_in_the_queue_is_not_sent(
+    engine: DispatchEngine, clock: ManualClock
+) -> None:
+    _, gate = _blocking_first(engine)
+    published: list[str] = []
+    heard = Settlements()
+    call = make_call(lambda: published.append("x"), task_id="late", timeout=1.0)
+    engine.submit_detached(call, None, heard)
+    clock.advance(1.5)
+    gate.set()
+    assert heard.done.wait(WAIT)
+    [(outcome, error)] = heard.heard
+    assert outcome is DispatchOutcome.NOT_SENT
+    assert isinstance(error, DispatchOverloaded)
+    assert published == []
+
+
+def test_run_many_sync_settles_each_dispatch_and_stops_asking_an_open_breaker(
+    engine: DispatchEngine, breaker: RecordingBreaker
+) -> None:
+    def down() -> None:
+        raise kombu.exceptions.OperationalError("down")
+
+    calls = [make_call(lambda: "a", task_id="a"), make_call(down, task_id="b")]  # max_pending=2
+    first = engine.run_many_sync(calls)
+    assert first[0] == "a"
+    assert isinstance(first[1], BrokerError)
+    breaker.open_for = 4.0
+    before = breaker.events().count("rejected")
+    refused = engine.run_many_sync(calls)
+    assert all(isinstance(r, CircuitOpenError) for r in refused)
+    assert breaker.events().count("rejected") == before + 1
