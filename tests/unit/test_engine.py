@@ -543,15 +543,18 @@ def test_a_detached_publish_tells_its_settled_callback_how_it_ended(
         raise kombu.exceptions.OperationalError("down")
 
     engine.submit_detached(make_call(down, task_id="id-2"), None, failed)
-    assert sent.done.wait(WAIT) and failed.done.wait(WAIT)
+    assert sent.done.wait(WAIT)
+    assert failed.done.wait(WAIT)
     breaker.open_for = 3.0
     engine.submit_detached(make_call(lambda: "never", task_id="id-3"), None, refused)
     assert refused.done.is_set()  # at once, on the submitting thread
     assert sent.heard == [(DispatchOutcome.SENT, None)]
     [(outcome, error)] = failed.heard
-    assert outcome is not DispatchOutcome.SENT and isinstance(error, TaskDispatchError)
+    assert outcome is not DispatchOutcome.SENT
+    assert isinstance(error, TaskDispatchError)
     [(outcome, error)] = refused.heard
-    assert outcome is DispatchOutcome.NOT_SENT and isinstance(error, CircuitOpenError)
+    assert outcome is DispatchOutcome.NOT_SENT
+    assert isinstance(error, CircuitOpenError)
 
 
 def _blocking_first(engine: DispatchEngine) -> tuple[threading.Event, threading.Event]:
@@ -580,7 +583,8 @@ def test_a_queued_detached_publish_is_not_sent_once_the_breaker_has_opened(
     assert heard.done.wait(WAIT)
     [(outcome, error)] = heard.heard
     assert outcome is DispatchOutcome.NOT_SENT
-    assert isinstance(error, CircuitOpenError) and "opened while it waited" in str(error)
+    assert isinstance(error, CircuitOpenError)
+    assert "opened while it waited" in str(error)
     assert published == []
 
 
