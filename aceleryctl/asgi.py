@@ -1,4 +1,5 @@
-"""ASGI lifespan support: close the default controller when the server shuts down.
+"""ASGI lifespan support: start the in-process outbox relay, and close the default
+controller when the server shuts down.
 
 Django's ASGI handler and Channels' router do not handle the ``lifespan`` scope.
 Wrap the outermost application::
@@ -7,9 +8,11 @@ Wrap the outermost application::
 
     application = with_lifespan(get_asgi_application())
 
-On ``lifespan.shutdown`` the default controller drains its queued and running
-publishes (at most its ``DRAIN_TIMEOUT``) on a thread of its own, so the loop
-keeps serving other shutdown work. Every other scope passes through unchanged.
+On ``lifespan.startup`` the in-process outbox relay starts when the settings ask
+for one (``ACELERYCTL["OUTBOX"]["RELAY"] = "in_process"``). On
+``lifespan.shutdown`` it stops after its round, and the default controller drains
+its queued and running publishes (at most its ``DRAIN_TIMEOUT``) on a thread of
+its own, so the loop keeps serving other shutdown work. Every other scope passes through unchanged.
 """
 
 from __future__ import annotations
@@ -48,6 +51,36 @@ async def _close_default() -> None:
     await done
 
 
+def _start_relay() -> None:
+    from aceleryctl.outbox.inprocess import in_process_relay
+
+    in_process_relay().ensure_started()
+
+
+def _stop_relay() -> None:
+    import sys
+
+    module = sys.modules.get("aceleryctl.outbox.inprocess")
+    if module is not None:
+        module.in_process_relay().stop()
+
+
+async def _in_thread(fn: Callable[[], None]) -> None:
+    """Run ``fn`` on a thread of its own and await it (settings reads and joins
+    must not run on the loop)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def run() -> None:
+        try:
+            fn()
+        finally:
+            loop.call_soon_threadsafe(settle, done, None)
+
+    threading.Thread(target=run, name="aceleryctl-lifespan", daemon=True).start()
+    await done
+
+
 def with_lifespan(app: ASGIApp) -> ASGIApp:
     """Return an ASGI app that answers ``lifespan`` itself and forwards the rest to ``app``."""
 
@@ -58,8 +91,10 @@ def with_lifespan(app: ASGIApp) -> ASGIApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                await _in_thread(_start_relay)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await _in_thread(_stop_relay)
                 await _close_default()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

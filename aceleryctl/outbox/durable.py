@@ -26,6 +26,7 @@ from aceleryctl.dispatch.ids import new_task_id
 from aceleryctl.dispatch.record import Dispatch, DispatchKind, NotData
 from aceleryctl.exceptions import CircuitOpenError, TaskDispatchError, TaskSerializationError
 from aceleryctl.outbox.config import outbox_settings
+from aceleryctl.outbox.inprocess import in_process_relay
 
 __all__ = ["DeferredResult", "prepare", "run_durable", "run_durable_sync", "store_deferred"]
 
@@ -101,6 +102,7 @@ def store_deferred(dispatch: Dispatch, error: TaskDispatchError, app: Celery) ->
             error=reason,
         )
         row.save(using=conf.database, force_insert=True)
+        in_process_relay().ensure_started()
     except Exception as exc:
         error.add_note(
             f"durable: storing the dispatch in the outbox failed too "

@@ -24,6 +24,7 @@ from aceleryctl.dispatch.engine import DispatchEngine
 from aceleryctl.dispatch.listener import DispatchOutcome
 from aceleryctl.exceptions import CircuitOpenError, TaskDispatchError
 from aceleryctl.outbox.config import OutboxSettings, outbox_settings
+from aceleryctl.outbox.inprocess import in_process_relay
 from aceleryctl.outbox.rows import RowFailure, row_writer
 
 __all__ = ["store_on_commit"]
@@ -65,6 +66,7 @@ def store_on_commit(engine: DispatchEngine, built: Built, using: str | None) -> 
         available_at=now + timedelta(seconds=conf.handoff_grace),
     )
     row.save(using=alias, force_insert=True)
+    in_process_relay().ensure_started()
     settle = _RowSettler(alias, int(row.pk), conf)
     transaction.on_commit(
         functools.partial(engine.submit_detached, dispatch, parent, settle),

@@ -68,7 +68,9 @@ class Relay:
     relays per database on PostgreSQL.
 
     Args:
-        controller: publishes the rows (its app must know the tasks they name).
+        controller: publishes the rows (its app must know the tasks they name), or
+            a function returning it, called once per round (the in-process relay
+            follows the default controller through settings changes).
         settings: the outbox settings; default ``ACELERYCTL["OUTBOX"]``.
         database: the outbox's database alias; default ``settings.database``.
         name: how the relay is reported in ``health()``; default ``host:pid``.
@@ -77,7 +79,7 @@ class Relay:
 
     def __init__(
         self,
-        controller: AsyncCeleryController,
+        controller: AsyncCeleryController | Callable[[], AsyncCeleryController],
         *,
         settings: OutboxSettings | None = None,
         database: str | None = None,
@@ -86,7 +88,9 @@ class Relay:
     ) -> None:
         from django.utils import timezone
 
-        self._controller = controller
+        self._controller: Callable[[], AsyncCeleryController] = (
+            (lambda: controller) if isinstance(controller, AsyncCeleryController) else controller
+        )
         self._conf = settings if settings is not None else outbox_settings()
         self._alias = database or self._conf.database
         self._name = name or f"{socket.gethostname()}:{os.getpid()}"
@@ -168,7 +172,8 @@ class Relay:
     def _publish(self, rows: list[Any]) -> RelayRound:
         from aceleryctl.outbox import store
 
-        app = self._controller.app
+        controller = self._controller()
+        app = controller.app
         now = self._now()
         counts = {"published": 0, "retried": 0, "dead_lettered": 0, "refused": 0}
         retry_after = 0.0
@@ -179,7 +184,7 @@ class Relay:
             except store.UndecodableRow as exc:
                 self._dead(row, str(exc), now)
                 counts["dead_lettered"] += 1
-        outcomes = self._controller._engine.run_many_sync([d for _, d in loaded])
+        outcomes = controller._engine.run_many_sync([d for _, d in loaded])
         sent: list[int] = []
         for (row, _), outcome in zip(loaded, outcomes, strict=True):
             if not isinstance(outcome, TaskDispatchError):
