@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Runs every check on a fresh machine: installs what is missing (redis-server and
-# Chromium from Debian, one virtualenv per supported Python/Django pair and one with
-# the lowest dependency versions pyproject.toml admits), then lint, types, docs, the
-# compose file and the benchmark smoke runs, then the test suite on all three, one
-# suite at a time by default (ACELERYCTL_SUITE_JOBS=2 or 3 runs them together),
-# each suite's output kept in logs/run/.
+# Runs every check on a fresh machine: installs what is missing (redis-server,
+# PostgreSQL and Chromium from Debian, one virtualenv per supported Python/Django
+# pair and one with the lowest dependency versions pyproject.toml admits), then
+# lint, types, docs, the compose file and the benchmark smoke runs, then the test
+# suite on all three, one suite at a time by default (ACELERYCTL_SUITE_JOBS=2 or 3
+# runs them together), each suite's output kept in logs/run/.
 #
 #   bash tests/run.sh            # everything
 #   bash tests/run.sh -k breaker # extra arguments go to pytest
@@ -15,14 +15,36 @@ root=$(pwd)
 t0=$(date +%s)
 log() { printf '\n== [%4ss] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }  # seconds since the start
 
+have_postgres() {  # initdb and postgres, looked for as tests/_support/postgres_server.py does
+  local d
+  if [ -n "${ACELERYCTL_PG_BINDIR:-}" ]; then
+    [ -x "$ACELERYCTL_PG_BINDIR/initdb" ] && [ -x "$ACELERYCTL_PG_BINDIR/postgres" ]; return
+  fi
+  for d in "$(pg_config --bindir 2>/dev/null || true)" /usr/lib/postgresql/*/bin; do
+    [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/postgres" ] && return 0
+  done
+  command -v initdb >/dev/null && command -v postgres >/dev/null
+}
+
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v chromium >/dev/null || need_apt+=(chromium)
+# Debian's postgresql may also create and start a "main" cluster on port 5432: the
+# tests do not use it, they make a throwaway cluster of their own on a free port.
+have_postgres || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]} (apt)"
   if [ "$(id -u)" != 0 ]; then sudo=sudo; else sudo=; fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+have_postgres || { echo "no PostgreSQL server (initdb, postgres) after installing" >&2; exit 1; }
+# PostgreSQL refuses to run as root: as root, the tests run it as the postgres OS
+# user, which Debian's package creates.
+if [ "$(id -u)" = 0 ] && ! id -u postgres >/dev/null 2>&1; then
+  log "creating the postgres OS user (the tests' PostgreSQL runs as it under root)"
+  useradd --system --user-group --home-dir /var/lib/postgresql --no-create-home \
+    --shell /usr/sbin/nologin postgres
 fi
 
 find_python() {  # find_python 3.12 -> path of a working interpreter of that minor version

@@ -1,10 +1,20 @@
-"""Django settings for the test suite (pytest-django reads DJANGO_SETTINGS_MODULE)."""
+"""Django settings for the test suite (pytest-django reads DJANGO_SETTINGS_MODULE).
+
+Two databases: ``default``, SQLite in a file, and ``pg``, PostgreSQL, for the tests
+that ask for it (``@pytest.mark.django_db(databases=["default", "pg"])``). The ``pg``
+server is started by ``tests/conftest.py`` only when a collected test needs it; see
+``tests/_support/pg_alias.py``. A child process given ``pg_alias.child_env()``
+reaches the same PostgreSQL test database through this module's ``pg`` entry.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from tests._support import pg_alias
 
 SECRET_KEY = "aceleryctl-tests-not-a-secret"
 DEBUG = False
@@ -18,12 +28,15 @@ INSTALLED_APPS = [
 # A file database, not :memory:, so that a transaction committed on one thread is
 # visible to others and on-commit behaviour is the real thing.
 _DB_DIR = Path(os.environ.get("ACELERYCTL_TEST_DB_DIR", tempfile.gettempdir()))
-DATABASES = {
+DATABASES: dict[str, dict[str, Any]] = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": str(_DB_DIR / f"aceleryctl-tests-{os.getpid()}.sqlite3"),
         "TEST": {"NAME": str(_DB_DIR / f"aceleryctl-tests-{os.getpid()}-test.sqlite3")},
-    }
+    },
+    # Port 1 (nothing listens) until the session's PostgreSQL server is started, or
+    # the server and test database named by the environment in a child process.
+    pg_alias.ALIAS: pg_alias.database_settings(),
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 ACELERYCTL: dict[str, object] = {
