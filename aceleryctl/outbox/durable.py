@@ -27,6 +27,7 @@ from aceleryctl.dispatch.record import Dispatch, DispatchKind, NotData
 from aceleryctl.exceptions import CircuitOpenError, TaskDispatchError, TaskSerializationError
 from aceleryctl.outbox.config import outbox_settings
 from aceleryctl.outbox.inprocess import in_process_relay
+from aceleryctl.outbox.notify import notify
 
 __all__ = ["DeferredResult", "prepare", "run_durable", "run_durable_sync", "store_deferred"]
 
@@ -102,6 +103,7 @@ def store_deferred(dispatch: Dispatch, error: TaskDispatchError, app: Celery) ->
             error=reason,
         )
         row.save(using=conf.database, force_insert=True)
+        notify(conf.database)
         in_process_relay().ensure_started()
     except Exception as exc:
         error.add_note(

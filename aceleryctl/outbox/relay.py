@@ -18,7 +18,9 @@ the outbox's database:
 
 :meth:`Relay.run` repeats rounds until stopped: at once while rounds come back
 full, after the breaker's ``retry_after`` while it is open, else after
-``POLL_INTERVAL`` or when the next row falls due, whichever is sooner.
+``POLL_INTERVAL`` or when the next row falls due, whichever is sooner; on
+PostgreSQL also as soon as a ``NOTIFY`` says a row falls due
+(:mod:`aceleryctl.outbox.notify`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -40,6 +43,8 @@ from aceleryctl.outbox.config import OutboxSettings, outbox_settings
 __all__ = ["Relay", "RelayRound"]
 
 logger: Final = logging.getLogger("aceleryctl.relay")
+#: Longest single wait on a LISTEN connection, in seconds (how soon a stop is seen).
+LISTEN_SLICE: Final = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +129,17 @@ class Relay:
         """Run rounds until ``stop`` is set (or, with ``until_idle``, until a round
         finds nothing due). A round that raises is logged and retried after the
         poll interval. Returns the totals published and dead-lettered."""
+        from aceleryctl.outbox.notify import open_listener
+
+        listener = open_listener(self._alias)
+        try:
+            self._loop(stop, until_idle, listener)
+        finally:
+            if listener is not None:
+                listener.close()
+        return dict(self._totals)
+
+    def _loop(self, stop: threading.Event, until_idle: bool, listener: Any) -> None:
         while not stop.is_set():
             try:
                 result = self.run_once()
@@ -146,9 +162,15 @@ class Relay:
                 continue
             elif until_idle and not result.claimed:
                 break
-            else:
+            elif listener is None:
                 stop.wait(self._idle_wait())
-        return dict(self._totals)
+            else:
+                try:
+                    self._listen(stop, listener, self._idle_wait())
+                except Exception as exc:  # the LISTEN connection broke: poll from now on
+                    logger.warning("relay %s stops listening (%s); it polls", self._name, exc)
+                    listener.close()
+                    listener = None
 
     # -- a round -------------------------------------------------------------------
 
@@ -236,6 +258,16 @@ class Relay:
         )
 
     # -- between rounds ------------------------------------------------------------
+
+    @staticmethod
+    def _listen(stop: threading.Event, listener: Any, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a notification, in slices of at most
+        :data:`LISTEN_SLICE` so that ``stop`` is seen promptly."""
+        end = time.monotonic() + timeout
+        while not stop.is_set():
+            left = end - time.monotonic()
+            if left <= 0 or listener.wait(min(left, LISTEN_SLICE)):
+                return
 
     def _idle_wait(self) -> float:
         """Seconds until the next pending row falls due, at most the poll interval."""

@@ -131,12 +131,15 @@ def failed(
     publish): one more attempt, the error, and the next try ``retry_in`` seconds on."""
     from django.db.models import F
 
+    from aceleryctl.outbox.notify import notify
+
     OutboxMessage.objects.using(using).filter(pk__in=list(row_ids)).update(
         attempts=F("attempts") + 1,
         last_attempt_at=now,
         last_error=error,
         available_at=now + timedelta(seconds=retry_in),
     )
+    notify(using)
 
 
 def save_attempt(row: OutboxMessage, using: str, fields: Iterable[str]) -> None:
