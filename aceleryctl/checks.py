@@ -1,6 +1,7 @@
 """Django system checks, run by ``manage.py check`` and before ``runserver``/``migrate``.
 
 * ``aceleryctl.E001``: a problem in ``settings.ACELERYCTL`` (names the key).
+* ``aceleryctl.E002``: the Celery app (``CELERY_APP``) cannot be loaded.
 * ``aceleryctl.W001``: the Celery app's broker settings let a publish hang. The
   controller bounds its own publishes on Redis, but zero-argument callables and
   other brokers publish through Celery's stock path, bounded only by these.
@@ -10,6 +11,9 @@
 * ``aceleryctl.W002``: the broker is not Redis, so publishes take Celery's stock
   path: deadlines still bound every caller, but a publishing thread can stay
   stuck on a silent broker until the broker's own timeouts fire.
+* ``aceleryctl.W005``: the outbox is on but ``OUTBOX["RELAY"]`` does not say where
+  its relay runs: rows whose after-commit publish failed wait for a relay.
+* ``aceleryctl.E003``: ``OUTBOX["DATABASE"]`` is not an alias of ``DATABASES``.
 * ``aceleryctl.W003``: the websocket consumer is routed (``ASGI_APPLICATION``
   reaches it, or :mod:`aceleryctl.routing` is imported) but no channel layer can
   bring it the workers' events: ``CHANNEL_LAYERS`` has no ``default`` layer, or
@@ -31,6 +35,7 @@ from aceleryctl.compat.channels import ASGI_CHILD_ATTRIBUTES, routed_consumer_cl
 from aceleryctl.conf import SETTING_NAME, resolve_celery_app, settings_problems
 
 __all__ = [
+    "check_outbox",
     "check_celery_bounds",
     "check_channel_layer",
     "check_forced_breaker",
@@ -50,6 +55,38 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         )
         for problem in settings_problems(raw)
     ]
+
+
+@register()
+def check_outbox(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """``aceleryctl.W005`` and ``aceleryctl.E003``: the outbox's relay and database."""
+    raw = getattr(settings, SETTING_NAME, None)
+    if settings_problems(raw) or not isinstance(raw, dict):
+        return []
+    outbox = raw.get("OUTBOX") or {}
+    if not outbox.get("ENABLED"):
+        return []
+    found: list[CheckMessage] = []
+    alias = outbox.get("DATABASE", "default")
+    if alias not in settings.DATABASES:
+        found.append(
+            Error(
+                f"ACELERYCTL['OUTBOX']['DATABASE'] is {alias!r}, which is not in DATABASES",
+                hint="Name the database whose transactions dispatch on commit.",
+                id="aceleryctl.E003",
+            )
+        )
+    if "RELAY" not in outbox:
+        found.append(
+            checks.Warning(
+                "the outbox is on but ACELERYCTL['OUTBOX']['RELAY'] does not say where its "
+                "relay runs: dispatches the broker did not take wait for a relay",
+                hint="Set RELAY to 'command' and run `manage.py aceleryctl_relay`, or to "
+                "'in_process' for a relay thread in each web process.",
+                id="aceleryctl.W005",
+            )
+        )
+    return found
 
 
 @register()

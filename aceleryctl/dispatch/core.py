@@ -56,6 +56,20 @@ def require_outbox(what: str) -> None:
         )
 
 
+def _outbox_health() -> dict[str, Any]:
+    import asyncio
+
+    if not outbox_enabled():
+        return {"enabled": False}
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        from aceleryctl.outbox.status import outbox_status
+
+        return outbox_status()
+    return {"enabled": True, "unread": "on an event loop: await controller.ahealth()"}
+
+
 class ControllerCore:
     """Settings and call building shared by both facades (not public).
 
@@ -101,7 +115,10 @@ class ControllerCore:
 
         ``ok`` is false while the breaker refuses calls (open, or forced open).
         Counts are since the controller was created; the breaker's state is this
-        process's own (each process has its own breaker).
+        process's own (each process has its own breaker). With the outbox on,
+        ``outbox`` holds its depth (:func:`aceleryctl.outbox.status.outbox_status`),
+        read from the database; on an event loop's thread, where that read cannot
+        run, it says to ``await controller.ahealth()`` instead.
         """
         stats = self._engine.statistics()
         breaker = stats.breaker
@@ -123,6 +140,7 @@ class ControllerCore:
             "bounded_transport": bool(wire.get("bounded", False)),
             "direct_publish": bool(wire.get("direct_publish", False)),
             "wire": wire["wire"],
+            "outbox": _outbox_health(),
         }
 
     @property

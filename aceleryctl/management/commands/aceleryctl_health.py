@@ -3,8 +3,10 @@
 Builds a controller from the settings (in this process), connects to the broker
 exactly as a publish would, and prints the configuration, the probe result and
 the statistics. Exits 1 when the broker does not answer within the deadline, so
-it serves as a readiness probe. Breaker state is per process: a web process's
-breaker is seen through its own ``controller.health()`` (a status view).
+it serves as a readiness probe. With the outbox on it also prints the outbox's
+depth, its oldest pending row's age and when a relay last finished a round.
+Breaker state is per process: a web process's breaker is seen through its own
+``controller.health()`` (a status view).
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"dispatch_timeout: {conf.dispatch_timeout} s, max_workers: {conf.max_workers}"
             )
+            outbox = report["outbox"]
+            if outbox.get("enabled"):
+                self.stdout.write(
+                    "outbox: "
+                    + ", ".join(f"{k}: {v}" for k, v in outbox.items() if k != "enabled")
+                )
         if not report["reachable"]:
             raise CommandError("the broker did not answer: " + report["error"])
 
