@@ -60,6 +60,7 @@ class Phase(IntEnum):
 
 
 PHASE_OF_TYPE: Final[Mapping[str, Phase]] = {
+    "task.deferred": Phase.SENT,
     "task.sent": Phase.SENT,
     "task.received": Phase.RECEIVED,
     "task.started": Phase.STARTED,

@@ -36,6 +36,11 @@ publishes (``retries > 0``) is announced by ``task.retried`` instead, which the
 worker emits just *before* publishing it (so that it reaches subscribers before
 anything of the next attempt; see docs/events.md).
 
+A durable dispatch the broker did not take is announced by ``task.deferred``
+(order ``0``: attempt 0, phase sent, seq 0; its error fields say why it was
+stored); when the outbox's relay later publishes it, its ``task.sent`` has seq 1
+(order ``1``), so that it sorts after the ``task.deferred``.
+
 The values inside an event (phases and order keys, group names, size limits,
 summaries and the checks of single fields) are built in
 :mod:`aceleryctl._event_fields` and exported from here; this module holds the
@@ -105,6 +110,7 @@ __all__ = [
 ]
 
 EVENT_TYPES: Final[tuple[str, ...]] = (
+    "task.deferred",
     "task.sent",
     "task.received",
     "task.started",
@@ -122,6 +128,7 @@ TERMINAL_TYPES: Final[frozenset[str]] = frozenset(
 #: Celery state string of each event type (``PROGRESS`` is the state
 #: :func:`aceleryctl.signals.report_progress` stores).
 STATE_OF_TYPE: Final[Mapping[str, str]] = {
+    "task.deferred": "PENDING",
     "task.sent": "PENDING",
     "task.received": "RECEIVED",
     "task.started": "STARTED",
@@ -223,7 +230,9 @@ class RetryInfo:
         )
 
 
-_ERROR_TYPES: Final = frozenset({"task.failed", "task.retried", "task.revoked", "task.rejected"})
+_ERROR_TYPES: Final = frozenset(
+    {"task.deferred", "task.failed", "task.retried", "task.revoked", "task.rejected"}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -398,16 +398,6 @@ class AsyncCeleryController(ControllerCore):
         self._closed = True
         return self._engine.close(limit)
 
-    async def ahealth(self) -> dict[str, Any]:
-        """:meth:`health`, with the outbox's depth read off the loop (on the
-        thread-sensitive thread, where Django's database work for async code runs)."""
-        report = self.health()
-        if report["outbox"].get("enabled"):
-            from aceleryctl.outbox.status import outbox_status
-
-            report["outbox"] = await sync_to_async(outbox_status, thread_sensitive=True)()
-        return report
-
     async def probe(self, timeout: float | None = None) -> float:
         """Check that the broker answers; return the connect time in seconds.
 

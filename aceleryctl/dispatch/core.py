@@ -164,6 +164,18 @@ class ControllerCore:
             require_outbox("durable=True")
         return durable
 
+    async def ahealth(self) -> dict[str, Any]:
+        """:meth:`health`, with the outbox's depth read off the loop (on the
+        thread-sensitive thread, where Django's database work for async code runs)."""
+        report = self.health()
+        if report["outbox"].get("enabled"):
+            from asgiref.sync import sync_to_async
+
+            from aceleryctl.outbox.status import outbox_status
+
+            report["outbox"] = await sync_to_async(outbox_status, thread_sensitive=True)()
+        return report
+
     def _probe_timeout(self, timeout: float | None) -> float:
         return self._default_timeout if timeout is None else check_timeout(timeout, name="timeout")
 

@@ -198,7 +198,7 @@ class DispatchEngine:
 
         future.add_done_callback(done)
 
-    def run_many_sync(self, dispatches: Sequence[Dispatch]) -> list[Any]:
+    def run_many_sync(self, dispatches: Sequence[Dispatch], *, relayed: bool = False) -> list[Any]:
         """Publish ``dispatches`` together and block the calling thread until each
         has settled (the relay's way in). Where the wire batches, dispatches queued
         together go out in one round trip per publishing thread.
@@ -213,7 +213,7 @@ class DispatchEngine:
         refused: CircuitOpenError | None = None
         for dispatch in dispatches:
             try:
-                begun.append(refused or self._begin(dispatch, None))
+                begun.append(refused or self._begin(dispatch, None, relayed=relayed))
             except TaskDispatchError as exc:
                 refused = exc if isinstance(exc, CircuitOpenError) else None
                 begun.append(exc)
@@ -248,7 +248,7 @@ class DispatchEngine:
     # -- steps -------------------------------------------------------------
 
     def _begin(
-        self, dispatch: Dispatch, parent: Any, on_commit: bool = False
+        self, dispatch: Dispatch, parent: Any, on_commit: bool = False, relayed: bool = False
     ) -> tuple[Attempt, Permit, Future[WireOutcome]]:
         now = self.clock()
         attempt = Attempt(
@@ -259,6 +259,7 @@ class DispatchEngine:
             dispatch.task_id,
             parent,
             on_commit=on_commit,
+            relayed=relayed,
         )
         try:
             permit = self.breaker.acquire()
@@ -352,6 +353,7 @@ class DispatchEngine:
                 attempt.finished_at or self.clock(),
                 attempt.on_commit,
                 late,
+                attempt.relayed,
             )
         )
 

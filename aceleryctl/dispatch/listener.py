@@ -45,6 +45,12 @@ class DispatchOutcome(enum.Enum):
     #: The message may or may not be in the broker (deadline passed mid-publish,
     #: a connection broke after the write, a dispatcher callable raised).
     UNKNOWN = "unknown"
+    #: A durable dispatch the broker did not take was stored in the outbox: the
+    #: relay will publish it (a second event, after a failed attempt's own).
+    STORED = "stored"
+    #: The relay gave up on a stored dispatch (undecodable, unknown task, or out
+    #: of attempts); the row stays in the outbox, dead-lettered.
+    DEAD_LETTERED = "dead_lettered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +81,7 @@ class DispatchEvent:
         late: the publish ended after its caller was told
             :class:`~aceleryctl.exceptions.DispatchTimeout`; ``outcome`` is how it
             ended (this dispatch's second event).
+        relayed: the outbox's relay published (or gave up on) a stored dispatch.
     """
 
     task_name: str
@@ -91,6 +98,7 @@ class DispatchEvent:
     finished_at: float
     on_commit: bool = False
     late: bool = False
+    relayed: bool = False
 
     @property
     def duration(self) -> float | None:

@@ -203,6 +203,7 @@ class Attempt:
         path: the wire that published it (``"redis"``, ``"stock"``), once known.
         queue: the queue the wire routed it to, when the wire knows it.
         on_commit: the dispatch was published after a transaction committed.
+        relayed: the outbox's relay publishes it.
     """
 
     dispatch: Dispatch
@@ -216,6 +217,7 @@ class Attempt:
     path: str | None = None
     queue: str | None = None
     on_commit: bool = False
+    relayed: bool = False
 
     @property
     def duration(self) -> float:

@@ -81,6 +81,18 @@ BATCH_WINDOW: Final = 0.05
 #: Entries waiting for the emitter thread, at most; beyond that new ones are dropped.
 MAX_BUFFERED: Final = 20_000
 
+#: What an entry announces: the first message reached the broker (``task.sent``),
+#: the outbox's relay published it (``task.sent`` with seq 1, after a
+#: ``task.deferred``), or it was stored in the outbox (``task.deferred``).
+SENT, RELAYED, DEFERRED = 0, 1, 2
+#: The ``error_message`` of every ``task.deferred``.
+_DEFERRED_MESSAGE: Final = "stored in the outbox, waiting for the broker"
+
+#: One buffered entry: task id, name, correlation id, ``time.time()``, kind
+#: (:data:`SENT`, :data:`RELAYED` or :data:`DEFERRED`) and, when deferred, the
+#: type of the error that made it so.
+Entry = tuple[str, str | None, str | None, float, int, str | None]
+
 
 @dataclass(frozen=True, slots=True)
 class SentStatistics:
@@ -127,7 +139,7 @@ class SentEvents:
         batch_size: int = BATCH_SIZE,
         window: float = BATCH_WINDOW,
     ) -> None:
-        self._buffer: deque[tuple[str, str | None, str | None, float]] = deque()
+        self._buffer: deque[Entry] = deque()
         self._max = max_buffered
         self._batch = batch_size
         self._window = window
@@ -137,10 +149,20 @@ class SentEvents:
             ("noted", "sent", "unwatched", "dropped_full", "dropped_off", "failed"), 0
         )
 
-    def add(self, task_id: str, task_name: object, correlation: str | None) -> None:
-        """Note that ``task_id``'s first message reached the broker. Never blocks
-        on the network, never raises; about a microsecond unless it must wake the
-        emitter (once per idle period)."""
+    def add(
+        self,
+        task_id: str,
+        task_name: object,
+        correlation: str | None,
+        kind: int = SENT,
+        error_type: str | None = None,
+    ) -> None:
+        """Note that ``task_id``'s first message reached the broker (``kind``
+        :data:`SENT`, or :data:`RELAYED` when the outbox's relay published it), or
+        that the dispatch was stored in the outbox instead (:data:`DEFERRED`, with
+        the ``error_type`` that made it so). Never blocks on the network, never
+        raises; about a microsecond unless it must wake the emitter (once per idle
+        period)."""
         counts = self._counts
         counts["noted"] += 1  # racy under threads: a statistic, not an invariant
         buffer = self._buffer
@@ -148,7 +170,7 @@ class SentEvents:
             counts["dropped_full"] += 1
             return
         name = task_name if isinstance(task_name, str) else None
-        buffer.append((task_id, name, correlation, time.time()))
+        buffer.append((task_id, name, correlation, time.time(), kind, error_type))
         armed = self._armed
         # Re-arm when no flush is pending, or when the one pending can no longer
         # run: its emitter was closed (a settings change), or this is a forked
@@ -185,14 +207,12 @@ class SentEvents:
                 continue
             await self._send_batch(layer, batch)
 
-    async def _send_batch(
-        self, layer: GroupSender, batch: list[tuple[str, str | None, str | None, float]]
-    ) -> None:
+    async def _send_batch(self, layer: GroupSender, batch: list[Entry]) -> None:
         timeout = _send_timeout()
-        groups: dict[str, tuple[str, str | None, str | None, float]] = {}
+        groups: dict[str, list[Entry]] = {}
         for entry in batch:
             try:
-                groups[group_name(entry[0])] = entry
+                groups.setdefault(group_name(entry[0]), []).append(entry)
             except ValueError:
                 self._counts["unwatched"] += 1  # no browser can subscribe to it
         try:
@@ -205,29 +225,37 @@ class SentEvents:
                 type(exc).__name__,
             )
             return
-        self._counts["unwatched"] += len(groups) - len(watched)
+        self._counts["unwatched"] += sum(len(groups[g]) for g in groups) - sum(
+            len(groups[g]) for g in watched
+        )
         for group in watched:
-            task_id, name, correlation, at = groups[group]
-            try:
-                event = TaskEvent(
-                    type="task.sent",
-                    task_id=task_id,
-                    task_name=None if name is None else clip_text(name, MAX_NAME_LENGTH),
-                    state="PENDING",
-                    timestamp=at,
-                    order=order_key(0, 0),
-                    correlation_id=correlation,
-                )
-                await asyncio.wait_for(layer.group_send(group, event.to_layer_message()), timeout)
-            except Exception as exc:
-                self._counts["failed"] += 1
-                internal.warning(
-                    f"sent-send:{type(exc).__name__}",
-                    "aceleryctl could not send a task.sent event (%s)",
-                    type(exc).__name__,
-                )
-            else:
-                self._counts["sent"] += 1
+            for entry in groups[group]:
+                await self._send_one(layer, group, entry, timeout)
+
+    async def _send_one(self, layer: GroupSender, group: str, entry: Entry, timeout: float) -> None:
+        task_id, name, correlation, at, kind, error_type = entry
+        try:
+            event = TaskEvent(
+                type="task.deferred" if kind == DEFERRED else "task.sent",
+                task_id=task_id,
+                task_name=None if name is None else clip_text(name, MAX_NAME_LENGTH),
+                state="PENDING",
+                timestamp=at,
+                order=order_key(0, 0, 1 if kind == RELAYED else 0),
+                correlation_id=correlation,
+                error_type=error_type if kind == DEFERRED else None,
+                error_message=_DEFERRED_MESSAGE if kind == DEFERRED else None,
+            )
+            await asyncio.wait_for(layer.group_send(group, event.to_layer_message()), timeout)
+        except Exception as exc:
+            self._counts["failed"] += 1
+            internal.warning(
+                f"sent-send:{type(exc).__name__}",
+                "aceleryctl could not send a task.sent event (%s)",
+                type(exc).__name__,
+            )
+        else:
+            self._counts["sent"] += 1
 
 
 async def watched_groups(layer: Any, groups: Sequence[str]) -> list[str]:
@@ -273,7 +301,8 @@ def _send_timeout() -> float:
 
 class LiveEventsListener:
     """A dispatch listener (:class:`~aceleryctl.dispatch.listener.DispatchListener`)
-    noting every dispatch whose message reached the broker, for ``task.sent``.
+    noting every dispatch whose message reached the broker, for ``task.sent``, and
+    every durable one stored in the outbox instead, for ``task.deferred``.
 
     Runs on the thread that settles the dispatch (the event loop's, for ``await
     controller.delay``); costs about a microsecond and never blocks or raises.
@@ -288,9 +317,16 @@ class LiveEventsListener:
         self._events = _sent if events is None else events
 
     def dispatch_settled(self, event: DispatchEvent) -> None:
-        """Note a sent dispatch (see the class docstring)."""
-        if event.outcome is DispatchOutcome.SENT and event.task_id is not None and not event.late:
-            self._events.add(event.task_id, event.task_name, event.correlation_id)
+        """Note a sent dispatch, or a stored one (see the class docstring)."""
+        if event.task_id is None or event.late:
+            return
+        if event.outcome is DispatchOutcome.SENT:
+            kind = RELAYED if event.relayed else SENT
+            self._events.add(event.task_id, event.task_name, event.correlation_id, kind)
+        elif event.outcome is DispatchOutcome.STORED:
+            self._events.add(
+                event.task_id, event.task_name, event.correlation_id, DEFERRED, event.error_type
+            )
 
     def pool_changed(self, change: PoolChange) -> None:
         """On a publishing thread as it starts: mark it as listened to."""

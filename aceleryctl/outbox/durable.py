@@ -28,6 +28,7 @@ from aceleryctl.exceptions import CircuitOpenError, TaskDispatchError, TaskSeria
 from aceleryctl.outbox.config import outbox_settings
 from aceleryctl.outbox.inprocess import in_process_relay
 from aceleryctl.outbox.notify import notify
+from aceleryctl.outbox.outcomes import tell_stored
 
 __all__ = ["DeferredResult", "prepare", "run_durable", "run_durable_sync", "store_deferred"]
 
@@ -74,7 +75,9 @@ def _storable(error: TaskDispatchError) -> bool:
     return not isinstance(error, TaskSerializationError)
 
 
-def store_deferred(dispatch: Dispatch, error: TaskDispatchError, app: Celery) -> DeferredResult:
+def store_deferred(
+    dispatch: Dispatch, error: TaskDispatchError, engine: DispatchEngine
+) -> DeferredResult:
     """Write ``dispatch`` to the outbox (autocommit, or inside the calling thread's
     open transaction) and return its :class:`DeferredResult`. Calling thread.
 
@@ -86,6 +89,7 @@ def store_deferred(dispatch: Dispatch, error: TaskDispatchError, app: Celery) ->
     from aceleryctl.outbox import store
     from aceleryctl.outbox.models import OutboxMessage
 
+    app = engine.app
     conf = outbox_settings()
     reason = store.describe_error(error)
     now = timezone.now()
@@ -112,6 +116,7 @@ def store_deferred(dispatch: Dispatch, error: TaskDispatchError, app: Celery) ->
         )
         raise error from exc
     assert dispatch.task_id is not None  # prepare() gave every durable dispatch an id
+    tell_stored(engine, dispatch, error)
     return DeferredResult(dispatch.task_id, app=app, reason=reason)
 
 
@@ -129,7 +134,7 @@ async def run_durable(engine: DispatchEngine, built: Built) -> Any:
         if not _storable(error):
             raise
         store = sync_to_async(store_deferred, thread_sensitive=True)
-        return await store(dispatch, error, engine.app)
+        return await store(dispatch, error, engine)
 
 
 def run_durable_sync(engine: DispatchEngine, built: Built) -> Any:
@@ -140,4 +145,4 @@ def run_durable_sync(engine: DispatchEngine, built: Built) -> Any:
     except TaskDispatchError as error:
         if not _storable(error):
             raise
-        return store_deferred(dispatch, error, engine.app)
+        return store_deferred(dispatch, error, engine)

@@ -7,7 +7,8 @@ that transaction, so a rollback leaves nothing, and registers the publish for
 after the commit. That publish goes to the controller's pool like any detached
 one (the committing thread never waits); its end is handed to the process's
 :class:`~aceleryctl.outbox.rows.RowWriter`: sent, the row is deleted; refused,
-failed or unknown, the row records the attempt and the relay takes it over.
+failed or unknown, the row records the attempt and the relay takes it over (and
+the dispatch listeners hear ``STORED``).
 
 A row is left alone by relays for ``HANDOFF_GRACE`` seconds, the after-commit
 publish's turn; if this process dies first, a relay publishes it after that.
@@ -22,9 +23,11 @@ from typing import Any
 from aceleryctl.dispatch.build import Built
 from aceleryctl.dispatch.engine import DispatchEngine
 from aceleryctl.dispatch.listener import DispatchOutcome
+from aceleryctl.dispatch.record import Dispatch
 from aceleryctl.exceptions import CircuitOpenError, TaskDispatchError
 from aceleryctl.outbox.config import OutboxSettings, outbox_settings
 from aceleryctl.outbox.inprocess import in_process_relay
+from aceleryctl.outbox.outcomes import tell_stored
 from aceleryctl.outbox.rows import RowFailure, row_writer
 
 __all__ = ["store_on_commit"]
@@ -67,7 +70,7 @@ def store_on_commit(engine: DispatchEngine, built: Built, using: str | None) -> 
     )
     row.save(using=alias, force_insert=True)
     in_process_relay().ensure_started()
-    settle = _RowSettler(alias, int(row.pk), conf)
+    settle = _RowSettler(engine, dispatch, alias, int(row.pk), conf)
     transaction.on_commit(
         functools.partial(engine.submit_detached, dispatch, parent, settle),
         using=alias,
@@ -79,9 +82,18 @@ def store_on_commit(engine: DispatchEngine, built: Built, using: str | None) -> 
 class _RowSettler:
     """Hands a detached publish's end to the row writer (any thread; never blocks)."""
 
-    __slots__ = ("_alias", "_conf", "_row_id")
+    __slots__ = ("_alias", "_conf", "_dispatch", "_engine", "_row_id")
 
-    def __init__(self, alias: str, row_id: int, conf: OutboxSettings) -> None:
+    def __init__(
+        self,
+        engine: DispatchEngine,
+        dispatch: Dispatch,
+        alias: str,
+        row_id: int,
+        conf: OutboxSettings,
+    ) -> None:
+        self._engine = engine
+        self._dispatch = dispatch
         self._alias = alias
         self._row_id = row_id
         self._conf = conf
@@ -96,6 +108,8 @@ class _RowSettler:
             retry_in = max(retry_in, error.retry_after)
         text = _error_text(error)
         writer.failed(self._alias, RowFailure(self._row_id, text, retry_in))
+        if error is not None:
+            tell_stored(self._engine, self._dispatch, error)
 
 
 def _error_text(error: Any) -> str:

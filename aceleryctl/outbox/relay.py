@@ -36,6 +36,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from aceleryctl.dispatch.controller import AsyncCeleryController
+from aceleryctl.dispatch.engine import DispatchEngine
 from aceleryctl.dispatch.record import Dispatch
 from aceleryctl.exceptions import CircuitOpenError, TaskDispatchError, TaskSerializationError
 from aceleryctl.outbox.config import OutboxSettings, outbox_settings
@@ -199,27 +200,28 @@ class Relay:
         now = self._now()
         counts = {"published": 0, "retried": 0, "dead_lettered": 0, "refused": 0}
         retry_after = 0.0
+        engine = controller._engine
         loaded: list[tuple[Any, Dispatch]] = []
         for row in rows:
             try:
                 loaded.append((row, store.decode(row, app)))
             except store.UndecodableRow as exc:
-                self._dead(row, str(exc), now)
+                self._dead(engine, row, None, str(exc), now)
                 counts["dead_lettered"] += 1
-        outcomes = controller._engine.run_many_sync([d for _, d in loaded])
+        outcomes = engine.run_many_sync([d for _, d in loaded], relayed=True)
         sent: list[int] = []
-        for (row, _), outcome in zip(loaded, outcomes, strict=True):
+        for (row, dispatch), outcome in zip(loaded, outcomes, strict=True):
             if not isinstance(outcome, TaskDispatchError):
                 sent.append(int(row.pk))
             elif isinstance(outcome, CircuitOpenError):
                 counts["refused"] += 1
                 retry_after = max(retry_after, outcome.retry_after)
             elif isinstance(outcome, TaskSerializationError):
-                self._dead(row, store.describe_error(outcome), now)
+                self._dead(engine, row, dispatch, store.describe_error(outcome), now)
                 counts["dead_lettered"] += 1
             elif row.attempts + 1 >= self._conf.max_attempts:
                 row.attempts += 1
-                self._dead(row, store.describe_error(outcome), now)
+                self._dead(engine, row, dispatch, store.describe_error(outcome), now)
                 counts["dead_lettered"] += 1
             else:
                 self._retry(row, store.describe_error(outcome), now)
@@ -229,9 +231,17 @@ class Relay:
             counts["published"] = len(sent)
         return RelayRound(claimed=len(rows), retry_after=retry_after, **counts)
 
-    def _dead(self, row: Any, error: str, now: datetime) -> None:
+    def _dead(
+        self,
+        engine: DispatchEngine,
+        row: Any,
+        dispatch: Dispatch | None,
+        error: str,
+        now: datetime,
+    ) -> None:
         from aceleryctl.outbox import store
         from aceleryctl.outbox.models import OutboxMessage
+        from aceleryctl.outbox.outcomes import tell_dead_lettered
 
         row.state = OutboxMessage.State.DEAD
         row.last_error = error
@@ -245,6 +255,7 @@ class Relay:
             row.attempts,
             error,
         )
+        tell_dead_lettered(engine, row.task_name, row.task_id, dispatch)
 
     def _retry(self, row: Any, error: str, now: datetime) -> None:
         from aceleryctl.outbox import store

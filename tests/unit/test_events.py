@@ -60,6 +60,7 @@ def make(type_: str, *, attempt: int = 0, seq: int = 0, **fields: Any) -> TaskEv
 
 def test_the_vocabulary_is_celerys() -> None:
     assert EVENT_TYPES == (
+        "task.deferred",  # aceleryctl's own: stored in the outbox, waiting for the broker
         "task.sent",
         "task.received",
         "task.started",
@@ -74,7 +75,7 @@ def test_the_vocabulary_is_celerys() -> None:
         TERMINAL_TYPES
     )
     assert set(STATE_OF_TYPE) == set(EVENT_TYPES) == set(PHASE_OF_TYPE)
-    assert STATE_OF_TYPE["task.sent"] == "PENDING"
+    assert STATE_OF_TYPE["task.sent"] == STATE_OF_TYPE["task.deferred"] == "PENDING"
     assert STATE_OF_TYPE["task.progress"] == "PROGRESS"
 
 

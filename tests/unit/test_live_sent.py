@@ -137,6 +137,26 @@ def test_only_sent_dispatches_with_an_id_are_noted(wired: Any) -> None:
     assert (stats.noted, stats.sent, stats.unwatched, stats.buffered) == (1, 1, 0, 0)
 
 
+def test_a_stored_dispatch_is_deferred_then_sent_by_the_relay_in_that_order(wired: Any) -> None:
+    holder, emitter, events = wired
+    holder["layer"] = RecordingLayer()
+    listener = LiveEventsListener(events)
+    listener.dispatch_settled(settled("d-1", DispatchOutcome.NOT_SENT, error_type="BrokerError"))
+    listener.dispatch_settled(settled("d-1", DispatchOutcome.STORED, error_type="BrokerError"))
+    listener.dispatch_settled(settled("d-1", relayed=True))  # in the same batch
+    listener.dispatch_settled(settled("d-2", DispatchOutcome.DEAD_LETTERED, relayed=True))
+    assert emitter.flush(TIMEOUT)
+    found = wait_until(lambda: len(got := holder["layer"].events()) == 2 and got, timeout=TIMEOUT)
+    deferred, relayed = sorted(found, key=lambda e: e.order)
+    assert (deferred.type, deferred.order, deferred.error_type) == (
+        "task.deferred",
+        0,
+        "BrokerError",
+    )
+    assert deferred.error_message == "stored in the outbox, waiting for the broker"
+    assert (relayed.type, relayed.order, relayed.error_type) == ("task.sent", 1, None)
+
+
 def test_only_watched_tasks_get_an_event_one_lookup_per_batch(wired: Any) -> None:
     holder, emitter, events = wired
     layer = ShardedLayer({group_name("w-2")})
@@ -210,7 +230,14 @@ def test_a_listened_publishing_thread_is_left_to_the_listener(
     recorded: list[tuple[str, object, str | None]] = []
 
     class Recording(SentEvents):
-        def add(self, task_id: str, task_name: object, correlation: str | None) -> None:
+        def add(
+            self,
+            task_id: str,
+            task_name: object,
+            correlation: str | None,
+            kind: int = sent.SENT,
+            error_type: str | None = None,
+        ) -> None:
             recorded.append((task_id, task_name, correlation))
 
     monkeypatch.setattr(sent, "_sent", Recording())

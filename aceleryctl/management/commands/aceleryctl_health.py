@@ -53,8 +53,7 @@ class Command(BaseCommand):
             outbox = report["outbox"]
             if outbox.get("enabled"):
                 self.stdout.write(
-                    "outbox: "
-                    + ", ".join(f"{k}: {v}" for k, v in outbox.items() if k != "enabled")
+                    "outbox: " + ", ".join(f"{k}: {v}" for k, v in outbox.items() if k != "enabled")
                 )
         if not report["reachable"]:
             raise CommandError("the broker did not answer: " + report["error"])

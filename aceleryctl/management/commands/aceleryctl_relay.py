@@ -15,6 +15,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from aceleryctl.conf import build_controller, load_settings
+from aceleryctl.live.sent import attach_live_events
 from aceleryctl.outbox.config import outbox_settings
 from aceleryctl.outbox.relay import Relay
 
@@ -31,6 +32,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         conf = outbox_settings()
         controller = build_controller(load_settings())
+        attach_live_events(controller)  # task.sent of what it publishes, when events are on
         controller.app.loader.import_default_modules()
         relay = Relay(controller, settings=conf, database=options["database"])
         stop = threading.Event()

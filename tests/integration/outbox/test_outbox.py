@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -303,3 +304,45 @@ def _wait_for_rows(done: object) -> list[OutboxMessage]:
         timeout=15.0,
         message="the outbox rows to reach the expected state",
     )
+
+
+class Heard:
+    """A dispatch listener recording (outcome, task id, relayed) of every event."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str | None, bool]] = []
+
+    def dispatch_settled(self, event: Any) -> None:
+        self.events.append((event.outcome.value, event.task_id, event.relayed))
+
+    def pool_changed(self, change: Any) -> None:
+        """Not recorded."""
+
+    def breaker_changed(self, change: Any) -> None:
+        """Not recorded."""
+
+
+def test_listeners_hear_stored_relayed_and_dead_lettered(
+    outbox_on: OutboxSettings, dead_controller: AsyncCeleryController, sync_controller: Any
+) -> None:
+    heard = Heard()
+    dead_controller.add_listener(heard)
+    dead_controller.breaker.force_open()
+    task = dead_controller.app.tasks["aceleryctl_tests.add"]
+    stored = dead_controller.sync.apply_async(task, (1, 2), durable=True)
+    doomed = dead_controller.sync.apply_async(task, (3, 4), durable=True)
+    assert heard.events == [
+        ("not_sent", stored.id, False),
+        ("stored", stored.id, False),
+        ("not_sent", doomed.id, False),
+        ("stored", doomed.id, False),
+    ]
+    OutboxMessage.objects.filter(task_id=doomed.id).update(payload=b"garbage")
+    relayer = sync_controller.async_controller
+    relayed = Heard()
+    relayer.add_listener(relayed)
+    relay_round(relayer)
+    assert sorted(relayed.events) == [
+        ("dead_lettered", doomed.id, True),
+        ("sent", stored.id, True),
+    ]
