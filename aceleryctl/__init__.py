@@ -48,6 +48,7 @@ from aceleryctl.exceptions import (
     TaskDispatchError,
     TaskSerializationError,
 )
+from aceleryctl.outbox.durable import DeferredResult
 from aceleryctl.signals import report_progress
 from aceleryctl.tokens import make_subscription_token
 
@@ -64,6 +65,7 @@ __all__ = [
     "ControllerClosed",
     "ControllerStatistics",
     "DEFAULT_REDACT_KEYS",
+    "DeferredResult",
     "DispatchEvent",
     "DispatchListener",
     "DispatchOutcome",

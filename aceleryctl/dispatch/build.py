@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 #: Option names the controller consumes; they are never handed to Celery.
-CONTROLLER_OPTIONS = frozenset({"dispatch_timeout"})
+CONTROLLER_OPTIONS = frozenset({"dispatch_timeout", "durable"})
 
 #: What a builder returns: the dispatch, and the Celery task running on the
 #: caller's thread (whose trail gets the result), or ``None``.
