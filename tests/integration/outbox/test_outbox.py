@@ -346,3 +346,18 @@ def test_listeners_hear_stored_relayed_and_dead_lettered(
         ("dead_lettered", doomed.id, True),
         ("sent", stored.id, True),
     ]
+
+
+def test_a_stored_countdown_and_expiry_count_from_the_call_not_the_relay(
+    outbox_on: OutboxSettings, dead_controller: AsyncCeleryController
+) -> None:
+    from aceleryctl.outbox.store import decode
+
+    dead_controller.breaker.force_open()
+    task = dead_controller.app.tasks["aceleryctl_tests.add"]
+    dead_controller.sync.apply_async(task, (1, 2), countdown=3600, expires=7200, durable=True)
+    [row] = rows()
+    stored = decode(row, dead_controller.app).options
+    assert "countdown" not in stored
+    assert abs((stored["eta"] - row.created_at).total_seconds() - 3600) < 1
+    assert abs((stored["expires"] - row.created_at).total_seconds() - 7200) < 1
