@@ -245,11 +245,17 @@ def test_the_relay_dead_letters_bad_rows_and_publishes_the_rest(
 
 
 def test_the_relay_retries_with_backoff_then_dead_letters(
-    outbox_on: OutboxSettings, dead_controller: AsyncCeleryController, dead_app: Celery
+    outbox_on: OutboxSettings,
+    dead_controller: AsyncCeleryController,
+    dead_app: Celery,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     [row] = _store(dead_app, "aceleryctl_tests.add")
     ctl = dead_controller
+    caplog.clear()
     first = relay_round(ctl)
+    [failure] = [r for r in caplog.records if r.getMessage().startswith("Task dispatch failed")]
+    assert failure.levelname == "WARNING"  # the row keeps it: nothing is lost
     assert (first.claimed, first.retried) == (1, 1)
     [row] = rows()
     assert (row.attempts, row.state) == (2, "pending")
