@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aceleryctl._logging import DEFAULT_REDACT_KEYS
+from aceleryctl._run_once_settings import run_once_problems
 from aceleryctl.breaker import CircuitBreaker
 from aceleryctl.dispatch.build import check_timeout
 
@@ -192,6 +193,7 @@ def settings_problems(raw: object) -> list[str]:
         "EVENT_QUEUE_SIZE",
         "EVENT_SEND_TIMEOUT",
         "LOG_FILE",
+        "RUN_ONCE",
         *_WEBSOCKET_KEYS,
     }
     for key in raw:
@@ -225,6 +227,7 @@ def settings_problems(raw: object) -> list[str]:
             f"ACELERYCTL['LOG_FILE'] must be a file path or None (no file), got {log_file!r}"
         )
     problems.extend(_websocket_problems(raw))
+    problems.extend(run_once_problems(raw))
     app = raw.get("CELERY_APP")
     if app is not None and (not isinstance(app, str) or not app.strip()):
         problems.append(
