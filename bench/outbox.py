@@ -440,10 +440,16 @@ class Relayed:
     wall: float
     cpu: float
     problems: tuple[str, ...]
+    #: CPU seconds of PostgreSQL and Redis from the release to the relays' exit.
+    server_cpu: float = 0.0
 
     @property
     def rate(self) -> float:
         return self.rows / self.wall if self.wall else 0.0
+
+    @property
+    def server_cpu_us(self) -> float:
+        return 1e6 * self.server_cpu / self.rows if self.rows else 0.0
 
     @property
     def cpu_us(self) -> float:
@@ -517,18 +523,21 @@ def run_relays(
     """Start ``relays`` relay processes, release them together, and time until the
     broker holds ``expected`` messages (bounded by ``timeout`` seconds)."""
     group = RelayGroup(bench, lib, relays, concurrency)
+    servers0 = 0.0
     try:
         group.wait_ready()
+        servers0 = bench.server_cpu()
         t0 = time.monotonic()
         group.release()
         wait_for_messages(bench, expected, t0 + timeout)
         wall = time.monotonic() - t0
     finally:
         cpu, problems = group.finish()
+    server_cpu = bench.server_cpu() - servers0
     left = bench.sql(f"SELECT count(*) FROM {TABLES[lib]}")[0][0]
     if left:
         problems.append(f"{left} rows left in {TABLES[lib]}")
-    return Relayed(lib, relays, concurrency, expected, wall, cpu, tuple(problems))
+    return Relayed(lib, relays, concurrency, expected, wall, cpu, tuple(problems), server_cpu)
 
 
 class Templates:
@@ -565,7 +574,16 @@ def measure_relay(
     result = run_relays(bench, lib, relays, templates.rows, timeout, concurrency)
     problems = list(result.problems)
     problems.extend(check_ids(bench.queued_ids(), templates.rows, templates.ids[lib]))
-    return Relayed(lib, relays, concurrency, result.rows, result.wall, result.cpu, tuple(problems))
+    return Relayed(
+        lib,
+        relays,
+        concurrency,
+        result.rows,
+        result.wall,
+        result.cpu,
+        tuple(problems),
+        result.server_cpu,
+    )
 
 
 # -- tables ------------------------------------------------------------------------
@@ -603,8 +621,9 @@ def enqueue_table(results: dict[tuple[str, bool], list[Enqueued]]) -> str:
 
 def relay_table(results: dict[tuple[str, int, int], list[Relayed]]) -> str:
     lines = [
-        "| relay | processes | rows/s | relay CPU µs/row | in the broker |",
-        "|---|---:|---:|---:|---|",
+        "| relay | processes | rows/s | relay CPU µs/row | PostgreSQL + Redis CPU µs/row | "
+        "in the broker |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     for (lib, relays, concurrency), runs in results.items():
         label = LIBS[lib] + (f", `publish_concurrency={concurrency}`" if concurrency > 1 else "")
@@ -615,7 +634,8 @@ def relay_table(results: dict[tuple[str, int, int], list[Relayed]]) -> str:
         )
         lines.append(
             f"| {label} | {relays} | {_median([r.rate for r in runs]):,.0f} | "
-            f"{_median([r.cpu_us for r in runs]):,.0f} | {landed} |"
+            f"{_median([r.cpu_us for r in runs]):,.0f} | "
+            f"{_median([r.server_cpu_us for r in runs]):,.0f} | {landed} |"
         )
     return "\n".join(lines)
 
