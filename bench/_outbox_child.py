@@ -282,9 +282,14 @@ def relay(concurrency: int, idle_time: float) -> None:
         from django_celery_outbox.relay import Relay as DcoRelay
         from django_celery_outbox.relay import RelayConfig
 
+        from bench.outboxsite.settings import RELAY_BATCH
+
         with app.producer_pool.acquire(block=True, timeout=10) as producer:
             producer.connection.ensure_connection(max_retries=3)
-        dco = DcoRelay(app, RelayConfig.init(publish_concurrency=concurrency, idle_time=idle_time))
+        config = RelayConfig.init(
+            batch_size=RELAY_BATCH, publish_concurrency=concurrency, idle_time=idle_time
+        )
+        dco = DcoRelay(app, config)
 
         def run() -> object:
             # Runs until SIGTERM (sent by the parent once the broker has every row),

@@ -86,7 +86,14 @@ import redis
 from bench._outbox_child import DONE_KEY, GO_PREFIX, READY_KEY, STARTED_KEY
 from bench._support import redis_server, uptime
 from bench.dispatch import environment, replace_section
-from bench.outboxsite.settings import NAME_ENV, POOL_ENV, PORT_ENV, REDIS_ENV, VARIANT_ENV
+from bench.outboxsite.settings import (
+    BATCH_ENV,
+    NAME_ENV,
+    POOL_ENV,
+    PORT_ENV,
+    REDIS_ENV,
+    VARIANT_ENV,
+)
 from bench.outboxsite.tasks import QUEUE
 from tests._support._process import LoggedProcess, spawn
 from tests._support.postgres_server import PostgresServer
@@ -130,6 +137,7 @@ class Bench:
     logdir: Path
     pool: int
     redis_pid: int
+    relay_batch: int
     #: A directory for py-spy profiles of the on-commit children (``--py-spy``).
     profile_dir: Path | None = None
     broker: redis.Redis = field(init=False)
@@ -154,13 +162,14 @@ class Bench:
             NAME_ENV: DATABASE,
             POOL_ENV: str(pool),
             REDIS_ENV: self.redis_url,
+            BATCH_ENV: str(self.relay_batch),
         }
 
     def start(self, variant: str, args: list[str], pool: int = 0) -> LoggedProcess:
         argv = argv_child(args)
-        if self.profile_dir is not None and args[0] == "enqueue":
+        if self.profile_dir is not None and args[0] in ("enqueue", "relay"):
             business = "-business" if "--business" in args else ""
-            out = self.profile_dir / f"{variant}{business}-{time.time_ns()}.txt"
+            out = self.profile_dir / f"{args[0]}-{variant}{business}-{time.time_ns()}.txt"
             # --gil: only the thread holding the GIL, the resource the requests,
             # the publisher and the row writer of one process share.
             spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -254,11 +263,11 @@ def argv_child(args: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def servers(pool: int, profile_dir: Path | None = None) -> Iterator[Bench]:
+def servers(pool: int, relay_batch: int, profile_dir: Path | None = None) -> Iterator[Bench]:
     logdir = Path(tempfile.mkdtemp(prefix="aceleryctl-bench-outbox-"))
     with redis_server() as (url, process), PostgresServer.start() as pg:
         pg.create_database(DATABASE)
-        bench = Bench(url, pg, logdir, pool, process.pid, profile_dir)
+        bench = Bench(url, pg, logdir, pool, process.pid, relay_batch, profile_dir)
         try:
             yield bench
         finally:
@@ -472,28 +481,34 @@ class RelayGroup:
         bench.control.delete(READY_KEY, DONE_KEY)
         args = ["relay", "--concurrency", str(concurrency), "--idle-time", str(idle_time)]
         self.children = [bench.start(variant, args) for _ in range(count)]
+        #: The relays' own pids, as they report them when ready.
+        self.ready: list[int] = []
 
     def wait_ready(self) -> None:
+        """Wait until every relay is set up and waiting (each reports its own pid,
+        which differs from the started process's when py-spy wraps it)."""
         for _ in self.children:
-            if self.bench.control.blpop([READY_KEY], timeout=120) is None:
+            got = self.bench.control.blpop([READY_KEY], timeout=120)
+            if got is None:
                 self.stop()
                 raise RuntimeError(
                     f"a {self.lib} relay was not ready in 120 s:\n"
                     + "\n".join(c.log_tail(20) for c in self.children)
                 )
+            self.ready.append(int(got[1]))
 
     def release(self) -> None:
-        for child in self.children:
-            self.bench.control.rpush(f"{GO_PREFIX}{child.process.pid}", 1)
+        for pid in self.ready:
+            self.bench.control.rpush(f"{GO_PREFIX}{pid}", 1)
 
     def finish(self) -> tuple[float, list[str]]:
         """Stop (django-celery-outbox's relay runs until SIGTERM; aceleryctl's stops
         when idle) and return the relays' CPU seconds and what went wrong."""
         problems: list[str] = []
         if self.lib == "dco":
-            for child in self.children:
-                if child.process.poll() is None:
-                    child.process.send_signal(signal.SIGTERM)
+            for pid in self.ready:  # the relay itself, not a py-spy wrapper
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
         for child in self.children:
             try:
                 code = child.process.wait(timeout=60.0)
@@ -715,6 +730,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--relay-rows", type=int, default=20_000, help="pending rows per relay run")
     parser.add_argument("--relays", default="1,2,4", help="relay process counts")
     parser.add_argument(
+        "--relay-batch", type=int, default=100, help="rows a relay claims per round (both)"
+    )
+    parser.add_argument(
         "--dco-concurrency",
         type=int,
         default=4,
@@ -735,7 +753,8 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         metavar="DIR",
-        help="profile each on-commit child with py-spy into DIR (collapsed stacks; docs untouched)",
+        help="profile the on-commit and relay children with py-spy into DIR (collapsed "
+        "stacks of the thread holding the GIL; docs untouched)",
     )
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args(argv)
@@ -771,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
     relayed: dict[tuple[str, int, int], list[Relayed]] = {}
     if args.py_spy is not None:
         args.py_spy.mkdir(parents=True, exist_ok=True)
-    with servers(pool, args.py_spy) as bench:
+    with servers(pool, args.relay_batch, args.py_spy) as bench:
         if args.pg_fsync:
             for name in ("fsync", "synchronous_commit", "full_page_writes"):
                 bench.sql(f"ALTER SYSTEM SET {name} = on")
@@ -861,7 +880,9 @@ def report(
     command = (
         f"python -m bench.outbox --n {args.n} --callers {args.callers} --pool {args.pool} "
         f"--rounds {args.rounds} --relay-rows {args.relay_rows} --relays {args.relays} "
-        f"--dco-concurrency {args.dco_concurrency}" + (" --pg-fsync" if args.pg_fsync else "")
+        f"--dco-concurrency {args.dco_concurrency}"
+        + (f" --relay-batch {args.relay_batch}" if args.relay_batch != 100 else "")
+        + (" --pg-fsync" if args.pg_fsync else "")
     )
     parts = [
         f"`{command}` — {environment()}; PostgreSQL {pg_version}, a throwaway cluster on "

@@ -10,7 +10,9 @@ Read from the environment (set by :mod:`bench.outbox`):
   PostgreSQL on 127.0.0.1;
 * ``ACELERYCTL_BENCH_POOL``: the size of the psycopg connection pool (``0``: no
   pool, one persistent connection per thread);
-* ``ACELERYCTL_BENCH_REDIS_URL``: the private Redis (broker on database 0).
+* ``ACELERYCTL_BENCH_REDIS_URL``: the private Redis (broker on database 0);
+* ``ACELERYCTL_BENCH_RELAY_BATCH``: rows a relay claims per round (default 100,
+  both libraries' default).
 
 django-celery-outbox is installed only in its own variant (and for the setup);
 aceleryctl's app is installed in every variant (its outbox table must exist), with
@@ -28,9 +30,12 @@ PORT_ENV = "ACELERYCTL_BENCH_PG_PORT"
 NAME_ENV = "ACELERYCTL_BENCH_PG_NAME"
 POOL_ENV = "ACELERYCTL_BENCH_POOL"
 REDIS_ENV = "ACELERYCTL_BENCH_REDIS_URL"
+BATCH_ENV = "ACELERYCTL_BENCH_RELAY_BATCH"
 
 VARIANT = os.environ.get(VARIANT_ENV, "setup")
 POOL = int(os.environ.get(POOL_ENV, "0"))
+#: Rows a relay claims per round, both libraries (their default: 100).
+RELAY_BATCH = int(os.environ.get(BATCH_ENV, "100"))
 
 SECRET_KEY = "aceleryctl-bench-outbox-not-a-secret"
 DEBUG = False
@@ -62,7 +67,10 @@ ACELERYCTL = {
     "EVENTS_ENABLED": False,
     "LOG_FILE": None,
     "DISPATCH_TIMEOUT": 10.0,
-    "OUTBOX": {"ENABLED": VARIANT in ("aceleryctl-outbox", "aceleryctl-relay")},
+    "OUTBOX": {
+        "ENABLED": VARIANT in ("aceleryctl-outbox", "aceleryctl-relay"),
+        "BATCH_SIZE": RELAY_BATCH,
+    },
 }
 CELERY_OUTBOX_APP = "bench.outboxsite.tasks.app"
 MONITORING_METRICS_ENABLED = False
