@@ -56,11 +56,11 @@ def _quiet_structlog() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
 
-def _cpu() -> float:
+def _cpu(system_only: bool = False) -> float:
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_stime if system_only else usage.ru_utime + usage.ru_stime
 
 
 def _control() -> Any:
@@ -159,7 +159,7 @@ async def _enqueue(
     if signal_start:
         _control().rpush(STARTED_KEY, repr(time.monotonic()))
     ticker.start()
-    cpu0, t0 = _cpu(), time.perf_counter()
+    cpu0, sys0, t0 = _cpu(), _cpu(system_only=True), time.perf_counter()
     await asyncio.gather(*(caller(firsts[c], share[c]) for c in range(callers)))
     wall = time.perf_counter() - t0
     lag_p99, lag_max = await ticker.stop()
@@ -174,7 +174,7 @@ async def _enqueue(
     else:
         drained = True
     settled = time.perf_counter() - t0
-    cpu = _cpu() - cpu0
+    cpu, cpu_sys = _cpu() - cpu0, _cpu(system_only=True) - sys0
     counts = await sync_to_async(_table_counts, thread_sensitive=True)(variant)
     return {
         "n": n,
@@ -183,6 +183,7 @@ async def _enqueue(
         "settled": settled,
         "drained": drained,
         "cpu": cpu,
+        "cpu_sys": cpu_sys,
         "lag_p99": lag_p99,
         "lag_max": lag_max,
         **counts,

@@ -33,11 +33,16 @@ child process of its own (:mod:`bench._outbox_child`, Django project
      which writes the row in the transaction; its relay publishes later (run here
      untimed, only to check that every message reaches the broker);
    * ``aceleryctl, no outbox``: the same call with the outbox off (a detached
-     publish after the commit, nothing stored).
+     publish after the commit, nothing stored);
+   * ``django-celery-outbox, its relay running beside``: as above, with one relay
+     process (``idle_time`` 0.1 s) released when the timed requests start, so that
+     "settled" covers its publishing too.
 
    Dispatches/s counts requests finished per second; "settled/s" stops the clock
    only when every message is in the broker (and, with aceleryctl's outbox, every
-   row deleted). Event-loop lag is how late a 1 ms sleep wakes (p99, max).
+   row deleted). Event-loop lag is how late a 1 ms sleep wakes (p99, max). CPU per
+   dispatch is the web process's (user + system) and, beside it, PostgreSQL's,
+   Redis's and any relay's (from /proc), wherever and whenever that work ran.
    One request per caller warms up first (untimed, counted in the broker).
 
 2. **Relay.** ``--relay-rows`` pending rows (default 20,000) restored into each
@@ -47,8 +52,9 @@ child process of its own (:mod:`bench._outbox_child`, Django project
    ``Relay(controller).run(stop, until_idle=True)``; django-celery-outbox: its
    ``Relay(app, RelayConfig.init(...)).start()``, stopped by SIGTERM once the broker
    has everything (it then drains and exits). Both at their default batch size
-   (100); django-celery-outbox's structlog output below WARNING is dropped, as the
-   standard library drops aceleryctl's relay INFO lines by default. With
+   (100; ``--relay-batch`` changes both); django-celery-outbox's structlog output
+   below WARNING is dropped, as the standard library drops aceleryctl's relay INFO
+   lines by default. With
    ``--dco-concurrency`` (default 4) one more row runs a single
    django-celery-outbox relay with that many publishing threads.
 
@@ -58,6 +64,11 @@ the table is empty afterwards. A mismatch makes the run exit 1. Without
 django-celery-outbox installed (``pip install -e '.[bench]'``) its variants are
 skipped with a note. Rounds interleave the configurations; every figure is the
 median over rounds. Nothing here asserts a speed.
+
+``--pg-fsync`` turns the cluster's fsync, ``synchronous_commit`` and
+``full_page_writes`` back on; ``--py-spy DIR`` records, for each on-commit and
+relay child, py-spy's collapsed stacks of the thread holding the GIL (where a
+process bound by the GIL spends it). Neither writes the docs.
 """
 
 from __future__ import annotations
@@ -292,6 +303,8 @@ class Enqueued:
     problems: tuple[str, ...]
     #: CPU seconds of PostgreSQL, Redis and any relay for all ``expected`` dispatches.
     other_cpu: float = 0.0
+    #: The system (kernel) part of ``cpu``.
+    cpu_sys: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -358,6 +371,7 @@ def run_enqueue(bench: Bench, variant: str, business: bool, n: int, callers: int
         len(ids),
         tuple(problems),
         other_cpu,
+        result["cpu_sys"],
     )
 
 
@@ -419,6 +433,7 @@ def _enqueue_beside_relay(
         len(ids),
         tuple(problems),
         other_cpu,
+        result["cpu_sys"],
     )
 
 
@@ -812,7 +827,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(
                         f"round {index + 1} {variant:18s} business={business!s:5s} "
                         f"{e.rate:7,.0f}/s settled {e.settled_rate:7,.0f}/s "
-                        f"{e.cpu_us:6,.0f}+{e.other_cpu_us:5,.0f} µs "
+                        f"{e.cpu_us:6,.0f} (sys {1e6 * e.cpu_sys / e.n:5,.0f})"
+                        f"+{e.other_cpu_us:5,.0f} µs "
                         f"lag p99 {1000 * e.lag_p99:6.1f} ms "
                         f"landed {e.landed}/{e.expected} {'; '.join(e.problems)}",
                         flush=True,
