@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -29,7 +29,7 @@ from aceleryctl import compat
 from aceleryctl._clock import Clock
 from aceleryctl._logging import Redactor
 from aceleryctl.breaker import BreakerState, CircuitBreaker, StateChange
-from aceleryctl.dispatch.failures import Failures, Permit, outcome_of
+from aceleryctl.dispatch.failures import Failures, Permit, Settled, outcome_of
 from aceleryctl.dispatch.listener import (
     DispatchEvent,
     DispatchListener,
@@ -47,11 +47,6 @@ from aceleryctl.exceptions import CircuitOpenError, TaskDispatchError
 from aceleryctl.wires.base import Wire, WireOutcome
 
 __all__ = ["DispatchEngine", "Settled"]
-
-#: Told how a detached (on-commit) dispatch ended: its outcome, and the error a
-#: caller would have got (``None`` when sent). Runs on a publishing thread, or on
-#: the committing thread when the dispatch was refused at once; must not block.
-Settled = Callable[[DispatchOutcome, TaskDispatchError | None], None]
 
 _OPEN_STATES = (BreakerState.OPEN, BreakerState.FORCED_OPEN)
 
@@ -187,14 +182,13 @@ class DispatchEngine:
 
         def done(_: Future[Any]) -> None:
             cancelled = future.cancelled()  # by a shutdown that ran out of time
+            outcome, error = DispatchOutcome.SENT, None
             try:
                 self._finish(attempt, permit, WaitOutcome(future, not cancelled, cancelled))
             except TaskDispatchError as exc:  # logged by _finish
-                if settled is not None:
-                    settled(outcome_of(exc), exc)
-            else:
-                if settled is not None:
-                    settled(DispatchOutcome.SENT, None)
+                outcome, error = outcome_of(exc), exc
+            if settled is not None:
+                settled(outcome, error)
 
         future.add_done_callback(done)
 
@@ -204,7 +198,8 @@ class DispatchEngine:
         together go out in one round trip per publishing thread.
 
         Returns:
-            One entry per dispatch, in order: its result, or the
+            One entry per dispatch, in order: its result (``True`` when
+            ``relayed``: the relay needs no result object), or the
             :class:`~aceleryctl.exceptions.TaskDispatchError` a caller would have
             got. Once the breaker refuses one, the rest are refused with the same
             error without asking it again.
@@ -222,18 +217,17 @@ class DispatchEngine:
             if isinstance(entry, TaskDispatchError):
                 results.append(entry)
                 continue
-            attempt, permit, future = entry
+            attempt, permit, future = entry  # all queued together: the waits overlap
             waited = self.pool.wait(future, attempt.deadline - self.clock())
             try:
-                results.append(self._finish(attempt, permit, waited))
+                results.append(self._finish(attempt, permit, waited, not relayed))
             except TaskDispatchError as exc:
                 results.append(exc)
         return results
 
     def _admit(self, attempt: Attempt) -> WireOutcome | None:
-        """On a publishing thread, before a batch: refuse a detached attempt whose
-        deadline passed in the queue or whose breaker opened meanwhile (awaited
-        attempts are abandoned by their waiter instead)."""
+        """Before a batch (publishing thread): refuse a detached attempt whose deadline
+        passed in the queue or whose breaker opened meanwhile (a waiter abandons its own)."""
         if not attempt.on_commit:
             return None
         if self.breaker.state in _OPEN_STATES:
@@ -279,14 +273,20 @@ class DispatchEngine:
             raise error from exc
         return attempt, permit, future
 
-    def _finish(self, attempt: Attempt, permit: Permit, waited: WaitOutcome[WireOutcome]) -> Any:
+    def _finish(
+        self,
+        attempt: Attempt,
+        permit: Permit,
+        waited: WaitOutcome[WireOutcome],
+        result: bool = True,
+    ) -> Any:
         future = waited.future
         if waited.done:
             outcome = future.result()
             if outcome.sent:
                 permit.record_success(attempt.duration)
                 self._settled(attempt, DispatchOutcome.SENT, None)
-                return self._result(attempt, outcome)
+                return self._result(attempt, outcome) if result else True
             error = self._failures.from_wire(attempt, outcome, permit)
             self._fail(attempt, error, outcome.error, outcome.outcome)
             raise error from error.__cause__

@@ -10,6 +10,7 @@ settles it).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from celery import Celery
@@ -29,7 +30,12 @@ from aceleryctl.exceptions import (
 from aceleryctl.wires.base import WireOutcome
 from aceleryctl.wires.connections import SERIALIZATION_ERRORS, ConnectFailed
 
-__all__ = ["Failures", "Permit", "outcome_of"]
+__all__ = ["Failures", "Permit", "Settled", "outcome_of"]
+
+#: Told how a detached (on-commit) dispatch ended: its outcome, and the error a
+#: caller would have got (``None`` when sent). Runs on a publishing thread, or on
+#: the committing thread when the dispatch was refused at once; must not block.
+Settled = Callable[[DispatchOutcome, TaskDispatchError | None], None]
 
 
 class Permit(Protocol):

@@ -106,7 +106,7 @@ def store_deferred(
             attempts=1,
             error=reason,
         )
-        row.save(using=conf.database, force_insert=True)
+        store.insert_one(row, conf.database)
         notify(conf.database)
         in_process_relay().ensure_started()
     except Exception as exc:

@@ -69,7 +69,7 @@ def store_on_commit(engine: DispatchEngine, built: Built, using: str | None) -> 
         available_at=now + timedelta(seconds=conf.handoff_grace),
     )
     try:
-        row.save(using=alias, force_insert=True)
+        store.insert_one(row, alias)
     except Exception as exc:
         exc.add_note(missing_table_note(alias))
         raise

@@ -43,6 +43,17 @@ from aceleryctl.outbox.config import OutboxSettings, outbox_settings
 
 __all__ = ["Relay", "RelayRound"]
 
+#: The columns a round reads (the rest load only if a round writes them back).
+_CLAIMED: Final = (
+    "id",
+    "task_id",
+    "task_name",
+    "payload",
+    "content_type",
+    "content_encoding",
+    "attempts",
+)
+
 logger: Final = logging.getLogger("aceleryctl.relay")
 #: Longest single wait on a LISTEN connection, in seconds (how soon a stop is seen).
 LISTEN_SLICE: Final = 0.5
@@ -185,6 +196,7 @@ class Relay:
             OutboxMessage.objects.using(self._alias)
             .filter(state=OutboxMessage.State.PENDING, available_at__lte=self._now())
             .order_by("available_at", "pk")
+            .only(*_CLAIMED)
         )
         if features.has_select_for_update_skip_locked:
             due = due.select_for_update(skip_locked=True)

@@ -993,6 +993,13 @@ PYTHON_DUNDERS = frozenset(
     }
 )
 
+#: Underscored names that a library documents as public API.
+DOCUMENTED_PUBLIC = frozenset(
+    {
+        "_meta",  # Django's Model _meta API (docs: "Model _meta API")
+    }
+)
+
 LIBRARIES = ("celery", "kombu", "redis", "channels", "asgiref")
 
 
@@ -1023,7 +1030,12 @@ def _private_uses(path: Path) -> list[str]:
                 parts = alias.name.split(".")
                 if parts[0] in LIBRARIES and any(p.startswith("_") for p in parts):
                     found.append(f"import {alias.name} (line {node.lineno})")
-        if name is None or name in OWN_PRIVATE or name in PYTHON_DUNDERS:
+        if (
+            name is None
+            or name in OWN_PRIVATE
+            or name in PYTHON_DUNDERS
+            or name in DOCUMENTED_PUBLIC
+        ):
             continue
         found.append(f"{name} (line {getattr(node, 'lineno', '?')})")
     return found
