@@ -11,6 +11,12 @@ returns exactly ``aceleryctl.sync.controller``.
 Django runs these sync views on a worker thread (never the event loop's thread), so
 the blocking facade is the right one here. Like the async views, they answer with a
 subscription token, so a task started here shows up live on the page.
+
+With the outbox on (``demo_site.settings``), ``delay_on_commit`` writes the dispatch
+to the outbox table inside the report's transaction and publishes it right after the
+commit; if that publish fails, the row stays and the relay publishes it later. The
+view answers before the publish ends, so it cannot say which happened: the page asks
+``GET /api/tasks/<id>/outbox/`` (``views.task_outbox``).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from demo_site.faults import active_sync_controller
 from demo_site.live import session_key
 from demo_site.models import Report
 from demo_site.tasks import add, process_report, record_audit
-from demo_site.views import accepted_body, dispatch_error_response
+from demo_site.views import accepted_body, deferred_fields, dispatch_error_response
 
 __all__ = ["ReportListCreate", "ReportViewSet", "schedule_add"]
 
@@ -112,13 +118,16 @@ class ScheduleAddSerializer(serializers.Serializer):
     x = serializers.IntegerField()
     y = serializers.IntegerField()
     countdown = serializers.IntegerField(min_value=0, max_value=300, default=3)
+    durable = serializers.BooleanField(default=True)
 
 
 @api_view(["POST"])
 def schedule_add(request: Request) -> HttpResponseBase:
-    """``POST {"x": 2, "y": 3, "countdown": 3}``: ``add(x, y)``, started ``countdown`` s later.
+    """``POST {"x": 2, "y": 3, "countdown": 3, "durable": true}``: ``add(x, y)``,
+    started ``countdown`` s later.
 
-    Celery calling options pass straight through ``apply_async``.
+    Celery calling options pass straight through ``apply_async``; ``durable`` is
+    aceleryctl's (stored in the outbox when the broker does not take it).
     """
     serializer = ScheduleAddSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
@@ -131,8 +140,16 @@ def schedule_add(request: Request) -> HttpResponseBase:
             args=(data["x"], data["y"]),
             countdown=data["countdown"],
             queue=controller.app.conf.task_default_queue,
+            durable=data["durable"],
         )
     except TaskDispatchError as exc:
         return dispatch_error_response(exc)
-    body = accepted_body(result.id, add.name, key, countdown=data["countdown"])
+    body = accepted_body(
+        result.id,
+        add.name,
+        key,
+        countdown=data["countdown"],
+        durable=data["durable"],
+        **deferred_fields(result),
+    )
     return Response(body, status=status.HTTP_202_ACCEPTED)

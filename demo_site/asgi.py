@@ -8,6 +8,8 @@
   subscription tokens are bound to it.
 * ``with_lifespan`` answers the server's lifespan messages, so aceleryctl's default
   controller drains its in-flight publishes when the server shuts down.
+* ``with_relay`` starts the demo's outbox relay thread at lifespan startup and stops
+  it at shutdown (``demo_site.outbox``).
 
 uvicorn needs the ``websockets`` package to serve websockets.
 """
@@ -27,12 +29,15 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from aceleryctl.asgi import with_lifespan  # noqa: E402
 from aceleryctl.routing import websocket_urlpatterns  # noqa: E402
+from demo_site.outbox import with_relay  # noqa: E402
 
-application = with_lifespan(
-    ProtocolTypeRouter(
-        {
-            "http": ASGIStaticFilesHandler(django_application),
-            "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
-        }
+application = with_relay(
+    with_lifespan(
+        ProtocolTypeRouter(
+            {
+                "http": ASGIStaticFilesHandler(django_application),
+                "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+            }
+        )
     )
 )

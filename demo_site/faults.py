@@ -13,7 +13,14 @@ app whose broker URL points at an endpoint in this process that never serves Red
 Each has its own circuit breaker (three failures open it for five seconds), so a
 person flipping the switch sees calls fail, then fail fast with
 ``CircuitOpenError``, and dispatch recover the moment the switch is back on
-``live``. The state is per process: run one web process to use it.
+``live``. Turning the switch to a dead broker starts that broker's breaker afresh
+(closed, no failures counted), as if the broker had just died.
+
+The demo's outbox relay (:mod:`demo_site.outbox`) publishes through
+:func:`active_controller` too, so stored dispatches wait while the switch is on.
+Each dead broker's Celery app knows the demo's tasks, as the relay needs to turn a
+stored row back into a dispatch; the message is still built and sent by the dead
+broker's own connection. The state is per process: run one web process to use it.
 """
 
 from __future__ import annotations
@@ -67,8 +74,10 @@ def set_mode(new: Mode) -> None:
     global _mode
     if new not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {new!r}")
-    if new != "live":
-        _dead_controller(new)  # build it now: the first dispatch should not pay for it
+    if new != "live" and new != _mode:
+        # Built now (the first dispatch should not pay for it), its breaker closed:
+        # each time the switch is turned to a dead broker, that broker has just died.
+        _dead_controller(new).breaker.reset()
     _mode = new
 
 
@@ -118,10 +127,19 @@ def _dead_controller(which: Mode) -> AsyncCeleryController:
             broker_transport_options={"socket_timeout": 1.0, "socket_connect_timeout": 1.0},
             broker_connection_retry=False,
         )
-        built = AsyncCeleryController(
-            app,
-            dispatch_timeout=DEAD_DISPATCH_TIMEOUT,
-            breaker=CircuitBreaker(name=f"{which}-broker", failure_threshold=3, reset_timeout=5.0),
+        # The relay decodes stored rows with the app of the controller it publishes
+        # with: let this one know the demo's tasks (the same task objects).
+        for name, task in celery_app.tasks.items():
+            if name.startswith("demo_site."):
+                app.tasks[name] = task
+        breaker = CircuitBreaker(
+            name=f"{which}-broker",
+            failure_threshold=3,
+            reset_timeout=5.0,
+            # No backoff past five seconds: the relay, refused by the open breaker,
+            # waits this long before its next try, and should notice "live" soon.
+            max_reset_timeout=5.0,
         )
+        built = AsyncCeleryController(app, dispatch_timeout=DEAD_DISPATCH_TIMEOUT, breaker=breaker)
         _controllers[which] = built
         return built

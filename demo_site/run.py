@@ -15,13 +15,17 @@ receive SIGTERM if the supervisor itself dies (even by SIGKILL), so none is orph
 Nothing is left on disk that a later run trips over: Redis keeps no data and no pid
 file, and its temporary directory is removed.
 
+The outbox relay needs no process of its own: it is a thread of the web server,
+started with the server's lifespan (``demo_site.outbox``).
+
 ``--smoke`` starts everything on a free port with a throwaway database, drives the
 HTTP API (a long task from the async view, a report from the DRF view with on-commit
-dispatch, the status endpoint), follows the long task over the websocket with the
-token the view returned until its terminal event, checks that a forged token is
-refused, waits (bounded) for both tasks to succeed on the worker, prints ``OK``,
-stops everything and exits 0; on any failure it prints the children's logs and
-exits 1. CI runs it as the demo's smoke test.
+dispatch through the outbox, the status endpoint), follows the long task over the
+websocket with the token the view returned until its terminal event, checks that a
+forged token is refused, waits (bounded) for both tasks to succeed on the worker,
+checks that the outbox is empty and its relay running, prints ``OK``, stops
+everything and exits 0; on any failure it prints the children's logs and exits 1.
+CI runs it as the demo's smoke test.
 
 The page's dead-broker switch is on (``DEMO_FAULT_SWITCH=1``) unless the
 environment says otherwise.
@@ -479,6 +483,13 @@ def smoke_test(supervisor: Supervisor, base_url: str) -> None:
     if status["dispatched"] < 3 or status["breaker"]["state"] != "closed":
         raise DemoError(f"unexpected dispatch statistics: {status!r}")
     print(f"smoke: status: {status['dispatched']} dispatched, breaker {status['breaker']['state']}")
+    outbox = status["outbox"]
+    if not outbox.get("enabled") or outbox.get("pending") != 0 or not status["relay_running"]:
+        raise DemoError(f"the outbox should be on and empty, its relay running: {status!r}")
+    stored = expect(200, client.request("GET", created["outbox_url"].lstrip("/")), "outbox row")
+    if stored["stored"]:
+        raise DemoError(f"the report's dispatch is still in the outbox: {stored!r}")
+    print("smoke: outbox empty, relay running")
 
 
 # -- main ------------------------------------------------------------------------------

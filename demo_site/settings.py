@@ -142,6 +142,23 @@ ACELERYCTL = {
     "CELERY_APP": "demo_site.celery_app:app",
     "DISPATCH_TIMEOUT": 2.0,
     "MAX_WORKERS": 2,
+    # The transactional outbox: an on-commit dispatch is written to the outbox table in
+    # the caller's transaction, and a durable one (durable=True) is stored when the
+    # broker does not take it; a relay publishes what the broker did not get.
+    "OUTBOX": {
+        "ENABLED": True,
+        # Not the library's in-process relay: the demo runs the relay itself, on a
+        # thread of the web process that publishes through the controller the
+        # dead-broker switch points at (demo_site.outbox), so that the switch reaches
+        # the relay too. "command" tells aceleryctl not to start a relay of its own.
+        "RELAY": "command",
+        # A stored dispatch is retried at least every 4 s (and its breaker, while open,
+        # refuses it without spending an attempt), so a report stored while the broker
+        # was dead runs a few seconds after it is back.
+        "RETRY_BACKOFF": 0.5,
+        "RETRY_BACKOFF_MAX": 4.0,
+        "MAX_ATTEMPTS": 100,
+    },
 }
 
 LOGGING = {

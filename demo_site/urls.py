@@ -18,6 +18,8 @@ urlpatterns = [
     path("api/tasks/flaky/", views.start_flaky_task, name="start-flaky-task"),
     path("api/tasks/retrying/", views.start_retrying_task, name="start-retrying-task"),
     path("api/tasks/<uuid:task_id>/", views.task_state, name="task-state"),
+    # The task's row in the outbox, while the broker does not have it.
+    path("api/tasks/<uuid:task_id>/outbox/", views.task_outbox, name="task-outbox"),
     path("api/status/", views.dispatch_status, name="dispatch-status"),
     # Demo only: point dispatch at a dead broker (settings.DEMO_FAULT_SWITCH).
     path("api/demo/broker/", views.broker_switch, name="broker-switch"),

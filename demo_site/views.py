@@ -7,6 +7,12 @@ following aceleryctl's exception hierarchy (:func:`dispatch_error_response`).
 
 The views dispatch with :func:`demo_site.faults.active_controller`: that is
 ``aceleryctl.controller`` itself unless the page's dead-broker switch is on.
+
+The dispatch buttons are durable unless the request says ``"durable": false``:
+``apply_async(..., durable=True)`` stores a dispatch the broker did not take in the
+outbox and returns a ``DeferredResult`` (``deferred`` true, ``reason`` the error a
+plain call would have raised) instead of raising; the view answers 202 with
+``"deferred": true``, and the relay publishes the task later under the same id.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ import math
 from typing import Any
 from uuid import UUID
 
-from celery import states
+from asgiref.sync import sync_to_async
+from celery import Task, states
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from aceleryctl import (
@@ -35,6 +43,7 @@ from aceleryctl import (
 from demo_site import faults
 from demo_site.celery_app import app as celery_app
 from demo_site.live import WEBSOCKET_PATH, asession_key, live_fields, session_key
+from demo_site.outbox import outbox_row, relay
 from demo_site.tasks import flaky, long_task, unreliable_fetch
 
 __all__ = [
@@ -46,6 +55,7 @@ __all__ = [
     "start_flaky_task",
     "start_long_task",
     "start_retrying_task",
+    "task_outbox",
     "task_page",
     "task_state",
 ]
@@ -77,11 +87,13 @@ def dispatch_error_response(exc: TaskDispatchError) -> JsonResponse:
 
 
 def accepted_body(task_id: str, task: str, key: str, **extra: Any) -> dict[str, Any]:
-    """The task id, where to poll its state, and how to follow it live (token)."""
+    """The task id, where to poll its state and its outbox row, and how to follow it
+    live (token)."""
     return {
         "task_id": task_id,
         "task": task,
         "status_url": reverse("task-state", args=[task_id]),
+        "outbox_url": reverse("task-outbox", args=[task_id]),
         "page_url": reverse("task-page", args=[task_id]),
         **live_fields(task_id, key),
         **extra,
@@ -91,6 +103,14 @@ def accepted_body(task_id: str, task: str, key: str, **extra: Any) -> dict[str, 
 def accepted(task_id: str, task: str, key: str, **extra: Any) -> JsonResponse:
     """202 Accepted: :func:`accepted_body`."""
     return JsonResponse(accepted_body(task_id, task, key, **extra), status=202)
+
+
+def deferred_fields(result: Any) -> dict[str, Any]:
+    """``{"deferred": True, "reason": ...}`` for a durable dispatch the broker did not
+    take (a ``DeferredResult``: stored in the outbox), else ``{}``."""
+    if getattr(result, "deferred", False):
+        return {"deferred": True, "reason": result.reason}
+    return {}
 
 
 def _json_object(request: HttpRequest) -> dict[str, Any]:
@@ -126,48 +146,72 @@ def index(request: HttpRequest) -> HttpResponse:
 def task_page(request: HttpRequest, task_id: UUID) -> HttpResponse:
     """One task, followed live. The token comes in the URL's fragment (``#token=``),
     which browsers never send to the server, so it stays out of access logs."""
-    config = {"task_id": str(task_id), "websocket": WEBSOCKET_PATH}
+    config = {
+        "task_id": str(task_id),
+        "websocket": WEBSOCKET_PATH,
+        "outbox_url": reverse("task-outbox", args=[task_id]),
+    }
     context = {"task_id": str(task_id), "config": config}
     return render(request, "demo_site/task.html", context)
 
 
+def _bad_request(exc: ValueError) -> JsonResponse:
+    return JsonResponse({"error": "BadRequest", "detail": str(exc)}, status=400)
+
+
+def _durable(data: dict[str, Any]) -> bool:
+    durable = data.get("durable", True)
+    if not isinstance(durable, bool):
+        raise ValueError("durable must be true or false")
+    return durable
+
+
+async def _dispatch(
+    request: HttpRequest, task: Task[Any, Any], args: tuple[Any, ...], durable: bool, **extra: Any
+) -> JsonResponse:
+    """Dispatch ``task(*args)`` with the switch's controller; 202, or the error's answer."""
+    key = await asession_key(request)
+    try:
+        result = await faults.active_controller().apply_async(task, args, durable=durable)
+    except TaskDispatchError as exc:
+        return dispatch_error_response(exc)
+    return accepted(result.id, task.name, key, durable=durable, **deferred_fields(result), **extra)
+
+
 @require_POST
 async def start_long_task(request: HttpRequest) -> JsonResponse:
-    """``POST {"seconds": n}``: start ``long_task(n)``; answers 202 with its id."""
+    """``POST {"seconds": n, "durable": true}``: start ``long_task(n)``; answers 202
+    with its id."""
     try:
-        seconds = _json_object(request).get("seconds", 5)
+        data = _json_object(request)
+        durable = _durable(data)
+        seconds = data.get("seconds", 5)
         if isinstance(seconds, bool) or not isinstance(seconds, int) or not 1 <= seconds <= 60:
             raise ValueError("seconds must be a whole number from 1 to 60")
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
-        return JsonResponse({"error": "BadRequest", "detail": str(exc)}, status=400)
-    key = await asession_key(request)
-    try:
-        result = await faults.active_controller().delay(long_task, seconds)
-    except TaskDispatchError as exc:
-        return dispatch_error_response(exc)
-    return accepted(result.id, long_task.name, key, seconds=seconds)
+        return _bad_request(exc)
+    return await _dispatch(request, long_task, (seconds,), durable, seconds=seconds)
 
 
 @require_POST
 async def start_flaky_task(request: HttpRequest) -> JsonResponse:
-    """``POST``: start ``flaky``, which retries twice and then fails."""
-    key = await asession_key(request)
+    """``POST {"durable": true}``: start ``flaky``, which retries twice and then fails."""
     try:
-        result = await faults.active_controller().delay(flaky)
-    except TaskDispatchError as exc:
-        return dispatch_error_response(exc)
-    return accepted(result.id, flaky.name, key)
+        durable = _durable(_json_object(request))
+    except ValueError as exc:
+        return _bad_request(exc)
+    return await _dispatch(request, flaky, (), durable)
 
 
 @require_POST
 async def start_retrying_task(request: HttpRequest) -> JsonResponse:
-    """``POST``: start ``unreliable_fetch``, which fails once, retries, then succeeds."""
-    key = await asession_key(request)
+    """``POST {"durable": true}``: start ``unreliable_fetch``, which fails once,
+    retries, then succeeds."""
     try:
-        result = await faults.active_controller().delay(unreliable_fetch)
-    except TaskDispatchError as exc:
-        return dispatch_error_response(exc)
-    return accepted(result.id, unreliable_fetch.name, key)
+        durable = _durable(_json_object(request))
+    except ValueError as exc:
+        return _bad_request(exc)
+    return await _dispatch(request, unreliable_fetch, (), durable)
 
 
 def _read_state(task_id: str) -> dict[str, Any]:
@@ -201,10 +245,20 @@ async def task_state(request: HttpRequest, task_id: UUID) -> JsonResponse:
 
 
 @require_GET
+async def task_outbox(request: HttpRequest, task_id: UUID) -> JsonResponse:
+    """``GET``: the task's row in the outbox, if any (:func:`demo_site.outbox.outbox_row`):
+    ``stored`` false once the broker has the task."""
+    row = await sync_to_async(outbox_row, thread_sensitive=True)(str(task_id), timezone.now())
+    return JsonResponse(row)
+
+
+@require_GET
 async def dispatch_status(request: HttpRequest) -> JsonResponse:
-    """``GET``: ``health()`` of the controller the views dispatch with (counters,
-    publish pool, circuit breaker), and the dead-broker switch's setting."""
-    body = faults.active_controller().health()
+    """``GET``: ``ahealth()`` of the controller the views dispatch with (counters,
+    publish pool, circuit breaker, the outbox's depth), whether the relay thread
+    runs, and the dead-broker switch's setting."""
+    body = await faults.active_controller().ahealth()
+    body["relay_running"] = relay.running
     body["broker_mode"] = faults.mode()
     body["broker_description"] = faults.describe()
     body["fault_switch"] = settings.DEMO_FAULT_SWITCH

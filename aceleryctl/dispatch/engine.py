@@ -321,7 +321,7 @@ class DispatchEngine:
     ) -> None:
         self._failures.attach_cause(error, cause)
         logged = self._failures.log_outcome(error, outcome)
-        self._failures.log(attempt.dispatch, error, logged, attempt.task_id)
+        self._failures.log(attempt.dispatch, error, logged, attempt.task_id, attempt.relayed)
         self._settled(attempt, outcome, error)
 
     def _settled(

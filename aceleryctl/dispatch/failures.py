@@ -9,6 +9,7 @@ settles it).
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
 from celery import Celery
@@ -170,9 +171,16 @@ class Failures:
         return "failed"
 
     def log(
-        self, dispatch: Dispatch, error: TaskDispatchError, outcome: str, task_id: str | None = None
+        self,
+        dispatch: Dispatch,
+        error: TaskDispatchError,
+        outcome: str,
+        task_id: str | None = None,
+        relayed: bool = False,
     ) -> None:
-        """Write the one structured record of a failed dispatch (arguments redacted)."""
+        """Write the one structured record of a failed dispatch (arguments redacted):
+        at ERROR, or at WARNING for the outbox relay's attempts (the row keeps the
+        dispatch: nothing is lost, and the relay tries again)."""
         args: Any = dispatch.args
         kwargs: Any = dispatch.kwargs
         signature_of: Any = None
@@ -195,6 +203,7 @@ class Failures:
             outcome=outcome,
             dispatch_method=dispatch.method,
             signature_of=signature_of,
+            level=logging.WARNING if relayed else logging.ERROR,
         )
 
 

@@ -13,7 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["OutboxSettings", "outbox_problems", "outbox_settings", "reset_outbox_settings"]
+__all__ = [
+    "OutboxSettings",
+    "missing_table_note",
+    "outbox_problems",
+    "outbox_settings",
+    "reset_outbox_settings",
+]
 
 RELAY_MODES: Final = ("command", "in_process")
 
@@ -151,3 +157,11 @@ def reset_outbox_settings() -> None:
     """Forget the cached value (on ``setting_changed`` for ``ACELERYCTL``)."""
     global _cached
     _cached = None
+
+
+def missing_table_note(alias: str) -> str:
+    """A note for a failed outbox write: the usual cause when first turning it on."""
+    return (
+        f"aceleryctl could not write to the outbox table in database {alias!r}: if the table "
+        "is missing, keep 'aceleryctl' in INSTALLED_APPS and run `manage.py migrate` there"
+    )

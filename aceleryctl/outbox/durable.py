@@ -25,7 +25,7 @@ from aceleryctl.dispatch.engine import DispatchEngine
 from aceleryctl.dispatch.ids import new_task_id
 from aceleryctl.dispatch.record import Dispatch, DispatchKind, NotData
 from aceleryctl.exceptions import CircuitOpenError, TaskDispatchError, TaskSerializationError
-from aceleryctl.outbox.config import outbox_settings
+from aceleryctl.outbox.config import missing_table_note, outbox_settings
 from aceleryctl.outbox.inprocess import in_process_relay
 from aceleryctl.outbox.notify import notify
 from aceleryctl.outbox.outcomes import tell_stored
@@ -112,7 +112,8 @@ def store_deferred(
     except Exception as exc:
         error.add_note(
             f"durable: storing the dispatch in the outbox failed too "
-            f"({type(exc).__name__}: {exc}); nothing was stored"
+            f"({type(exc).__name__}: {exc}); nothing was stored. "
+            + missing_table_note(conf.database)
         )
         raise error from exc
     assert dispatch.task_id is not None  # prepare() gave every durable dispatch an id

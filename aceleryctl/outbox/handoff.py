@@ -25,7 +25,7 @@ from aceleryctl.dispatch.engine import DispatchEngine
 from aceleryctl.dispatch.listener import DispatchOutcome
 from aceleryctl.dispatch.record import Dispatch
 from aceleryctl.exceptions import CircuitOpenError, TaskDispatchError
-from aceleryctl.outbox.config import OutboxSettings, outbox_settings
+from aceleryctl.outbox.config import OutboxSettings, missing_table_note, outbox_settings
 from aceleryctl.outbox.inprocess import in_process_relay
 from aceleryctl.outbox.outcomes import tell_stored
 from aceleryctl.outbox.rows import RowFailure, row_writer
@@ -68,7 +68,11 @@ def store_on_commit(engine: DispatchEngine, built: Built, using: str | None) -> 
         now=now,
         available_at=now + timedelta(seconds=conf.handoff_grace),
     )
-    row.save(using=alias, force_insert=True)
+    try:
+        row.save(using=alias, force_insert=True)
+    except Exception as exc:
+        exc.add_note(missing_table_note(alias))
+        raise
     in_process_relay().ensure_started()
     settle = _RowSettler(engine, dispatch, alias, int(row.pk), conf)
     transaction.on_commit(

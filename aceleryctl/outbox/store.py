@@ -54,7 +54,7 @@ def encode(
             task serializer.
     """
     serializer = dispatch.options.get("serializer") or app.conf.task_serializer
-    content_type, encoding, payload = dispatch.dumps(serializer)
+    content_type, encoding, payload = _anchored(dispatch, now).dumps(serializer)
     return OutboxMessage(
         task_id=dispatch.task_id or "",
         task_name=clip_text(dispatch.task_name, 255),
@@ -68,6 +68,25 @@ def encode(
         last_attempt_at=now if attempts else None,
         last_error=error,
     )
+
+
+def _anchored(dispatch: Dispatch, now: datetime) -> Dispatch:
+    """``dispatch`` with its relative times made absolute at ``now``: a stored
+    ``countdown=60`` means 60 seconds after the caller asked, not after the relay
+    publishes it; likewise ``expires`` given in seconds."""
+    options = dispatch.options
+    countdown, expires = options.get("countdown"), options.get("expires")
+    relative_expiry = isinstance(expires, int | float) and not isinstance(expires, bool)
+    if countdown is None and not isinstance(expires, int | float):
+        return dispatch
+    anchored = dict(options)
+    if countdown is not None:
+        del anchored["countdown"]
+        if anchored.get("eta") is None:
+            anchored["eta"] = now + timedelta(seconds=float(countdown))
+    if isinstance(expires, int | float) and relative_expiry:
+        anchored["expires"] = now + timedelta(seconds=float(expires))
+    return dataclasses.replace(dispatch, options=anchored)
 
 
 def decode(row: OutboxMessage, app: Celery) -> Dispatch:

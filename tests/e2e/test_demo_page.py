@@ -196,6 +196,9 @@ def test_a_token_from_another_session_is_refused(page: Page, browser: Browser, d
 def test_the_dead_broker_switch_fails_fast_and_recovers(page: Page, artifacts: Path) -> None:
     page.goto("/")
     expect(page.locator("#breaker")).to_have_attribute("data-state", "closed")
+    # Not durable: each dispatch error comes back to the page (durable=True would store
+    # the dispatches in the outbox instead; see the next test).
+    page.uncheck("#durable")
     page.click('#switch button[data-mode="refusing"]')
     expect(page.locator('#switch button[data-mode="refusing"]')).to_have_attribute(
         "aria-checked", "true"
@@ -231,6 +234,67 @@ def test_the_dead_broker_switch_fails_fast_and_recovers(page: Page, artifacts: P
     expect(page.locator("#breaker")).to_have_attribute("data-state", "closed", timeout=5_000)
     page.click("#start-long")
     expect_state(newest, "SUCCESS")
+
+
+def report_status(page: Page, task_id: str) -> str:
+    """The ``status`` of the report whose processing task is ``task_id`` (DRF list)."""
+    response = page.request.get("/api/reports/")
+    assert response.ok, f"/api/reports/: HTTP {response.status}"
+    reports: list[dict[str, Any]] = response.json()
+    return next(str(r["status"]) for r in reports if r["task_id"] == task_id)
+
+
+@pytest.mark.usefixtures("live_broker")
+def test_dispatches_stored_while_the_broker_is_dead_run_once_it_is_back(
+    page: Page, artifacts: Path
+) -> None:
+    page.goto("/")
+    outbox_pending = page.locator("#o-pending")
+    expect(outbox_pending).to_have_text("0")  # the panel has read ahealth()["outbox"]
+    expect(page.locator("#o-relay")).to_have_text(re.compile(r"^\d+\.\d s ago$"))
+    page.click('#switch button[data-mode="refusing"]')
+    expect(page.locator("#broker-chip")).to_have_attribute("data-mode", "refusing")
+
+    # The report's processing is written to the outbox in the report's transaction;
+    # its after-commit publish fails, so the row stays and the card says so.
+    page.click("#start-report")
+    report = card(page, "Create a report")
+    expect_state(report, "STORED", timeout=10_000)
+    expect(report.locator(".task-status")).to_have_text("stored, waiting for the broker")
+    expect(report.locator(".note.stored")).to_contain_text("BrokerError")
+    report_id = report.get_attribute("data-task-id") or ""
+    assert report_status(page, report_id) == "queued"
+
+    # A durable dispatch from an async view: stored instead of an error.
+    expect(page.locator("#durable")).to_be_checked()
+    page.fill("#seconds", "1")
+    page.click("#start-long")
+    long_task = card(page, "Long task · 1 s")
+    expect_state(long_task, "STORED", timeout=10_000)
+    expect(long_task.locator(".task-status")).to_have_text("stored, waiting for the broker")
+    # BrokerError, or CircuitOpenError once three failures have opened the breaker.
+    expect(long_task.locator(".note.stored")).to_contain_text(
+        re.compile(r"BrokerError|CircuitOpenError")
+    )
+    expect(page.locator("#tasks li.task[data-state=NOT_SENT]")).to_have_count(0)
+
+    # The panel shows them waiting in the outbox.
+    expect(outbox_pending).to_have_text(re.compile(r"^[1-9][0-9]*$"), timeout=5_000)
+    expect(page.locator("#o-oldest")).to_have_text(re.compile(r"^\d+\.\d s$"))
+    shoot(page, artifacts / "outbox-stored.png")
+    assert report_status(page, report_id) == "queued"  # not run while the broker is dead
+
+    # Back on the live broker, the relay publishes both; the page follows them live.
+    page.click('#switch button[data-mode="live"]')
+    expect(page.locator("#broker-chip")).to_have_attribute("data-mode", "live")
+    expect_state(report, "SUCCESS")
+    expect(report.locator(".task-status")).to_contain_text('"word_count":')
+    expect(report.locator(".note", has_text="Published by the relay")).to_be_visible()
+    expect_state(long_task, "SUCCESS")
+    expect(outbox_pending).to_have_text("0", timeout=10_000)
+    expect(page.locator("#o-dead")).to_have_text("0")
+    assert report_status(page, report_id) == "done"
+    shoot(page, artifacts / "outbox-published.png")
 
 
 #: A page of another site that follows a task of the demo with aceleryctl's client.

@@ -65,22 +65,30 @@ function secondsWanted() {
 const ASYNC = "async view";
 const DRF = "DRF";
 const on = (id, handler) => document.getElementById(id).addEventListener("click", handler);
+/** The dispatch buttons' `durable` option (the report always goes through the outbox). */
+const durable = () => document.getElementById("durable").checked;
 
 on("start-long", () => {
   const s = secondsWanted();
-  start(config.urls.long, `Long task · ${s} s`, ASYNC, { seconds: s });
+  start(config.urls.long, `Long task · ${s} s`, ASYNC, { seconds: s, durable: durable() });
 });
-on("start-retrying", () => start(config.urls.retrying, "Retries, then succeeds", ASYNC));
-on("start-flaky", () => start(config.urls.flaky, "Retries, then fails", ASYNC));
+on("start-retrying", () =>
+  start(config.urls.retrying, "Retries, then succeeds", ASYNC, { durable: durable() }),
+);
+on("start-flaky", () => start(config.urls.flaky, "Retries, then fails", ASYNC, { durable: durable() }));
 on("start-burst", () => {
-  for (const s of [3, 5, 8]) start(config.urls.long, `Long task · ${s} s`, ASYNC, { seconds: s });
+  for (const s of [3, 5, 8]) {
+    start(config.urls.long, `Long task · ${s} s`, ASYNC, { seconds: s, durable: durable() });
+  }
 });
 on("start-report", () =>
   start(config.urls.report, "Create a report", DRF, {
     title: `Quarterly numbers ${new Date().toLocaleTimeString()}`,
   }),
 );
-on("start-add", () => start(config.urls.add, "add(2, 3) in 3 s", DRF, { x: 2, y: 3, countdown: 3 }));
+on("start-add", () =>
+  start(config.urls.add, "add(2, 3) in 3 s", DRF, { x: 2, y: 3, countdown: 3, durable: durable() }),
+);
 on("clear-done", () => {
   for (const card of [...cards]) {
     if (card.finished) {
@@ -122,8 +130,35 @@ function renderHealth(h) {
   text("p-done", `${h.pool.submitted} / ${h.pool.completed}`);
   text("b-opened", `${h.breaker.times_opened}×`);
   text("health-source", h.broker_mode === "live" ? "default controller" : `${h.broker_mode} broker`);
+  renderOutbox(h.outbox, h.relay_running);
   text("updated", `updated ${new Date().toLocaleTimeString()}`);
   renderMode(h.broker_mode, h.broker_description);
+}
+
+const age = (seconds) => (seconds === null || seconds === undefined ? "–" : `${seconds.toFixed(1)} s`);
+
+/** The outbox's depth from `ahealth()["outbox"]`, and whether the relay thread runs. */
+function renderOutbox(outbox, relayRunning) {
+  const panel = document.getElementById("outbox");
+  if (!outbox || !outbox.enabled) {
+    panel.dataset.pending = "0";
+    text("o-pending", "outbox off");
+    return;
+  }
+  if (outbox.error) {
+    text("o-pending", "unavailable");
+    text("o-oldest", outbox.error);
+    return;
+  }
+  panel.dataset.pending = String(outbox.pending);
+  text("o-pending", outbox.pending);
+  document.getElementById("o-pending").classList.toggle("waiting", outbox.pending > 0);
+  text("o-dead", outbox.dead);
+  document.getElementById("o-dead").classList.toggle("bad", outbox.dead > 0);
+  text("o-oldest", age(outbox.oldest_pending_seconds));
+  const last = outbox.relay_last_round_seconds;
+  const ran = last === null || last === undefined ? "never" : `${age(last)} ago`;
+  text("o-relay", relayRunning ? ran : `not running (${ran})`);
 }
 
 function renderMode(mode, description) {

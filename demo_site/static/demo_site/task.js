@@ -22,4 +22,9 @@ card.apply = ((apply) => (event) => {
   apply(event);
 })(card.apply.bind(card));
 
-follow(card, { task_id: config.task_id, token, websocket: config.websocket });
+follow(card, {
+  task_id: config.task_id,
+  token,
+  websocket: config.websocket,
+  outbox_url: config.outbox_url,
+});

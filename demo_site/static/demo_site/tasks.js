@@ -5,6 +5,8 @@ const SHORT_TYPE = (type) => type.replace(/^task\./, "");
 /** Order keys are attempt * 10**10 + phase * 10**9 + seq (aceleryctl.events). */
 const attemptOf = (event) => Math.floor(event.order / 1e10);
 const TERMINAL_STATES = new Set(["SUCCESS", "FAILURE", "REVOKED", "REJECTED"]);
+/** How often a card asks about its task's outbox row while the broker lacks the task. */
+const OUTBOX_POLL_MS = 1000;
 
 /** Create an element: el("span", {class: "x", text: "hi"}, child, ...). */
 export function el(tag, attrs = {}, ...children) {
@@ -53,6 +55,8 @@ export class TaskCard {
     this.progressCount = 0;
     this.retriesShown = new Set();
     this.attempt = 0;
+    this.eventsSeen = 0;
+    this.storedNote = null;
     this.state = "PENDING";
     this.badge = el("span", { class: "badge", text: "dispatching" });
     this.live = el("span", { class: "live", "data-live": "connecting", text: "connecting" });
@@ -93,7 +97,10 @@ export class TaskCard {
   }
 
   get finished() {
-    return TERMINAL_STATES.has(this.state) || ["NOT_SENT", "UNKNOWN", "REFUSED"].includes(this.state);
+    return (
+      TERMINAL_STATES.has(this.state) ||
+      ["NOT_SENT", "UNKNOWN", "REFUSED", "DEAD_LETTERED"].includes(this.state)
+    );
   }
 
   setState(state, text) {
@@ -147,6 +154,8 @@ export class TaskCard {
   /** Render one aceleryctl event (see docs/live-status.md for the fields). */
   apply(event) {
     const short = SHORT_TYPE(event.type);
+    this.eventsSeen += 1;
+    this.leftOutbox();
     this.setState(event.state);
     // An event of a later attempt means the earlier ones were retried. The client
     // drops a `retried` event that arrives after the next attempt's first event, so
@@ -196,6 +205,53 @@ export class TaskCard {
     }
   }
 
+  /**
+   * The task is stored in the outbox: the broker did not take it (`info` is the
+   * outbox endpoint's answer, or the durable view's `{attempts, last_error}`).
+   */
+  stored(info) {
+    this.setState("STORED", "stored");
+    this.status.textContent = "stored, waiting for the broker";
+    const attempts = info.attempts === 1 ? "1 attempt" : `${info.attempts} attempts`;
+    const wait = info.next_attempt_in;
+    let next = "";
+    if (wait > 0) next = `; next attempt in ${wait.toFixed(1)} s`;
+    else if (wait === 0) next = "; due now, tried as soon as the breaker lets a call through";
+    const text = `${attempts} failed; last: ${info.last_error || "unknown error"}`;
+    const hint = `In the outbox: the relay publishes it when the broker takes it${next}.`;
+    const box = this.note("stored", "Outbox", text, hint);
+    if (this.storedNote) this.storedNote.replaceWith(box);
+    this.storedNote = box;
+  }
+
+  /** The task left the outbox: the relay published it (or a live event says so). */
+  leftOutbox() {
+    if (!this.storedNote) return;
+    this.storedNote.querySelector(".hint").textContent =
+      "Published by the relay: the broker has it now.";
+    this.storedNote.classList.replace("stored", "info");
+    this.storedNote = null;
+    if (this.state === "STORED") {
+      this.setState("PENDING", "pending");
+      this.status.textContent = "published by the relay, waiting for a worker";
+    }
+  }
+
+  /** The relay gave up on the task's outbox row: it was never sent. */
+  deadLettered(info) {
+    this.setState("DEAD_LETTERED", "dead-lettered");
+    this.setLive("off", "dead-lettered");
+    this.status.textContent = "";
+    const box = this.note(
+      "error",
+      "Dead-lettered",
+      `after ${info.attempts} attempts; last: ${info.last_error || "unknown error"}`,
+      "The relay gave up: the dispatch stays in the outbox table, marked dead.",
+    );
+    if (this.storedNote) this.storedNote.replaceWith(box);
+    this.storedNote = null;
+  }
+
   /** The subscription was refused (bad or expired token...). */
   refused(code, message) {
     this.setState("REFUSED", "refused");
@@ -227,10 +283,49 @@ export class TaskCard {
   }
 }
 
-/** Follow `started` ({task_id, token, websocket}) live; returns the client's handle. */
+/**
+ * Ask `url` (GET /api/tasks/<id>/outbox/) about the task's outbox row every second,
+ * until the row is gone (the broker has the task), dead-lettered, a live event has
+ * arrived, or the card is finished. The view that dispatched cannot know: an
+ * on-commit publish ends after the response, and the relay publishes later.
+ */
+export function watchOutbox(card, url) {
+  let timer = null;
+  async function poll() {
+    if (card.eventsSeen || card.finished) return;
+    let info = null;
+    try {
+      const response = await fetch(url, { headers: { Accept: "application/json" } });
+      if (response.ok) info = await response.json();
+    } catch {
+      // The web server is away for a moment: ask again.
+    }
+    if (card.eventsSeen || card.finished) return;
+    if (info && !info.stored) {
+      card.leftOutbox();
+      return;
+    }
+    if (info && info.state === "dead") {
+      card.deadLettered(info);
+      return;
+    }
+    // attempts 0: the commit's own publish has not ended yet.
+    if (info && info.attempts > 0) card.stored(info);
+    timer = setTimeout(poll, OUTBOX_POLL_MS);
+  }
+  poll();
+  return { stop: () => clearTimeout(timer) };
+}
+
+/**
+ * Follow `started` ({task_id, token, websocket, outbox_url?, deferred?, reason?}) live,
+ * and its outbox row while it has one; returns the client's handle.
+ */
 export function follow(card, started) {
   card.setState("PENDING", "pending");
   card.status.textContent = "subscribing…";
+  if (started.deferred) card.stored({ attempts: 1, last_error: started.reason });
+  if (started.outbox_url) watchOutbox(card, started.outbox_url);
   let lastError = null;
   return subscribe(started.websocket, {
     taskId: started.task_id,

@@ -245,11 +245,17 @@ def test_the_relay_dead_letters_bad_rows_and_publishes_the_rest(
 
 
 def test_the_relay_retries_with_backoff_then_dead_letters(
-    outbox_on: OutboxSettings, dead_controller: AsyncCeleryController, dead_app: Celery
+    outbox_on: OutboxSettings,
+    dead_controller: AsyncCeleryController,
+    dead_app: Celery,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     [row] = _store(dead_app, "aceleryctl_tests.add")
     ctl = dead_controller
+    caplog.clear()
     first = relay_round(ctl)
+    [failure] = [r for r in caplog.records if r.getMessage().startswith("Task dispatch failed")]
+    assert failure.levelname == "WARNING"  # the row keeps it: nothing is lost
     assert (first.claimed, first.retried) == (1, 1)
     [row] = rows()
     assert (row.attempts, row.state) == (2, "pending")
@@ -346,3 +352,18 @@ def test_listeners_hear_stored_relayed_and_dead_lettered(
         ("dead_lettered", doomed.id, True),
         ("sent", stored.id, True),
     ]
+
+
+def test_a_stored_countdown_and_expiry_count_from_the_call_not_the_relay(
+    outbox_on: OutboxSettings, dead_controller: AsyncCeleryController
+) -> None:
+    from aceleryctl.outbox.store import decode
+
+    dead_controller.breaker.force_open()
+    task = dead_controller.app.tasks["aceleryctl_tests.add"]
+    dead_controller.sync.apply_async(task, (1, 2), countdown=3600, expires=7200, durable=True)
+    [row] = rows()
+    stored = decode(row, dead_controller.app).options
+    assert "countdown" not in stored
+    assert abs((stored["eta"] - row.created_at).total_seconds() - 3600) < 1
+    assert abs((stored["expires"] - row.created_at).total_seconds() - 7200) < 1
