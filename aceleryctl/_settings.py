@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aceleryctl._logging import DEFAULT_REDACT_KEYS
+from aceleryctl._run_once_settings import run_once_problems
 from aceleryctl.breaker import CircuitBreaker
 from aceleryctl.dispatch.build import check_timeout
 from aceleryctl.outbox.config import outbox_problems
@@ -194,6 +195,7 @@ def settings_problems(raw: object) -> list[str]:
         "EVENT_SEND_TIMEOUT",
         "LOG_FILE",
         "OUTBOX",
+        "RUN_ONCE",
         *_WEBSOCKET_KEYS,
     }
     for key in raw:
@@ -228,6 +230,7 @@ def settings_problems(raw: object) -> list[str]:
         )
     problems.extend(_websocket_problems(raw))
     problems.extend(outbox_problems(raw.get("OUTBOX")))
+    problems.extend(run_once_problems(raw))
     app = raw.get("CELERY_APP")
     if app is not None and (not isinstance(app, str) or not app.strip()):
         problems.append(

@@ -36,8 +36,11 @@ This module is the public face only: the receivers live in
 and ``worker_process_init`` signals; the first of them to fire in a worker
 process calls :func:`connect` (unless the project already did), before the worker
 consumes its first task, whatever its pool (``ACELERYCTL["EVENTS_ENABLED"] =
-False`` keeps the logging and drops the events). Without Django, connect them in the module that
-creates the Celery app, so that the worker and its pool children import it::
+False`` keeps the logging and drops the events). In the worker's main process the
+same hook installs the run-once guard when ``ACELERYCTL["RUN_ONCE"]`` turns it on
+(:mod:`aceleryctl.worker.guard_step`; see "Running each task once" in the docs).
+Without Django, connect them in the module that creates the Celery app, so that
+the worker and its pool children import it::
 
     from channels_redis.core import RedisChannelLayer
     from aceleryctl import signals
@@ -53,6 +56,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
+from celery import Celery
 from celery import signals as celery_signals
 
 if TYPE_CHECKING:
@@ -158,19 +162,29 @@ _WORKER_START = (
 )
 
 
-def _on_worker_start(**_: Any) -> None:
+def _on_worker_start(sender: Any = None, **named: Any) -> None:
     """A worker is starting in this process: connect the receivers, unless
-    :func:`connect` was called already (it may have been given a layer factory).
-    Runs on the worker's main thread; logs and swallows what fails (a worker
-    without live events still runs its tasks)."""
-    if any(is_connected().values()):
-        return
-    try:
-        connect()
-    except Exception:
-        from aceleryctl._once import internal
+    :func:`connect` was called already (it may have been given a layer factory),
+    and, in the main process (``celeryd_init``, ``worker_init``: the app is known and
+    the consumer not built yet), install the run-once guard when it is on
+    (:func:`aceleryctl.worker.guard_step.install`). Runs on the worker's main
+    thread; logs and swallows what fails (a worker without live events or the guard
+    still runs its tasks)."""
+    from aceleryctl._once import internal
 
-        internal.exception("worker_start", "aceleryctl could not connect its worker receivers")
+    if not any(is_connected().values()):
+        try:
+            connect()
+        except Exception:
+            internal.exception("worker_start", "aceleryctl could not connect its worker receivers")
+    app = getattr(named.get("instance"), "app", None) or getattr(sender, "app", None)
+    if isinstance(app, Celery):
+        try:
+            from aceleryctl.worker import guard_step
+
+            guard_step.install(app)
+        except Exception:
+            internal.exception("run_once", "aceleryctl could not install its run-once guard")
 
 
 def connect_when_worker_starts() -> None:

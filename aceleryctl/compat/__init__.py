@@ -11,8 +11,12 @@ outside this package reaches into a library's private attribute.
 
 * :mod:`aceleryctl.compat.celery`: Celery (app state, task classes, routing,
   message building, result backends);
+* :mod:`aceleryctl.compat.celery_worker`: the worker side's (running task,
+  retries, request messages, the Redis result backend);
+* :mod:`aceleryctl.compat.celery_consumer`: the worker consumer's task strategies
+  (the run-once guard);
 * :mod:`aceleryctl.compat.kombu_redis`: kombu's Redis channel and redis-py's
-  connection;
+  connection, and which publish a delivered message came from;
 * :mod:`aceleryctl.compat.channels`: reading back a Django Channels routing tree.
 
 ``docs/design.md`` ("Private library internals") lists them in a table.

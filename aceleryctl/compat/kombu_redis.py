@@ -4,7 +4,9 @@ The Redis wire writes Celery's message itself, so it must reproduce what kombu's
 Redis channel does to a message before its ``LPUSH`` (virtual-channel methods and
 two underscored ones) and talk to redis-py's connection below its client API.
 The stock wire batches publishes with an API older kombu versions lack. The
-worker's progress store encodes with kombu's serializer registry directly. Each
+worker's progress store encodes with kombu's serializer registry directly. The
+worker's run-once guard tells copies of a message apart by what the Redis
+transport keeps when it gives an unacked message back. Each
 docstring says what is relied on, why, and what happens when it is missing;
 ``tests/unit/test_compat.py`` checks each one's shape without a network.
 """
@@ -20,6 +22,7 @@ from kombu import serialization
 
 __all__ = [
     "channel_pool",
+    "message_copy",
     "new_pool_connection",
     "ping_channel",
     "publish_batch",
@@ -184,3 +187,31 @@ def new_pool_connection(pool: Any) -> Any:
     per connection made.
     """
     return pool.connection_class(**pool.connection_kwargs)
+
+
+def message_copy(message: Any, driver_type: str) -> tuple[str | None, bool]:
+    """Which publish a delivered message came from, and whether it was delivered before.
+
+    Returns ``(copy, redelivered)``. ``copy`` is the message's ``delivery_tag`` when
+    the broker is Redis (``driver_type == "redis"``), else ``None``: kombu's Redis
+    transport draws the tag when the message is published (a new one per publish,
+    so two publishes of one task are two copies) and keeps it in the stored
+    envelope, and every way it gives an unacked message back (``reject(requeue=
+    True)``, ``restore_unacked`` at a warm shutdown, ``restore_visible`` after the
+    visibility timeout; all through the channel's ``_do_restore_message``) re-pushes
+    that same envelope, marked ``redelivered``. On RabbitMQ a delivery tag counts
+    deliveries on a channel and says nothing about the publish. ``redelivered`` is
+    the broker's flag from ``message.delivery_info`` (public on both transports).
+
+    The run-once guard lets a message whose copy matches a running claim take the
+    claim over (its earlier delivery never finished). Were kombu to draw a new tag
+    on restore, such a message would look like another copy and be skipped until
+    the claim expires: ``tests/unit/test_compat.py`` fails first. Runs per message
+    on the worker's consumer thread.
+    """
+    info = getattr(message, "delivery_info", None)
+    redelivered = bool(info.get("redelivered")) if isinstance(info, Mapping) else False
+    if driver_type != "redis":
+        return None, redelivered
+    tag = getattr(message, "delivery_tag", None)
+    return (str(tag) if tag else None), redelivered

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -38,12 +39,15 @@ from celery.contrib.testing.mocks import TaskMessage
 from celery.exceptions import Retry
 from celery.utils.dispatch import Signal
 from celery.utils.serialization import UnpickleableExceptionWrapper
+from celery.worker import state as worker_state
+from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 from kombu import Queue, serialization
 from kombu.transport import redis as kombu_redis_transport
 from kombu.utils.json import dumps as kombu_json_dumps
 
 from aceleryctl.compat import celery as cc
+from aceleryctl.compat import celery_consumer as ccc
 from aceleryctl.compat import celery_worker as cw
 from aceleryctl.compat import channels as cch
 from aceleryctl.compat import kombu_redis as ckr
@@ -495,6 +499,165 @@ def test_the_progress_store_reproduces_redis_backend_methods(app: Celery) -> Non
     assert cw.max_stored_value_size(object()) == 512 * 1024 * 1024
 
 
+# -- Celery: the consumer's task strategies (the run-once guard) --------------------
+
+
+class _StandInConsumer(SimpleNamespace):
+    """Hashable: it is the sender of ``task_received``, whose receivers are cached by
+    sender."""
+
+    __hash__ = object.__hash__
+
+
+def _strategy_of(app: Celery, name: str, handled: list[Any]) -> Any:
+    """The strategy Celery's ``Tasks`` step builds for task ``name``, for a consumer
+    standing in with the attributes a strategy reads (no broker, no pool)."""
+    consumer = _StandInConsumer(
+        hostname="w@compat",
+        connection_errors=(),
+        event_dispatcher=None,
+        timer=SimpleNamespace(call_at=lambda *a, **k: None),
+        apply_eta_task=handled.append,
+        disable_rate_limits=True,
+        task_buckets={},
+        on_task_request=handled.append,
+        _limit_task=None,
+        _limit_post_eta=None,
+        pool=SimpleNamespace(apply_async=None),
+        controller=SimpleNamespace(state=SimpleNamespace(revoked=set())),
+    )
+    return app.tasks[name].start_strategy(app, consumer)
+
+
+def test_the_consumer_calls_a_strategy_with_five_positional_arguments() -> None:
+    source = inspect.getsource(Consumer.create_task_handler)
+    call = source[source.index("strategy(\n") :]
+    names = [part.strip() for part in call[len("strategy(") : call.index(")")].split(",")]
+    expected = ["message", "payload", "ack", "reject", "callbacks"]
+    assert [n.split("_")[0] for n in names if n] == expected
+
+
+def test_a_request_settles_through_the_strategys_ack_and_reject(app: Celery) -> None:
+    handled: list[Any] = []
+    strategy = _strategy_of(app, "c.add", handled)
+    settled: list[tuple[str, tuple[Any, ...]]] = []
+
+    def ack(*args: Any) -> None:
+        settled.append(("ack", args))
+
+    def reject(*args: Any) -> None:
+        settled.append(("reject", args))
+
+    for task_id in ("acked", "requeued"):
+        message = TaskMessage("c.add", id=task_id, args=(1, 2))
+        strategy(message, None, ack, reject, [])
+    first, second = handled
+    try:
+        assert isinstance(first, Request)
+        first.acknowledge()
+        first.acknowledge()  # once only
+        second.reject(requeue=True)
+        [(kind, args), (kind2, args2)] = settled
+        assert kind == "ack"
+        assert len(args) == 2  # (logger, connection_errors)
+        assert (kind2, args2[2]) == ("reject", True)  # (logger, connection_errors, requeue)
+    finally:
+        for request in handled:
+            worker_state.task_ready(request)
+
+
+class _RecordingSettle:
+    def __init__(self) -> None:
+        self.told: list[str] = []
+
+    def acked(self) -> None:
+        self.told.append("acked")
+
+    def rejected(self, requeue: bool) -> None:
+        self.told.append(f"rejected requeue={requeue}")
+
+    def abandoned(self) -> None:
+        self.told.append("abandoned")
+
+
+def test_wrap_strategy_runs_drops_or_reports_how_a_message_settled(app: Celery) -> None:
+    handled: list[Any] = []
+    strategy = _strategy_of(app, "c.add", handled)
+    settle = _RecordingSettle()
+    answers: list[Any] = [ccc.Verdict.RUN, ccc.Verdict.DROP, settle, settle]
+    asked: list[Any] = []
+
+    def admit(message: Any, body: Any) -> Any:
+        asked.append((message.headers["id"], body))
+        return answers.pop(0)
+
+    wrapped = ccc.wrap_strategy(strategy, admit, ("errors",))
+    assert ccc.is_wrapped(wrapped)
+    assert ccc.wrap_strategy(wrapped, admit, ()) is wrapped
+    acks: list[tuple[Any, ...]] = []
+    rejects: list[tuple[Any, ...]] = []
+
+    def ack(*args: Any) -> None:
+        acks.append(args)
+
+    def reject(*args: Any) -> None:
+        rejects.append(args)
+
+    try:
+        for task_id in ("run", "drop", "ack", "reject"):
+            wrapped(TaskMessage("c.add", id=task_id), None, ack, reject, [])
+        assert [a[0] for a in asked] == ["run", "drop", "ack", "reject"]
+        assert [r.id for r in handled] == ["run", "ack", "reject"]  # "drop" never ran
+        assert [a[1] for a in acks] == [("errors",)]  # the dropped one, acked at once
+        handled[1].acknowledge()
+        handled[2].reject(requeue=True)
+        assert settle.told == ["acked", "rejected requeue=True"]
+        assert len(acks) == 2
+        assert rejects[-1][2] is True
+    finally:
+        for request in handled:
+            worker_state.task_ready(request)
+
+    def broken(*args: Any) -> None:
+        raise ValueError("not a task message")
+
+    failing = ccc.wrap_strategy(broken, lambda m, b: settle, ())
+    with pytest.raises(ValueError, match="not a task message"):
+        failing(TaskMessage("c.add", id="bad"), None, ack, reject, [])
+    assert settle.told[-1] == "abandoned"
+
+
+def test_message_attempt_reads_the_headers_celery_writes(app: Celery) -> None:
+    when = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    headers, *_ = cc.task_message_v2(app)(
+        "tid-1",
+        "c.add",
+        (1, 2),
+        {},
+        retries=2,
+        eta=when,
+        replaced_task_nesting=1,
+    )
+    message = SimpleNamespace(headers=headers)
+    found = ccc.message_attempt(message, None)
+    assert found == ccc.MessageAttempt("c.add", "tid-1", 2, 1, when.timestamp())
+    plain = ccc.message_attempt(SimpleNamespace(headers={"id": "t", "task": "c.add"}), None)
+    assert plain == ccc.MessageAttempt("c.add", "t", 0, 0, None)
+    # Protocol 1: the consumer hands the decoded body to the strategy.
+    body = {"id": "t1", "task": "c.add", "retries": 1, "eta": "2030-01-01T12:00:00"}
+    old = ccc.message_attempt(SimpleNamespace(headers={}), body)
+    assert old == ccc.MessageAttempt("c.add", "t1", 1, 0, when.timestamp())
+    assert ccc.message_attempt(SimpleNamespace(headers={}), None) is None
+    assert ccc.message_attempt(SimpleNamespace(headers={"id": ""}), None) is None
+
+
+def test_task_replace_hands_the_id_on_with_a_nesting_header() -> None:
+    source = inspect.getsource(Task.replace)
+    assert "sig.freeze(self.request.id)" in source
+    assert "replaced_task_nesting=replaced_task_nesting" in source
+    assert "replaced_task_nesting" in _params(celery.app.amqp.AMQP.as_task_v2)
+
+
 # -- kombu and redis-py -------------------------------------------------------------
 
 
@@ -550,6 +713,34 @@ def test_redis_envelope_is_what_the_channel_pushes(channel: Any, priority: int |
     assert isinstance(key, str)
     assert key == stock_key
     assert json.loads(kombu_json_dumps(envelope)) == json.loads(stock_payload)
+
+
+def test_message_copy_is_the_delivery_tag_redis_keeps_when_it_restores(channel: Any) -> None:
+    _, envelope = ckr.redis_envelope(
+        channel, "[[1, 2], {}, {}]", None, "application/json", "utf-8", {"id": "tid"}, {},
+        "work", "tag-of-the-publish",
+    )  # fmt: skip
+    first = channel.message_to_python(json.loads(kombu_json_dumps(envelope)))
+    assert ckr.message_copy(first, "redis") == ("tag-of-the-publish", False)
+    assert ckr.message_copy(first, "amqp") == (None, False)
+
+    pushed: list[tuple[str, str, str]] = []
+
+    class Pipe:
+        def lpush(self, key: str, payload: str) -> None:
+            pushed.append(("lpush", key, payload))
+
+        def rpush(self, key: str, payload: str) -> None:
+            pushed.append(("rpush", key, payload))
+
+    # What reject(requeue=True), restore_unacked and restore_visible all end in.
+    with mock.patch.object(channel, "_lookup", return_value=["work"]):
+        channel._do_restore_message(envelope, "", "work", Pipe(), leftmost=True)
+    [(_, key, payload)] = pushed
+    assert key == "work"
+    restored = channel.message_to_python(json.loads(payload))
+    assert ckr.message_copy(restored, "redis") == ("tag-of-the-publish", True)
+    assert restored.delivery_info["redelivered"] is True
 
 
 def test_the_channel_pool_is_redis_py_and_unconnected(channel: Any) -> None:
