@@ -4,8 +4,8 @@
   kill, restart, pause and resume it on the same port; it persists with
   ``appendfsync always``, so a kill loses nothing Redis acknowledged) and a prefork
   ``celery worker`` on it that sets Django up with this folder's settings (the
-  outbox on, so the run-once guard is on when aceleryctl has it); execution
-  records go to the session Redis (db 2), which the faults never touch;
+  outbox on, so the run-once guard is on, its claims in the session Redis, db 1);
+  execution records go to the session Redis (db 2); the faults never touch it;
 * per test, child processes started by this session and stopped by their own ids:
   uvicorn serving the ASGI app and waitress serving the WSGI app
   (:mod:`~tests.integration.durable.views`), and ``manage.py aceleryctl_relay``;
@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import importlib.util
 import json
 import os
+import re
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,15 +56,10 @@ REPO_ROOT = HERE.parents[2]
 SETTINGS: Final = "tests.integration.durable.settings"
 RESULTS_DB, RECORDS_DB = 1, 2
 RECORD_TASK: Final = "aceleryctl_tests.record"
-
-#: Whether aceleryctl has the worker-side run-once guard (branch ``run-once-guard``).
-#: Without it a second copy of a task runs too: the tests then assert that every
-#: committed dispatch runs at least once, and the duplicate case is an xfail.
-GUARDED: Final = importlib.util.find_spec("aceleryctl.worker.guard_step") is not None
-NO_GUARD: Final = (
-    "aceleryctl has no run-once guard yet (branch run-once-guard is not merged): "
-    "a task published twice runs twice"
-)
+#: What the worker logs at start when its run-once guard is on.
+GUARD_ON: Final = "The run-once guard is on: each (task id, attempt) runs once"
+#: What the guard logs when it skips a copy: ``... task <name>[<id>] attempt <n>: ...``.
+SKIPPED = re.compile(r"Skipped a second copy of task \S+\[(?P<id>[^\]]+)\] attempt")
 
 #: The two databases, each with its ``django_db`` mark (PostgreSQL: the ``pg`` alias).
 SQLITE = pytest.param("sqlite", marks=pytest.mark.django_db(transaction=True), id="sqlite")
@@ -119,12 +115,11 @@ def durable_worker(
     )
     _running["celery worker (durable)"] = worker
     try:
-        if GUARDED:
-            wait_until(
-                lambda: "run-once guard is on" in worker.log(),
-                timeout=10.0,
-                message=lambda: f"the worker to report its guard on:\n{worker.log_tail()}",
-            )
+        wait_until(
+            lambda: GUARD_ON in worker.log(),
+            timeout=10.0,
+            message=lambda: f"the worker to report its run-once guard on:\n{worker.log_tail()}",
+        )
         yield worker
     finally:
         _running.pop("celery worker (durable)", None)
@@ -442,14 +437,20 @@ def drained(broker: FaultBroker, queue: str = "celery") -> bool:
         client.close()
 
 
-def assert_ran(records: Records, markers: Sequence[str], *, once: bool) -> None:
-    """Every ``marker``'s task ran: exactly once when ``once``, else at least once."""
+def ran_once(records: Records, markers: Sequence[str]) -> None:
+    """Every ``marker``'s task ran, and ran once."""
     counts = {m: records.count(m) for m in markers}
     missing = [m for m, n in counts.items() if n == 0]
     assert not missing, f"{len(missing)} of {len(markers)} dispatches never ran: {missing[:5]}"
-    if once:
-        twice = {m: n for m, n in counts.items() if n > 1}
-        assert not twice, f"{len(twice)} of {len(markers)} ran more than once: {twice}"
+    twice = {m: n for m, n in counts.items() if n > 1}
+    assert not twice, f"{len(twice)} of {len(markers)} ran more than once: {twice}"
+
+
+def skipped(worker: CeleryWorker, task_ids: Iterable[str]) -> Counter[str]:
+    """How many copies of each of ``task_ids`` the worker's run-once guard skipped."""
+    wanted = set(task_ids)
+    found = (SKIPPED.search(line) for line in worker.log().splitlines())
+    return Counter(m["id"] for m in found if m is not None and m["id"] in wanted)
 
 
 def never_ran(records: Records, markers: Sequence[str]) -> None:

@@ -11,9 +11,10 @@ Everything that differs between them comes from the environment, set by
   :mod:`tests.integration.celery_app` reads;
 * the outbox's hand-off grace, batch size and the dispatch deadline.
 
-The outbox is on with ``RELAY = "command"``, so the workers that load this module
-run the run-once guard when aceleryctl has it (``ACELERYCTL["RUN_ONCE"]`` defaults
-to on with the outbox). Live events are off: no channel layer is needed.
+The outbox is on with ``RELAY = "command"``, so the worker that loads this module
+runs the run-once guard (``ACELERYCTL["RUN_ONCE"]`` is on by default with the
+outbox; its claims go to the Celery app's result backend, the session Redis).
+Live events are off: no channel layer is needed.
 """
 
 from __future__ import annotations

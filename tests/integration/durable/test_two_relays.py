@@ -4,8 +4,7 @@
   consumes, and the broker holds each row's task id exactly once.
 * A task published twice (the relays' publish, and a second ``apply_async`` with
   the same task id, as a republish after an unknown outcome would be) runs once:
-  the run-once guard's promise. Without the guard it runs twice, so the test is
-  an expected failure until aceleryctl has it.
+  the worker's run-once guard skips the other copy.
 """
 
 from __future__ import annotations
@@ -18,19 +17,19 @@ from celery import Celery
 from aceleryctl import AsyncCeleryController
 from tests._support.broker_messages import read_queue
 from tests._support.waiting import wait_until
+from tests._support.worker import CeleryWorker
 from tests.integration._helpers import Records, new_marker
 from tests.integration.faults.conftest import FaultBroker
 
 from .conftest import (
-    GUARDED,
-    NO_GUARD,
     POSTGRES,
     RECORD_TASK,
     Children,
     Database,
-    assert_ran,
     broker_client,
     drained,
+    ran_once,
+    skipped,
 )
 
 #: Rows, and rows per round: many small rounds, so that the relays overlap.
@@ -74,7 +73,6 @@ def test_two_relay_processes_never_publish_the_same_row(
     print(f"published per relay: {sorted(totals.values())}")
 
 
-@pytest.mark.xfail(not GUARDED, reason=NO_GUARD, strict=True)
 @pytest.mark.parametrize("db_kind", [POSTGRES])
 def test_a_task_published_twice_runs_once(
     database: Database,
@@ -82,6 +80,7 @@ def test_a_task_published_twice_runs_once(
     children: Children,
     durable_app: Celery,
     durable_controller: AsyncCeleryController,
+    durable_worker: CeleryWorker,
     records: Records,
 ) -> None:
     two_relays(children, database)
@@ -100,4 +99,5 @@ def test_a_task_published_twice_runs_once(
         timeout=15.0,
         message="the outbox and the queue to empty",
     )
-    assert_ran(records, markers, once=True)
+    ran_once(records, markers)
+    assert skipped(durable_worker, ids) == dict.fromkeys(ids, 1)

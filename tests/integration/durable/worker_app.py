@@ -4,7 +4,7 @@
 
 The ``aceleryctl`` app's ``ready()`` hooks the worker start signals, so the worker
 runs what aceleryctl runs in workers; with the outbox on in those settings, that
-includes the run-once guard when aceleryctl has it.
+includes the run-once guard.
 """
 
 from __future__ import annotations
