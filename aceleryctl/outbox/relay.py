@@ -7,7 +7,8 @@ the outbox's database:
    first, with ``SELECT ... FOR UPDATE SKIP LOCKED`` where the database has it
    (PostgreSQL, MySQL 8, Oracle): rows claimed by another relay are skipped, so
    several relays share the work and no row is published by two of them at once.
-   SQLite has no row locks: run one relay there;
+   SQLite has no row locks: run one relay there; its round takes SQLite's write
+   lock first, so that a concurrent writer cannot make it fail after publishing;
 2. decode each row; one that cannot be decoded, or names a task the relay's app
    does not know, is dead-lettered at once with a clear error;
 3. publish the rest together through the controller's engine (its deadline,
@@ -191,7 +192,10 @@ class Relay:
 
         from aceleryctl.outbox.models import OutboxMessage
 
-        features = connections[self._alias].features
+        connection = connections[self._alias]
+        features = connection.features
+        if connection.vendor == "sqlite":
+            _take_sqlite_write_lock(self._alias)
         due = (
             OutboxMessage.objects.using(self._alias)
             .filter(state=OutboxMessage.State.PENDING, available_at__lte=self._now())
@@ -326,3 +330,22 @@ class Relay:
             )
         except Exception as exc:  # the heartbeat is advisory
             logger.warning("aceleryctl relay could not record its heartbeat: %s", exc)
+
+
+def _take_sqlite_write_lock(alias: str) -> None:
+    """Make the round's transaction SQLite's writer before it claims anything.
+
+    SQLite has no row locks, and a transaction that has read cannot wait for the
+    write lock: when another connection (a web request) is writing, its first
+    write fails at once with "database is locked", whatever the busy timeout. A
+    round that claimed with a read would publish its batch, fail to delete it, roll
+    back, and publish it again next round. A write as the transaction's first
+    statement waits for the lock instead (the connection's busy timeout), before
+    anything is claimed or published; the round then holds it until it commits.
+    An ``UPDATE`` that matches no row and changes nothing takes the lock all the same.
+    """
+    from django.db.models import F
+
+    from aceleryctl.outbox.models import OutboxMessage
+
+    OutboxMessage.objects.using(alias).filter(pk=0).update(state=F("state"))
