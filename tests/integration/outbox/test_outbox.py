@@ -23,7 +23,7 @@ from django.test import override_settings
 
 from aceleryctl import AsyncCeleryController
 from aceleryctl.dispatch.record import NotData
-from aceleryctl.exceptions import DispatchTimeout, TaskSerializationError
+from aceleryctl.exceptions import BrokerError, DispatchTimeout, TaskSerializationError
 from aceleryctl.outbox.config import OutboxSettings
 from aceleryctl.outbox.durable import DeferredResult
 from aceleryctl.outbox.models import OutboxMessage
@@ -181,7 +181,9 @@ def test_durable_against_a_silent_broker_stores_the_unknown_outcome(
         finally:
             ctl.sync.close(0)
     assert isinstance(result, DeferredResult)
-    assert result.reason.startswith(DispatchTimeout.__name__)
+    # The deadline passed mid-publish, or (a loaded machine) the socket timed out
+    # first: either way the message may exist, and the dispatch is stored.
+    assert result.reason.split(":")[0] in {DispatchTimeout.__name__, BrokerError.__name__}
     [row] = rows()
     assert row.task_id == result.id
 
