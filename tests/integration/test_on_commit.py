@@ -12,7 +12,6 @@ assert that the rolled-back task never ran and left no message.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -23,6 +22,7 @@ from django.db import connections, transaction
 
 from aceleryctl import AsyncCeleryController
 from aceleryctl.sync import SyncCeleryController
+from tests._support.transactions import async_atomic
 from tests._support.waiting import wait_until, wait_until_async
 
 from ._helpers import Broker, Records, new_marker
@@ -35,23 +35,6 @@ RESULT_TIMEOUT = 20.0
 
 class Rollback(Exception):
     """Raised inside a transaction to roll it back."""
-
-
-@contextlib.asynccontextmanager
-async def async_atomic() -> AsyncIterator[None]:
-    """``transaction.atomic()`` for async code: entered and left on the thread-sensitive
-    thread, where the ``sync_to_async`` ORM calls in between also run."""
-    atomic = transaction.atomic()
-    await sync_to_async(atomic.__enter__, thread_sensitive=True)()
-    try:
-        yield
-    except BaseException as exc:
-        await sync_to_async(atomic.__exit__, thread_sensitive=True)(
-            type(exc), exc, exc.__traceback__
-        )
-        raise
-    else:
-        await sync_to_async(atomic.__exit__, thread_sensitive=True)(None, None, None)
 
 
 @pytest.fixture

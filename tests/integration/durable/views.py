@@ -10,37 +10,18 @@ answers ``{"task_id": ...}``: 200 when committed, 409 when rolled back.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-
-from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
 from aceleryctl import controller
+from tests._support.transactions import async_atomic
 from tests.integration.celery_app import record
 
 
 class Rollback(Exception):
     """Raised inside the transaction to roll it back; carries the task id."""
-
-
-@contextlib.asynccontextmanager
-async def async_atomic() -> AsyncIterator[None]:
-    """``transaction.atomic()`` entered and left on the thread-sensitive thread."""
-    atomic = transaction.atomic()
-    await sync_to_async(atomic.__enter__, thread_sensitive=True)()
-    try:
-        yield
-    except BaseException as exc:
-        await sync_to_async(atomic.__exit__, thread_sensitive=True)(
-            type(exc), exc, exc.__traceback__
-        )
-        raise
-    else:
-        await sync_to_async(atomic.__exit__, thread_sensitive=True)(None, None, None)
 
 
 async def async_dispatch(request: HttpRequest, marker: str, outcome: str) -> JsonResponse:

@@ -7,9 +7,7 @@ one. Rows are read back after the process's row writer has finished.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -28,6 +26,7 @@ from aceleryctl.outbox.config import OutboxSettings
 from aceleryctl.outbox.durable import DeferredResult
 from aceleryctl.outbox.models import OutboxMessage
 from tests._support.tarpit import Tarpit
+from tests._support.transactions import async_atomic
 from tests.integration._helpers import Records, isolated_app, new_marker
 from tests.integration.celery_app import record
 
@@ -41,22 +40,6 @@ pytestmark = [
 
 class Rollback(Exception):
     """Raised inside a transaction to roll it back."""
-
-
-@contextlib.asynccontextmanager
-async def async_atomic() -> AsyncIterator[None]:
-    """``transaction.atomic()`` entered and left on the thread-sensitive thread."""
-    atomic = transaction.atomic()
-    await sync_to_async(atomic.__enter__, thread_sensitive=True)()
-    try:
-        yield
-    except BaseException as exc:
-        await sync_to_async(atomic.__exit__, thread_sensitive=True)(
-            type(exc), exc, exc.__traceback__
-        )
-        raise
-    else:
-        await sync_to_async(atomic.__exit__, thread_sensitive=True)(None, None, None)
 
 
 # -- on-commit dispatch through the outbox ---------------------------------------------
