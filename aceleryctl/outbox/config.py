@@ -8,10 +8,11 @@ in seconds. Thread-safe.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+
+from aceleryctl.dispatch.build import check_timeout
 
 __all__ = [
     "OutboxSettings",
@@ -81,10 +82,11 @@ def _problem(key: str, rule: str, value: object) -> str | None:
         return f"{where} must be True or False, got {value!r}"
     if rule == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         return f"{where} must be a whole number >= 1, got {value!r}"
-    if rule == "seconds" and (
-        isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf
-    ):
-        return f"{where} must be a finite number of seconds greater than 0, got {value!r}"
+    if rule == "seconds":
+        try:
+            check_timeout(value, name=where)  # the one check of every duration
+        except (TypeError, ValueError) as exc:
+            return str(exc)
     if rule == "alias" and (not isinstance(value, str) or not value):
         return f"{where} must be a database alias from DATABASES, got {value!r}"
     if rule == "relay" and value not in RELAY_MODES:
