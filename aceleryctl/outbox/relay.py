@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aceleryctl.dispatch.controller import AsyncCeleryController
 from aceleryctl.dispatch.engine import DispatchEngine
@@ -42,22 +42,16 @@ from aceleryctl.dispatch.record import Dispatch
 from aceleryctl.exceptions import CircuitOpenError, TaskDispatchError, TaskSerializationError
 from aceleryctl.outbox.config import OutboxSettings, outbox_settings
 
-__all__ = ["Relay", "RelayRound"]
+if TYPE_CHECKING:
+    from aceleryctl.outbox.store import ClaimedRow
 
-#: The columns a round reads (the rest load only if a round writes them back).
-_CLAIMED: Final = (
-    "id",
-    "task_id",
-    "task_name",
-    "payload",
-    "content_type",
-    "content_encoding",
-    "attempts",
-)
+__all__ = ["Relay", "RelayRound"]
 
 logger: Final = logging.getLogger("aceleryctl.relay")
 #: Longest single wait on a LISTEN connection, in seconds (how soon a stop is seen).
 LISTEN_SLICE: Final = 0.5
+#: Seconds between two heartbeats of a busy relay (an idle round always writes one).
+HEARTBEAT_EVERY: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +108,7 @@ class Relay:
         self._name = name or f"{socket.gethostname()}:{os.getpid()}"
         self._now = now or timezone.now
         self._totals = {"published": 0, "dead_lettered": 0}
+        self._last_heartbeat = -HEARTBEAT_EVERY  # time.monotonic() of the last one
 
     @property
     def database(self) -> str:
@@ -135,7 +130,10 @@ class Relay:
             result = self._publish(rows) if rows else RelayRound()
         self._totals["published"] += result.published
         self._totals["dead_lettered"] += result.dead_lettered
-        self._heartbeat()
+        beat = time.monotonic()
+        if not result.claimed or beat - self._last_heartbeat >= HEARTBEAT_EVERY:
+            self._last_heartbeat = beat
+            self._heartbeat()
         return result
 
     def run(self, stop: threading.Event, *, until_idle: bool = False) -> dict[str, int]:
@@ -187,10 +185,11 @@ class Relay:
 
     # -- a round -------------------------------------------------------------------
 
-    def _claim(self) -> list[Any]:
+    def _claim(self) -> list[ClaimedRow]:
         from django.db import connections
 
         from aceleryctl.outbox.models import OutboxMessage
+        from aceleryctl.outbox.store import ClaimedRow
 
         connection = connections[self._alias]
         features = connection.features
@@ -200,15 +199,15 @@ class Relay:
             OutboxMessage.objects.using(self._alias)
             .filter(state=OutboxMessage.State.PENDING, available_at__lte=self._now())
             .order_by("available_at", "pk")
-            .only(*_CLAIMED)
+            .values_list(*ClaimedRow.COLUMNS)
         )
         if features.has_select_for_update_skip_locked:
             due = due.select_for_update(skip_locked=True)
         elif features.has_select_for_update:
             due = due.select_for_update()
-        return list(due[: self._conf.batch_size])
+        return [ClaimedRow(*values) for values in due[: self._conf.batch_size]]
 
-    def _publish(self, rows: list[Any]) -> RelayRound:
+    def _publish(self, rows: list[ClaimedRow]) -> RelayRound:
         from aceleryctl.outbox import store
 
         controller = self._controller()
@@ -217,7 +216,7 @@ class Relay:
         counts = {"published": 0, "retried": 0, "dead_lettered": 0, "refused": 0}
         retry_after = 0.0
         engine = controller._engine
-        loaded: list[tuple[Any, Dispatch]] = []
+        loaded: list[tuple[ClaimedRow, Dispatch]] = []
         for row in rows:
             try:
                 loaded.append((row, store.decode(row, app)))
@@ -250,7 +249,7 @@ class Relay:
     def _dead(
         self,
         engine: DispatchEngine,
-        row: Any,
+        row: ClaimedRow,
         dispatch: Dispatch | None,
         error: str,
         now: datetime,
@@ -259,10 +258,14 @@ class Relay:
         from aceleryctl.outbox.models import OutboxMessage
         from aceleryctl.outbox.outcomes import tell_dead_lettered
 
-        row.state = OutboxMessage.State.DEAD
-        row.last_error = error
-        row.last_attempt_at = now
-        store.save_attempt(row, self._alias, ("state", "last_error", "last_attempt_at", "attempts"))
+        store.save_attempt(
+            row.pk,
+            self._alias,
+            state=OutboxMessage.State.DEAD,
+            last_error=error,
+            last_attempt_at=now,
+            attempts=row.attempts,
+        )
         logger.error(
             "aceleryctl relay dead-lettered outbox row %s (%s[%s]) after %d attempts: %s",
             row.pk,
@@ -273,15 +276,17 @@ class Relay:
         )
         tell_dead_lettered(engine, row.task_name, row.task_id, dispatch)
 
-    def _retry(self, row: Any, error: str, now: datetime) -> None:
+    def _retry(self, row: ClaimedRow, error: str, now: datetime) -> None:
         from aceleryctl.outbox import store
 
         row.attempts += 1
-        row.last_error = error
-        row.last_attempt_at = now
-        row.available_at = now + timedelta(seconds=self._conf.backoff(row.attempts))
         store.save_attempt(
-            row, self._alias, ("attempts", "last_error", "last_attempt_at", "available_at")
+            row.pk,
+            self._alias,
+            attempts=row.attempts,
+            last_error=error,
+            last_attempt_at=now,
+            available_at=now + timedelta(seconds=self._conf.backoff(row.attempts)),
         )
 
     # -- between rounds ------------------------------------------------------------

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from celery import Celery
 
@@ -22,6 +22,7 @@ from aceleryctl.events import clip_text
 from aceleryctl.outbox.models import OutboxMessage
 
 __all__ = [
+    "ClaimedRow",
     "UndecodableRow",
     "decode",
     "describe_error",
@@ -36,6 +37,41 @@ MAX_ERROR_LENGTH = 2_000
 
 class UndecodableRow(ValueError):
     """A stored row cannot become a dispatch again (corrupt, or its task is unknown)."""
+
+
+@dataclasses.dataclass(slots=True)
+class ClaimedRow:
+    """The columns of an outbox row that a relay reads, as plain values: a relay
+    round builds no model instance per row.
+
+    Attributes:
+        pk: the row's primary key.
+        task_id: the id the message goes under.
+        task_name: the task's name (for logs and listeners).
+        payload: the stored dispatch (:meth:`Dispatch.dumps`).
+        content_type: its serializer's content type.
+        content_encoding: its serializer's content encoding.
+        attempts: publish attempts made so far.
+    """
+
+    pk: int
+    task_id: str
+    task_name: str
+    payload: bytes | memoryview
+    content_type: str
+    content_encoding: str
+    attempts: int
+
+    #: The columns, in the order of the fields above (``values_list`` order).
+    COLUMNS: ClassVar[tuple[str, ...]] = (
+        "id",
+        "task_id",
+        "task_name",
+        "payload",
+        "content_type",
+        "content_encoding",
+        "attempts",
+    )
 
 
 def encode(
@@ -91,7 +127,7 @@ def _anchored(dispatch: Dispatch, now: datetime) -> Dispatch:
     return dataclasses.replace(dispatch, options=anchored)
 
 
-def decode(row: OutboxMessage, app: Celery) -> Dispatch:
+def decode(row: OutboxMessage | ClaimedRow, app: Celery) -> Dispatch:
     """The dispatch stored in ``row``, its task resolved in ``app`` when registered.
 
     Raises:
@@ -249,9 +285,13 @@ def failed(
     notify(using)
 
 
-def save_attempt(row: OutboxMessage, using: str, fields: Iterable[str]) -> None:
-    """Write back ``fields`` of a claimed row."""
-    row.save(using=using, update_fields=list(fields))
+def save_attempt(row_id: int, using: str, **values: Any) -> None:
+    """Write ``values`` (column name to value) into the row ``row_id`` with one ``UPDATE``.
+
+    Raises:
+        django.db.Error: what the database raises.
+    """
+    OutboxMessage.objects.using(using).filter(pk=row_id).update(**values)
 
 
 def count_pending(using: str) -> dict[str, Any]:
