@@ -30,6 +30,7 @@ class AceleryctlConfig(AppConfig):
         )
         from aceleryctl.conf import connect_signals, load_settings
         from aceleryctl.live import sent
+        from aceleryctl.schedules import check  # noqa: F401  (registers aceleryctl.W006)
 
         connect_signals()
         signals.connect_when_worker_starts()

@@ -14,6 +14,8 @@
 * ``aceleryctl.W005``: the outbox is on but ``OUTBOX["RELAY"]`` does not say where
   its relay runs: rows whose after-commit publish failed wait for a relay.
 * ``aceleryctl.E003``: ``OUTBOX["DATABASE"]`` is not an alias of ``DATABASES``.
+* ``aceleryctl.W006`` (in :mod:`aceleryctl.schedules.check`): a beat schedule
+  entry names a task that is not registered.
 * ``aceleryctl.W003``: the websocket consumer is routed (``ASGI_APPLICATION``
   reaches it, or :mod:`aceleryctl.routing` is imported) but no channel layer can
   bring it the workers' events: ``CHANNEL_LAYERS`` has no ``default`` layer, or

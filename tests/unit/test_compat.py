@@ -387,6 +387,16 @@ def test_prepare_and_release_a_publishing_thread(app: Celery) -> None:
 # -- Celery: the worker side ---------------------------------------------------------
 
 
+def test_crontab_spec_is_the_five_fields_as_written() -> None:
+    from celery.schedules import crontab
+
+    from aceleryctl.compat.celery import crontab_spec
+
+    spec = crontab(minute="*/15", hour="0-6", day_of_week="mon-fri", day_of_month="1,15")
+    assert crontab_spec(spec) == ("*/15", "0-6", "1,15", "*", "mon-fri")
+    assert " ".join(crontab_spec(spec)) in repr(spec)
+
+
 def test_current_worker_task_is_the_task_a_worker_runs(app: Celery) -> None:
     assert callable(celery._state.get_current_worker_task)
     assert cw.current_worker_task() is None
