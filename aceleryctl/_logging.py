@@ -73,17 +73,25 @@ class Redactor:
         max_value_length: characters kept of a string or ``repr`` before ``...``.
         max_items: elements kept of a sequence or mapping; the rest is summarised.
         max_depth: nesting levels kept; deeper values are summarised.
+        exception_chain: failure records carry the error's whole ``__cause__`` /
+            ``__context__`` chain (each library's traceback, for debugging); by
+            default only the dispatch's own traceback, the chain summarised in a note.
     """
 
     keys: frozenset[str] = frozenset(DEFAULT_REDACT_KEYS)
     max_value_length: int = 200
     max_items: int = 50
     max_depth: int = 4
+    exception_chain: bool = False
 
     @classmethod
-    def from_keys(cls, keys: Iterable[str], **limits: int) -> Redactor:
+    def from_keys(
+        cls, keys: Iterable[str], *, exception_chain: bool = False, **limits: int
+    ) -> Redactor:
         """Build one from any iterable of key substrings (case-insensitive)."""
-        return cls(keys=frozenset(k.lower() for k in keys), **limits)
+        return cls(
+            keys=frozenset(k.lower() for k in keys), exception_chain=exception_chain, **limits
+        )
 
     def is_secret_key(self, key: object) -> bool:
         """Whether a mapping key names a secret (only string keys can)."""
@@ -170,8 +178,10 @@ def log_dispatch_failure(
         outcome: ``"not_sent"`` (nothing reached the broker), ``"unknown"`` (a
             deadline passed mid-publish) or ``"failed"`` (the broker or the
             library raised; see ``error``).
-        error: the exception raised to the caller; its ``__cause__`` chain and
-            traceback are attached through ``exc_info``.
+        error: the exception raised to the caller; its traceback is attached
+            through ``exc_info``, with its causes summarised in one note (the whole
+            chain when ``redactor.exception_chain``). The caller's exception is
+            not changed.
         signature_of: a task whose ``run`` signature names the positional
             arguments, so that a secret passed positionally is masked too.
     """
@@ -188,7 +198,7 @@ def log_dispatch_failure(
             clean_kwargs,
             type(error).__name__,
             message,
-            exc_info=(type(error), error, error.__traceback__),
+            exc_info=(type(error), _shown(error, redactor), error.__traceback__),
             extra={
                 "task_name": task_name,
                 "task_id": task_id,
@@ -202,6 +212,51 @@ def log_dispatch_failure(
         )
     except Exception:  # logging must never turn a dispatch error into another one
         logger.exception("aceleryctl could not log a dispatch failure for %s", task_name)
+
+
+def _shown(error: BaseException, redactor: Redactor) -> BaseException:
+    """What a failure record shows of ``error``: itself with ``exception_chain``;
+    otherwise a copy without causes (the same class, message and traceback) whose
+    last note reads ``caused by: A: ... <- B: ...``, so that one refused connection
+    is a few lines, not kombu's and redis-py's internal retries, about 90 lines."""
+    causes = list(_causes(error))
+    if redactor.exception_chain or not causes:
+        return error
+    shown = type(error).__new__(type(error))
+    shown.__dict__.update(error.__dict__)
+    shown.args = error.args
+    shown.__traceback__ = error.__traceback__
+    shown.__cause__ = None
+    shown.__suppress_context__ = True
+    parts, previous = [], str(error)
+    for cause in causes:
+        text = str(cause)
+        # A wrapper repeating its cause's words is named once: "A <- B: words".
+        parts.append(
+            f"{type(cause).__name__}: {redactor._text(text)}"
+            if text and text != previous
+            else type(cause).__name__
+        )
+        previous = text
+    summary = " <- ".join(parts)
+    shown.__notes__ = [*getattr(error, "__notes__", ()), f"caused by: {summary}"]
+    return shown
+
+
+def _causes(error: BaseException) -> Iterable[BaseException]:
+    """The exceptions behind ``error``, nearest first (``__cause__``, else an
+    unsuppressed ``__context__``), each once."""
+    seen = {id(error)}
+    current: BaseException | None = error
+    while current is not None:
+        following = current.__cause__
+        if following is None and not current.__suppress_context__:
+            following = current.__context__
+        if following is None or id(following) in seen:
+            return
+        seen.add(id(following))
+        yield following
+        current = following
 
 
 def _parameter_names(task: object) -> tuple[str, ...]:

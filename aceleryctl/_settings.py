@@ -67,6 +67,7 @@ class ControllerSettings:
     event_queue_size: int = 1_000
     event_send_timeout: float = 1.0
     log_file: str | None = "logs/celery_logs.txt"
+    log_exception_chain: bool = False
     success_logging: bool = False
     prerun_logging: bool = False
 
@@ -194,6 +195,7 @@ def settings_problems(raw: object) -> list[str]:
         "EVENT_QUEUE_SIZE",
         "EVENT_SEND_TIMEOUT",
         "LOG_FILE",
+        "LOG_EXCEPTION_CHAIN",
         "OUTBOX",
         "RUN_ONCE",
         *_WEBSOCKET_KEYS,
@@ -218,6 +220,11 @@ def settings_problems(raw: object) -> list[str]:
     if not isinstance(raw.get("DIRECT_PUBLISH", True), bool):
         problems.append(
             f"ACELERYCTL['DIRECT_PUBLISH'] must be True or False, got {raw['DIRECT_PUBLISH']!r}"
+        )
+    if not isinstance(raw.get("LOG_EXCEPTION_CHAIN", False), bool):
+        problems.append(
+            "ACELERYCTL['LOG_EXCEPTION_CHAIN'] must be True or False, got "
+            f"{raw['LOG_EXCEPTION_CHAIN']!r}"
         )
     if not isinstance(raw.get("EVENTS_ENABLED", True), bool):
         problems.append(
@@ -300,6 +307,7 @@ def load_settings() -> ControllerSettings:
         event_queue_size=int(raw.get("EVENT_QUEUE_SIZE", defaults.event_queue_size)),
         event_send_timeout=float(raw.get("EVENT_SEND_TIMEOUT", defaults.event_send_timeout)),
         log_file=raw.get("LOG_FILE", defaults.log_file),
+        log_exception_chain=bool(raw.get("LOG_EXCEPTION_CHAIN", defaults.log_exception_chain)),
         success_logging=bool(
             settings.configured and getattr(settings, "CELERY_ENABLE_SUCCESS_LOGGING", False)
         ),

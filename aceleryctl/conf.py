@@ -22,6 +22,7 @@ controller is rebuilt when the setting changes (``override_settings`` in tests).
         "EVENT_QUEUE_SIZE": 1_000,        # events waiting to be published, per process
         "EVENT_SEND_TIMEOUT": 1.0,        # seconds per channel-layer group_send
         "LOG_FILE": "logs/celery_logs.txt",  # worker ERROR log file; None: no file
+        "LOG_EXCEPTION_CHAIN": False,  # failure records: the whole chain of causes
         # the websocket consumer (aceleryctl.consumers), read per connection
         "WEBSOCKET_ALLOWED_ORIGINS": None,  # None: hosts in ALLOWED_HOSTS; or ["https://..."]
         "WEBSOCKET_MAX_FRAME_BYTES": 4096,  # larger client frames close the socket (4413)
@@ -138,6 +139,7 @@ def build_controller(conf: ControllerSettings) -> AsyncCeleryController:
         drain_timeout=conf.drain_timeout,
         breaker=breaker,
         redact_keys=conf.redact_keys,
+        log_exception_chain=conf.log_exception_chain,
         durable=outbox.enabled and outbox.durable_by_default,
     )
 

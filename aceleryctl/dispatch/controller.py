@@ -88,6 +88,9 @@ class AsyncCeleryController(ControllerCore):
             :class:`~aceleryctl.testing.ManualClock`.
         durable: every dispatch is durable unless a call says ``durable=False``
             (needs the outbox; see docs/durability.md).
+        log_exception_chain: failure records carry the whole chain of causes
+            (kombu's and redis-py's internal retries included) instead of the
+            dispatch's own traceback and a one-line summary of its causes.
 
     Raises:
         ValueError, TypeError: an argument is out of range or of the wrong type.
@@ -110,6 +113,7 @@ class AsyncCeleryController(ControllerCore):
         listeners: Iterable[DispatchListener] = (),
         clock: Clock = time.monotonic,
         durable: bool = False,
+        log_exception_chain: bool = False,
     ) -> None:
         if app is None:
             app = _current_celery_app()
@@ -122,7 +126,7 @@ class AsyncCeleryController(ControllerCore):
             max_workers=max_workers,
             max_pending=max_pending,
             breaker=breaker if breaker is not None else CircuitBreaker(),
-            redactor=Redactor.from_keys(redact_keys),
+            redactor=Redactor.from_keys(redact_keys, exception_chain=log_exception_chain),
             max_batch=max_batch,
             listeners=tuple(listeners),
             clock=clock,

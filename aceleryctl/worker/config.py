@@ -16,7 +16,7 @@ from typing import Final
 
 from aceleryctl._logging import Redactor
 
-__all__ = ["WorkerConfig", "reset_worker_config", "worker_config"]
+__all__ = ["WorkerConfig", "log_file_path", "reset_worker_config", "worker_config"]
 
 #: aceleryctl's own trouble in a worker (never task outcomes) is logged here.
 internal_logger: Final = logging.getLogger("aceleryctl.emitter")
@@ -76,7 +76,7 @@ def _load() -> WorkerConfig:
                 progress_interval=1.0 / raw.progress_max_rate,
                 queue_size=raw.event_queue_size,
                 send_timeout=raw.event_send_timeout,
-                log_file=os.path.abspath(raw.log_file) if raw.log_file else None,
+                log_file=log_file_path(raw.log_file),
                 success_logging=raw.success_logging,
                 prerun_logging=raw.prerun_logging,
                 redactor=Redactor.from_keys(raw.redact_keys),
@@ -85,9 +85,37 @@ def _load() -> WorkerConfig:
             internal_logger.warning(
                 "aceleryctl worker settings are invalid, using the defaults: %s", exc
             )
-            config = WorkerConfig(log_file=os.path.abspath(DEFAULT_LOG_FILE))
+            config = WorkerConfig(log_file=log_file_path(DEFAULT_LOG_FILE))
         _cached = config
         return config
+
+
+def log_file_path(setting: str | None) -> str | None:
+    """The absolute path of the execution log for ``ACELERYCTL["LOG_FILE"]``.
+
+    A relative path is under the project's base directory, ``settings.BASE_DIR``
+    (which Django's project template defines), as the original controller's
+    ``logs/celery_logs.txt`` was; without ``BASE_DIR``, under the process's current
+    directory. ``None``: no file. A ``~`` at the start is the user's home.
+    """
+    if not setting:
+        return None
+    path = os.path.expanduser(setting)
+    if not os.path.isabs(path):
+        base = _base_dir()
+        if base is not None:
+            path = os.path.join(base, path)
+    return os.path.abspath(path)
+
+
+def _base_dir() -> str | None:
+    try:
+        from django.conf import settings
+
+        base = getattr(settings, "BASE_DIR", None) if settings.configured else None
+    except Exception:  # no Django, or settings that fail to import
+        return None
+    return os.fspath(base) if isinstance(base, str | os.PathLike) else None
 
 
 def reset_worker_config() -> None:

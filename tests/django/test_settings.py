@@ -37,6 +37,7 @@ def fresh_default() -> Any:
         ({"BREAKER": {"RESET_TIMOUT": 1}}, "unknown key 'RESET_TIMOUT'"),
         ({"BREAKER": []}, "ACELERYCTL['BREAKER'] must be a dict"),
         ({"DIRECT_PUBLISH": "no"}, "ACELERYCTL['DIRECT_PUBLISH'] must be True or False"),
+        ({"LOG_EXCEPTION_CHAIN": 1}, "ACELERYCTL['LOG_EXCEPTION_CHAIN'] must be True or False"),
         ([], "ACELERYCTL must be a dict"),
     ],
 )
@@ -153,3 +154,31 @@ def test_without_celery_app_the_thread_current_app_is_used() -> None:
             assert conf.resolve_celery_app() is app
     finally:
         _state._set_current_app(previous)
+
+
+def test_the_exception_chain_setting_reaches_the_failure_records() -> None:
+    base = {"CELERY_APP": "tests.django.celery_fixture:app"}
+    with override_settings(ACELERYCTL=base):
+        assert conf.load_settings().log_exception_chain is False
+    with override_settings(ACELERYCTL={**base, "LOG_EXCEPTION_CHAIN": True}):
+        assert conf.load_settings().log_exception_chain is True
+        failures = aceleryctl.controller._engine._failures
+        assert failures._redactor.exception_chain is True
+
+
+def test_a_relative_log_file_is_under_base_dir(tmp_path: Any) -> None:
+    from aceleryctl.worker.config import log_file_path
+
+    with override_settings(BASE_DIR=tmp_path):
+        assert log_file_path("logs/celery_logs.txt") == str(tmp_path / "logs" / "celery_logs.txt")
+        assert log_file_path("/var/log/x.txt") == "/var/log/x.txt"
+        assert log_file_path(None) is None
+    with override_settings(BASE_DIR=str(tmp_path)):
+        assert log_file_path("a.txt") == str(tmp_path / "a.txt")
+    import os
+
+    from django.conf import settings
+
+    with override_settings():
+        del settings.BASE_DIR
+        assert log_file_path("a.txt") == os.path.abspath("a.txt")

@@ -996,8 +996,11 @@ PYTHON_DUNDERS = frozenset(
         "__init__",
         "__module__",
         "__name__",
+        "__new__",  # a copy of an exception without running its __init__ (_logging.py)
+        "__notes__",  # BaseException.add_note's list (PEP 678)
         "__qualname__",
         "__setattr__",  # object.__setattr__ past a class's own (_proxy.py)
+        "__suppress_context__",  # set by "raise ... from" (the language reference)
         "__traceback__",
         "__wrapped__",
     }

@@ -134,3 +134,77 @@ def test_one_record_with_structured_fields(caplog: pytest.LogCaptureFixture) -> 
     message = record.getMessage()
     assert "task=proj.tasks.mail" in message
     assert "exception=ValueError: boom" in message
+
+
+def _chained_failure() -> Exception:
+    """A dispatch error over three library errors, as a refused connection makes."""
+    from aceleryctl.exceptions import BrokerError
+
+    try:
+        try:
+            try:
+                [].pop()
+            except IndexError:
+                raise ConnectionRefusedError(111, "Connection refused") from None
+        except ConnectionRefusedError as refused:
+            raise OSError("Error 111 connecting to redis://:pw@127.0.0.1:1") from refused
+    except OSError as library:
+        try:
+            raise BrokerError("the broker failed; nothing was sent", task_name="t") from library
+        except BrokerError as exc:
+            return exc
+
+
+def _formatted(caplog: pytest.LogCaptureFixture, redactor: Redactor, error: Exception) -> str:
+    caplog.clear()
+    log_dispatch_failure(
+        redactor=redactor,
+        task_name="t",
+        task_id="id",
+        args=(),
+        kwargs={},
+        error=error,
+        outcome="not_sent",
+        dispatch_method="delay",
+    )
+    [record] = caplog.records
+    return logging.Formatter().format(record)
+
+
+def test_a_record_shows_the_dispatch_error_and_one_line_of_causes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    error = _chained_failure()
+    text = _formatted(caplog, Redactor(), error)
+    assert text.count("Traceback (most recent call last)") == 1
+    assert "The above exception was the direct cause" not in text
+    assert (
+        "caused by: OSError: Error 111 connecting to redis://********@127.0.0.1:1 "
+        "<- ConnectionRefusedError: [Errno 111] Connection refused" in text
+    )
+    assert "IndexError" not in text  # suppressed by "from None", as Python shows it
+    assert ":pw@" not in text
+    [record] = caplog.records
+    assert record.exc_info is not None
+    shown = record.exc_info[1]
+    assert type(shown) is type(error)
+    assert str(shown) == str(error)
+    assert shown.task_name == "t"  # type: ignore[union-attr]
+    # The caller's exception keeps its chain.
+    assert isinstance(error.__cause__, OSError)
+    assert not getattr(error, "__notes__", None)
+
+
+def test_the_whole_chain_when_asked(caplog: pytest.LogCaptureFixture) -> None:
+    error = _chained_failure()
+    text = _formatted(caplog, Redactor.from_keys(["token"], exception_chain=True), error)
+    assert text.count("Traceback (most recent call last)") == 3
+    assert "caused by:" not in text
+
+
+def test_an_error_without_causes_is_shown_as_it_is(caplog: pytest.LogCaptureFixture) -> None:
+    error = ValueError("alone")
+    _formatted(caplog, Redactor(), error)
+    [record] = caplog.records
+    assert record.exc_info is not None
+    assert record.exc_info[1] is error
