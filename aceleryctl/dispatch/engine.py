@@ -165,14 +165,13 @@ class DispatchEngine:
         Never raises.
         """
         try:
-            attempt, permit, future = self._begin(dispatch, parent, on_commit=True)
+            kept = settled is not None
+            attempt, permit, future = self._begin(dispatch, parent, on_commit=True, kept=kept)
         except CircuitOpenError as exc:
-            # Rejections are not logged per call (cheap and counted), but a
-            # rejected on-commit dispatch is a task lost after its data committed
-            # unless an outbox keeps it: that must be visible.
-            if settled is None:
-                self._failures.log(dispatch, exc, "not_sent")
-            else:
+            # Counted, never logged per call; but a refusal after the commit loses
+            # the task unless an outbox keeps it: the digest makes that visible.
+            self._failures.refusals.add(dispatch.task_name, lost=settled is None)
+            if settled is not None:
                 settled(DispatchOutcome.NOT_SENT, exc)
             return
         except TaskDispatchError as exc:  # already counted and logged by _begin
@@ -242,19 +241,16 @@ class DispatchEngine:
     # -- steps -------------------------------------------------------------
 
     def _begin(
-        self, dispatch: Dispatch, parent: Any, on_commit: bool = False, relayed: bool = False
+        self,
+        dispatch: Dispatch,
+        parent: Any,
+        on_commit: bool = False,
+        relayed: bool = False,
+        kept: bool = False,
     ) -> tuple[Attempt, Permit, Future[WireOutcome]]:
         now = self.clock()
-        attempt = Attempt(
-            dispatch,
-            now + dispatch.timeout,
-            now,
-            None,
-            dispatch.task_id,
-            parent,
-            on_commit=on_commit,
-            relayed=relayed,
-        )
+        attempt = Attempt(dispatch, now + dispatch.timeout, now, None, dispatch.task_id, parent)
+        attempt.on_commit, attempt.relayed, attempt.kept = on_commit, relayed, kept
         try:
             permit = self.breaker.acquire()
         except CircuitOpenError as exc:
@@ -320,8 +316,7 @@ class DispatchEngine:
         outcome: DispatchOutcome,
     ) -> None:
         self._failures.attach_cause(error, cause)
-        logged = self._failures.log_outcome(error, outcome)
-        self._failures.log(attempt.dispatch, error, logged, attempt.task_id, attempt.relayed)
+        self._failures.log_attempt(attempt, error, self._failures.log_outcome(error, outcome))
         self._settled(attempt, outcome, error)
 
     def _settled(

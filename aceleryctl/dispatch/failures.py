@@ -18,6 +18,7 @@ from celery import Celery
 from aceleryctl._logging import Redactor, log_dispatch_failure
 from aceleryctl.dispatch.listener import DispatchOutcome
 from aceleryctl.dispatch.record import Attempt, Dispatch, DispatchKind
+from aceleryctl.dispatch.refusals import RefusalDigest
 from aceleryctl.exceptions import (
     BrokerError,
     CircuitOpenError,
@@ -54,11 +55,13 @@ class Failures:
         redactor: masks secrets in the logged arguments.
     """
 
-    __slots__ = ("_app", "_redactor")
+    __slots__ = ("_app", "_redactor", "refusals")
 
     def __init__(self, app: Celery, redactor: Redactor) -> None:
         self._app = app
         self._redactor = redactor
+        #: Refused on-commit dispatches, logged as a digest, never one by one.
+        self.refusals = RefusalDigest()
 
     # -- errors --------------------------------------------------------------------
 
@@ -175,6 +178,15 @@ class Failures:
         if isinstance(error, DispatchTimeout):
             return "unknown"
         return "failed"
+
+    def log_attempt(self, attempt: Attempt, error: TaskDispatchError, outcome: str) -> None:
+        """The failure record of ``attempt`` (:meth:`log`), except a breaker refusal:
+        never logged per call; an on-commit one goes to :attr:`refusals`."""
+        if isinstance(error, CircuitOpenError):
+            if attempt.on_commit:
+                self.refusals.add(attempt.dispatch.task_name, lost=not attempt.kept)
+            return
+        self.log(attempt.dispatch, error, outcome, attempt.task_id, attempt.relayed)
 
     def log(
         self,

@@ -204,6 +204,8 @@ class Attempt:
         queue: the queue the wire routed it to, when the wire knows it.
         on_commit: the dispatch was published after a transaction committed.
         relayed: the outbox's relay publishes it.
+        kept: an on-commit dispatch whose failure something settles (the outbox
+            keeps its row); ``False``: a failure after the commit loses it.
     """
 
     dispatch: Dispatch
@@ -218,6 +220,7 @@ class Attempt:
     queue: str | None = None
     on_commit: bool = False
     relayed: bool = False
+    kept: bool = False
 
     @property
     def duration(self) -> float:

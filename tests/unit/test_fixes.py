@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -132,26 +133,47 @@ async def test_positional_secret_is_masked_in_the_failure_log(
     assert "hunter2-positional" not in record.getMessage()
 
 
-def test_on_commit_dispatch_refused_by_open_breaker_is_logged(
+def test_on_commit_refusals_are_logged_as_a_digest_not_per_call(
     app: Celery, ctl: AsyncCeleryController, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from aceleryctl.dispatch.refusals import RefusalDigest
+
+    ctl._engine._failures.refusals = RefusalDigest(interval=0.3)
     ctl.breaker.force_open()
-    dispatch = Dispatch(
-        DispatchKind.TASK,
-        "fixes.login",
-        "lost-id",
-        (),
-        {},
-        {"task_id": "lost-id"},
-        WAIT,
-        "delay_on_commit",
-        target=app.tasks["fixes.login"],
-    )
-    ctl._engine.submit_detached(dispatch)
-    [record] = [r for r in caplog.records if r.name == "aceleryctl.controller"]
-    assert record.levelno == logging.ERROR
-    assert (record.task_id, record.outcome) == ("lost-id", "not_sent")  # type: ignore[attr-defined]
-    assert record.error_type == "CircuitOpenError"  # type: ignore[attr-defined]
+
+    def refused(task_id: str) -> Dispatch:
+        return Dispatch(
+            DispatchKind.TASK,
+            "fixes.login",
+            task_id,
+            (),
+            {},
+            {"task_id": task_id},
+            WAIT,
+            "delay_on_commit",
+            target=app.tasks["fixes.login"],
+        )
+
+    kept: list[object] = []
+    for i in range(4):  # the first is written at once, the other three together
+        ctl._engine.submit_detached(refused(f"lost-{i}"))
+    ctl._engine.submit_detached(refused("kept"), settled=lambda *a: kept.append(a))
+
+    def records() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "aceleryctl.controller"]
+
+    deadline = time.monotonic() + 10.0
+    while len(records()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    first, second = records()
+    assert first.levelno == logging.ERROR
+    assert (first.refused_count, first.lost_count) == (1, 1)  # type: ignore[attr-defined]
+    assert (first.error_type, first.outcome) == ("CircuitOpenError", "not_sent")  # type: ignore[attr-defined]
+    assert "1 (fixes.login: 1); 1 lost" in first.getMessage()
+    assert second.refused_tasks == {"fixes.login": 4}  # type: ignore[attr-defined]
+    assert "4 (fixes.login: 4); 3 lost" in second.getMessage()
+    assert "1 kept in the outbox" in second.getMessage()
+    assert len(kept) == 1
 
 
 async def test_canvas_timeout_during_publish_still_names_the_group_id(
