@@ -171,6 +171,7 @@ def log_dispatch_failure(
     dispatch_method: str,
     signature_of: object = None,
     level: int = logging.ERROR,
+    correlation_id: str | None = None,
 ) -> None:
     """Emit the one record for a failed dispatch. Never raises.
 
@@ -184,6 +185,8 @@ def log_dispatch_failure(
             not changed.
         signature_of: a task whose ``run`` signature names the positional
             arguments, so that a secret passed positionally is masked too.
+        correlation_id: the request's correlation id the dispatch carried
+            (``record.correlation_id``; ``"-"`` when none).
     """
     try:
         clean_args = redactor.sanitize_args(args, _parameter_names(signature_of))
@@ -208,6 +211,7 @@ def log_dispatch_failure(
                 "error_message": message,
                 "outcome": outcome,
                 "dispatch_method": dispatch_method,
+                "correlation_id": correlation_id or "-",
             },
         )
     except Exception:  # logging must never turn a dispatch error into another one

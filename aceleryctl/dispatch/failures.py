@@ -222,6 +222,7 @@ class Failures:
             dispatch_method=dispatch.method,
             signature_of=signature_of,
             level=logging.WARNING if relayed else logging.ERROR,
+            correlation_id=dispatch.correlation_id,
         )
 
 

@@ -133,6 +133,17 @@ async def test_positional_secret_is_masked_in_the_failure_log(
     assert "hunter2-positional" not in record.getMessage()
 
 
+async def test_the_failure_record_carries_the_requests_correlation_id(
+    app: Celery, ctl: AsyncCeleryController, caplog: pytest.LogCaptureFixture
+) -> None:
+    from aceleryctl.correlation import use_correlation_id
+
+    with use_correlation_id("req-7f3a"), pytest.raises(Exception, match="serialized"):
+        await ctl.delay(app.tasks["fixes.login"], object(), "pw")
+    [record] = [r for r in caplog.records if r.name == "aceleryctl.controller"]
+    assert record.correlation_id == "req-7f3a"  # type: ignore[attr-defined]
+
+
 def test_on_commit_refusals_are_logged_as_a_digest_not_per_call(
     app: Celery, ctl: AsyncCeleryController, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -119,6 +119,7 @@ def test_one_record_with_structured_fields(caplog: pytest.LogCaptureFixture) -> 
             "error_message",
             "outcome",
             "dispatch_method",
+            "correlation_id",
         )
     }
     assert fields == {
@@ -130,6 +131,7 @@ def test_one_record_with_structured_fields(caplog: pytest.LogCaptureFixture) -> 
         "error_message": "boom",
         "outcome": "failed",
         "dispatch_method": "delay",
+        "correlation_id": "-",
     }
     message = record.getMessage()
     assert "task=proj.tasks.mail" in message
