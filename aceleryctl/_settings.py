@@ -68,6 +68,7 @@ class ControllerSettings:
     event_send_timeout: float = 1.0
     log_file: str | None = "logs/celery_logs.txt"
     log_exception_chain: bool = False
+    metrics: tuple[str, ...] = ()
     success_logging: bool = False
     prerun_logging: bool = False
 
@@ -196,6 +197,7 @@ def settings_problems(raw: object) -> list[str]:
         "EVENT_SEND_TIMEOUT",
         "LOG_FILE",
         "LOG_EXCEPTION_CHAIN",
+        "METRICS",
         "OUTBOX",
         "RUN_ONCE",
         *_WEBSOCKET_KEYS,
@@ -220,6 +222,14 @@ def settings_problems(raw: object) -> list[str]:
     if not isinstance(raw.get("DIRECT_PUBLISH", True), bool):
         problems.append(
             f"ACELERYCTL['DIRECT_PUBLISH'] must be True or False, got {raw['DIRECT_PUBLISH']!r}"
+        )
+    metrics = raw.get("METRICS", ())
+    if not isinstance(metrics, list | tuple) or any(
+        m not in ("prometheus", "opentelemetry") for m in metrics
+    ):
+        problems.append(
+            "ACELERYCTL['METRICS'] must be a list of 'prometheus' and/or 'opentelemetry', "
+            f"got {metrics!r}"
         )
     if not isinstance(raw.get("LOG_EXCEPTION_CHAIN", False), bool):
         problems.append(
@@ -308,6 +318,7 @@ def load_settings() -> ControllerSettings:
         event_send_timeout=float(raw.get("EVENT_SEND_TIMEOUT", defaults.event_send_timeout)),
         log_file=raw.get("LOG_FILE", defaults.log_file),
         log_exception_chain=bool(raw.get("LOG_EXCEPTION_CHAIN", defaults.log_exception_chain)),
+        metrics=tuple(raw.get("METRICS", defaults.metrics)),
         success_logging=bool(
             settings.configured and getattr(settings, "CELERY_ENABLE_SUCCESS_LOGGING", False)
         ),

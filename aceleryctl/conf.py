@@ -23,6 +23,7 @@ controller is rebuilt when the setting changes (``override_settings`` in tests).
         "EVENT_SEND_TIMEOUT": 1.0,        # seconds per channel-layer group_send
         "LOG_FILE": "logs/celery_logs.txt",  # worker ERROR log file; None: no file
         "LOG_EXCEPTION_CHAIN": False,  # failure records: the whole chain of causes
+        "METRICS": [],                    # "prometheus", "opentelemetry" (optional extras)
         # the websocket consumer (aceleryctl.consumers), read per connection
         "WEBSOCKET_ALLOWED_ORIGINS": None,  # None: hosts in ALLOWED_HOSTS; or ["https://..."]
         "WEBSOCKET_MAX_FRAME_BYTES": 4096,  # larger client frames close the socket (4413)
@@ -129,7 +130,7 @@ def build_controller(conf: ControllerSettings) -> AsyncCeleryController:
         breaker.force_open()
     elif force == "closed":
         breaker.force_closed()
-    return AsyncCeleryController(
+    controller = AsyncCeleryController(
         app,
         dispatch_timeout=conf.dispatch_timeout,
         max_workers=conf.max_workers,
@@ -142,6 +143,11 @@ def build_controller(conf: ControllerSettings) -> AsyncCeleryController:
         log_exception_chain=conf.log_exception_chain,
         durable=outbox.enabled and outbox.durable_by_default,
     )
+    if conf.metrics:
+        from aceleryctl.metrics.install import instrument
+
+        instrument(controller, conf.metrics)
+    return controller
 
 
 _lock = threading.Lock()

@@ -37,6 +37,8 @@ def fresh_default() -> Any:
         ({"BREAKER": {"RESET_TIMOUT": 1}}, "unknown key 'RESET_TIMOUT'"),
         ({"BREAKER": []}, "ACELERYCTL['BREAKER'] must be a dict"),
         ({"DIRECT_PUBLISH": "no"}, "ACELERYCTL['DIRECT_PUBLISH'] must be True or False"),
+        ({"METRICS": ["statsd"]}, "ACELERYCTL['METRICS'] must be a list of 'prometheus'"),
+        ({"METRICS": "prometheus"}, "ACELERYCTL['METRICS'] must be a list of 'prometheus'"),
         ({"LOG_EXCEPTION_CHAIN": 1}, "ACELERYCTL['LOG_EXCEPTION_CHAIN'] must be True or False"),
         ([], "ACELERYCTL must be a dict"),
     ],
@@ -182,3 +184,25 @@ def test_a_relative_log_file_is_under_base_dir(tmp_path: Any) -> None:
     with override_settings():
         del settings.BASE_DIR
         assert log_file_path("a.txt") == os.path.abspath("a.txt")
+
+
+def test_metrics_named_in_the_setting_instrument_the_default_controller() -> None:
+    pytest.importorskip("prometheus_client")
+    pytest.importorskip("opentelemetry.metrics")
+    from aceleryctl.metrics.otel import OpenTelemetryMetrics
+    from aceleryctl.metrics.prometheus import PrometheusMetrics
+
+    base = {"CELERY_APP": "tests.django.celery_fixture:app"}
+    with override_settings(ACELERYCTL={**base, "METRICS": ["prometheus", "opentelemetry"]}):
+        metrics = (PrometheusMetrics, OpenTelemetryMetrics)
+
+        def kinds() -> list[type]:
+            listeners = aceleryctl.controller._engine.listeners
+            return [type(item) for item in listeners if isinstance(item, metrics)]
+
+        assert kinds() == [PrometheusMetrics, OpenTelemetryMetrics]
+        conf.reset_default_controller()
+        # Rebuilt after a change: the same registry's metrics are reused, not re-registered.
+        assert kinds() == [PrometheusMetrics, OpenTelemetryMetrics]
+    with override_settings(ACELERYCTL=base):
+        assert kinds() == []
