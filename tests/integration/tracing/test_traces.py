@@ -1,0 +1,208 @@
+"""Trace continuity with the real ``opentelemetry-instrumentation-celery``, both sides.
+
+The test process is instrumented with an in-memory exporter, a real prefork worker
+with an exporter writing to a file (``trace_app``). For each way of dispatching,
+the producer span ``apply_async/<task>`` must be a child of the caller's span (the
+request), and the worker's ``run/<task>`` span a child of that producer span, in
+the same trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import chain
+
+from tests._support.redis_server import RedisServer
+from tests._support.waiting import wait_until
+from tests._support.worker import CeleryWorker
+
+from . import trace_app
+
+pytest.importorskip("opentelemetry.instrumentation.celery")
+from opentelemetry.instrumentation.celery import CeleryInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
+
+from aceleryctl import AsyncCeleryController
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+WAIT = 30.0
+
+
+@pytest.fixture(scope="module")
+def spans_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("spans") / "worker-spans.jsonl"
+
+
+@pytest.fixture(scope="module")
+def trace_worker(redis_server: RedisServer, spans_file: Path) -> Iterator[CeleryWorker]:
+    trace_app.app.conf.broker_url = redis_server.url(0)
+    env = {trace_app.BROKER_ENV: redis_server.url(0), trace_app.SPANS_ENV: str(spans_file)}
+    worker = CeleryWorker.start(
+        app="tests.integration.tracing.trace_app",
+        name=f"tracing-{os.getpid()}",
+        queues=[trace_app.QUEUE],
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        worker.remove_log()
+
+
+@pytest.fixture
+def exporter(trace_worker: CeleryWorker) -> Iterator[tuple[InMemorySpanExporter, Any]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrumentor = CeleryInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        yield exporter, provider.get_tracer("tests")
+    finally:
+        instrumentor.uninstrument()
+
+
+def worker_spans(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_span(path: Path, task_id: str) -> dict[str, Any]:
+    """The worker's ``run/...`` span of ``task_id``, waited for (bounded)."""
+
+    def found() -> dict[str, Any] | None:
+        for span in worker_spans(path):
+            attributes = span["attributes"]
+            if span["name"].startswith("run/") and task_id in attributes.values():
+                return span
+        return None
+
+    wait_until(lambda: found() is not None, timeout=WAIT, message=f"run span of {task_id}")
+    span = found()
+    assert span is not None
+    return span
+
+
+def producer_span(exporter: InMemorySpanExporter, task_id: str) -> Any:
+    """The ``apply_async/...`` span of ``task_id``, waited for (an on-commit publish
+    ends on a publishing thread after the call returned)."""
+
+    def found() -> list[Any]:
+        return [
+            s
+            for s in exporter.get_finished_spans()
+            if s.name.startswith("apply_async/")
+            and (s.attributes or {}).get("messaging.message.id") == task_id
+        ]
+
+    wait_until(lambda: found() or None, timeout=WAIT, message=f"producer span of {task_id}")
+    [span] = found()
+    return span
+
+
+def assert_continuous(
+    exporter: InMemorySpanExporter, spans_file: Path, request: Any, task_id: str
+) -> None:
+    producer = producer_span(exporter, task_id)
+    assert producer.parent is not None
+    assert producer.parent.span_id == request.context.span_id, "producer not under the request"
+    assert producer.context.trace_id == request.context.trace_id
+    run = run_span(spans_file, task_id)
+    assert run["trace_id"] == format(request.context.trace_id, "032x")
+    assert run["parent_span_id"] == format(producer.context.span_id, "016x")
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct path", "stock path"])
+async def test_a_dispatch_continues_the_callers_trace(
+    exporter: tuple[InMemorySpanExporter, Any], spans_file: Path, direct: bool
+) -> None:
+    memory, tracer = exporter
+    ctl = AsyncCeleryController(trace_app.app, direct_publish=direct, dispatch_timeout=5.0)
+    try:
+        with tracer.start_as_current_span("request") as request:
+            result = await ctl.delay(trace_app.add, 1, 2)
+        assert_continuous(memory, spans_file, request, result.id)
+        path = producer_span(memory, result.id).attributes
+        assert path.get("celery.action") == "apply_async"
+    finally:
+        await ctl.aclose()
+
+
+async def test_concurrent_calls_batched_together_keep_their_own_traces(
+    exporter: tuple[InMemorySpanExporter, Any], spans_file: Path
+) -> None:
+    memory, tracer = exporter
+    ctl = AsyncCeleryController(trace_app.app, dispatch_timeout=5.0)
+
+    async def one(i: int) -> tuple[Any, str]:
+        with tracer.start_as_current_span(f"request-{i}") as request:
+            result = await ctl.delay(trace_app.add, i, i)
+        return request, result.id
+
+    try:
+        calls = await asyncio.gather(*(one(i) for i in range(20)))
+        stats = ctl.statistics()
+        assert stats.dispatched == 20
+        for request, task_id in calls:
+            assert_continuous(memory, spans_file, request, task_id)
+    finally:
+        await ctl.aclose()
+
+
+async def test_a_chain_stays_in_one_trace(
+    exporter: tuple[InMemorySpanExporter, Any], spans_file: Path
+) -> None:
+    memory, tracer = exporter
+    ctl = AsyncCeleryController(trace_app.app, dispatch_timeout=5.0)
+    try:
+        with tracer.start_as_current_span("request") as request:
+            last = await ctl.delay(chain(trace_app.add.s(2, 3), trace_app.double.s()))
+        first_id = last.parent.id
+        assert_continuous(memory, spans_file, request, first_id)
+        second = run_span(spans_file, last.id)  # published by the worker, same trace
+        assert second["trace_id"] == format(request.context.trace_id, "032x")
+    finally:
+        await ctl.aclose()
+
+
+def test_the_sync_facade_continues_the_callers_trace(
+    exporter: tuple[InMemorySpanExporter, Any], spans_file: Path
+) -> None:
+    memory, tracer = exporter
+    ctl = AsyncCeleryController(trace_app.app, dispatch_timeout=5.0)
+    try:
+        with tracer.start_as_current_span("request") as request:
+            result = ctl.sync.delay(trace_app.add, 4, 5)
+        assert_continuous(memory, spans_file, request, result.id)
+    finally:
+        ctl.sync.close(10)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_on_commit_dispatch_continues_the_committing_callers_trace(
+    exporter: tuple[InMemorySpanExporter, Any], spans_file: Path
+) -> None:
+    from django.db import transaction
+
+    memory, tracer = exporter
+    ctl = AsyncCeleryController(trace_app.app, dispatch_timeout=5.0)
+    try:
+        with tracer.start_as_current_span("request") as request, transaction.atomic():
+            result = ctl.sync.delay_on_commit(trace_app.add, 6, 7)
+        assert_continuous(memory, spans_file, request, result.id)
+    finally:
+        ctl.sync.close(10)
