@@ -529,6 +529,24 @@ class CircuitBreaker:
                 self._transition(_ClosedState(), now, "reset")
         self._flush()
 
+    def probe_succeeded(self, reason: str = "a background probe reached the broker") -> bool:
+        """End OPEN early: the broker answered a probe made outside any call.
+
+        Moves OPEN to HALF_OPEN at once, as the reset timeout elapsing would: the
+        next calls are the trial calls, and their successes close the breaker (their
+        failures re-open it, with the backoff). Does nothing in any other state;
+        forced states stay as the operator set them. Thread-safe.
+
+        Returns:
+            Whether the breaker moved.
+        """
+        with self._lock:
+            if self._current.state is not BreakerState.OPEN:
+                return False
+            self._transition(_HalfOpenState(), self._clock(), reason)
+        self._flush()
+        return True
+
     def add_listener(self, listener: BreakerListener) -> None:
         """Tell ``listener`` about every later state change."""
         with self._lock:

@@ -114,6 +114,8 @@ class ControllerCore:
         """A JSON-ready summary for status pages and probes.
 
         ``ok`` is false while the breaker refuses calls (open, or forced open).
+        ``recovery_probe`` says whether the background probe that ends an open
+        state as soon as the broker answers is running, and what it found.
         Counts are since the controller was created; the breaker's state is this
         process's own (each process has its own breaker). With the outbox on,
         ``outbox`` holds its depth (:func:`aceleryctl.outbox.status.outbox_status`),
@@ -140,6 +142,7 @@ class ControllerCore:
             "bounded_transport": bool(wire.get("bounded", False)),
             "direct_publish": bool(wire.get("direct_publish", False)),
             "wire": wire["wire"],
+            "recovery_probe": self._engine.recovery.statistics(),
             "outbox": _outbox_health(),
         }
 

@@ -40,6 +40,7 @@ from aceleryctl.dispatch.listener import (
 from aceleryctl.dispatch.pool import PoolClosed, PoolSaturated, PublishPool, WaitOutcome
 from aceleryctl.dispatch.probe import Probe
 from aceleryctl.dispatch.record import Attempt, Dispatch
+from aceleryctl.dispatch.recovery import RecoveryProbe
 from aceleryctl.dispatch.results import rebind
 from aceleryctl.dispatch.runner import BatchRunner, PublishJob
 from aceleryctl.dispatch.statistics import ControllerStatistics, StatisticsListener
@@ -102,6 +103,7 @@ class DispatchEngine:
             batch_ready=wire.connected,
             clock=clock,
         )
+        self.recovery = RecoveryProbe(wire, breaker, clock=clock)
         breaker.add_listener(self)
 
     # -- listeners ---------------------------------------------------------
@@ -383,6 +385,7 @@ class DispatchEngine:
         """Stop accepting dispatches; let queued and running publishes finish for up
         to ``timeout`` seconds, then release the broker connections. Blocks the
         calling thread. Returns ``True`` if drained."""
+        self.recovery.close()
         drained = self.pool.shutdown(timeout)
         self._listeners.pool_changed(PoolChange.CLOSED)
         if drained:
@@ -409,7 +412,8 @@ class DispatchEngine:
         return probe.result(await self.pool.wait_async(self.pool.submit(probe), timeout))
 
     def state_changed(self, change: StateChange) -> None:
-        """The breaker changed state: tell the listeners (the breaker's listener)."""
+        """The breaker changed state: tell the recovery probe and the listeners."""
+        self.recovery.state_changed(change)
         self._listeners.breaker_changed(change)
 
     # -- on pool threads ---------------------------------------------------
