@@ -297,8 +297,6 @@ def result_table(slices: list[Slice]) -> str:
         mine = [s for s in slices if s.key == config.key]
         if not mine:
             continue
-        ratios = _ratios(slices, config.key)
-        low, high = quartiles(ratios)
         committed = sum(s.committed for s in mine)
         if any(s.problems for s in mine):
             landed = "MISMATCH: " + "; ".join(p for s in mine for p in s.problems)
@@ -309,11 +307,12 @@ def result_table(slices: list[Slice]) -> str:
             landed = f"{queued:,} of {committed:,} committed, each once" + (
                 f"; {stored:,} stored in the outbox" if stored else ""
             )
-        ratio = "-" if config.key == "trivial" else f"{_median(ratios):.2f}"
-        spread = "-" if config.key == "trivial" else f"{low:.2f}-{high:.2f}"
-        by_cpu = (
-            "-" if config.key == "trivial" else f"{_median(_ratios(slices, config.key, True)):.2f}"
-        )
+        ratios = _ratios(slices, config.key) if config.key != "trivial" else []
+        ratio = spread = by_cpu = "-"
+        if ratios:
+            low, high = quartiles(ratios)
+            ratio, spread = f"{_median(ratios):.2f}", f"{low:.2f}-{high:.2f}"
+            by_cpu = f"{_median(_ratios(slices, config.key, cpu=True)):.2f}"
         lines.append(
             f"| {config.label} | {PROCESS_LABEL[config.process]} | "
             f"{_median([s.load.rate for s in mine]):,.0f} | {ratio} | {spread} | "
@@ -327,32 +326,32 @@ def result_table(slices: list[Slice]) -> str:
 
 
 def ratio_table(slices: list[Slice]) -> str:
-    def rate(key: str) -> float:
-        return _median([s.load.rate for s in slices if s.key == key])
+    def same_process(key: str) -> float | None:
+        ratios = _ratios(slices, key)
+        return _median(ratios) if ratios else None
 
-    rows: list[tuple[str, float, str]] = [
-        (
-            "(b) outbox / (a) without dispatch, same process",
-            _median(_ratios(slices, "outbox")),
-            ">= 0.9",
-        ),
-        ("(c) outbox off / (a), same process", _median(_ratios(slices, "plain")), "-"),
-        (
-            "(d) Celery `delay_on_commit` / (a), same process",
-            _median(_ratios(slices, "celery")),
-            "-",
-        ),
-        (
-            "(b) outbox / (d) Celery `delay_on_commit` (medians)",
-            rate("outbox") / (rate("celery") or 1),
-            "-",
-        ),
-        ("(b) outbox / (c) outbox off (medians)", rate("outbox") / (rate("plain") or 1), "-"),
+    def across(top: str, bottom: str) -> float | None:
+        tops = [s.load.rate for s in slices if s.key == top]
+        bottoms = [s.load.rate for s in slices if s.key == bottom]
+        if not tops or not bottoms:
+            return None
+        return _median(tops) / (_median(bottoms) or 1)
+
+    rows: list[tuple[str, float | None, float | None]] = [
+        ("(b) outbox / (a) without dispatch, same process", same_process("outbox"), 0.9),
+        ("(c) outbox off / (a), same process", same_process("plain"), None),
+        ("(d) Celery `delay_on_commit` / (a), same process", same_process("celery"), None),
+        ("(b) outbox / (d) Celery `delay_on_commit` (medians)", across("outbox", "celery"), None),
+        ("(b) outbox / (c) outbox off (medians)", across("outbox", "plain"), None),
     ]
     lines = ["| ratio (requests/s) | measured | target | met |", "|---|---:|---:|---|"]
     for label, value, target in rows:
-        met = "-" if target == "-" else ("yes" if value >= float(target.split()[-1]) else "no")
-        lines.append(f"| {label} | {value:.2f} | {target} | {met} |")
+        wanted = "-" if target is None else f">= {target:g}"
+        if value is None:
+            lines.append(f"| {label} | (not measured) | {wanted} | - |")
+            continue
+        met = "-" if target is None else ("yes" if value >= target else "no")
+        lines.append(f"| {label} | {value:.2f} | {wanted} | {met} |")
     return "\n".join(lines)
 
 
@@ -369,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, default=20, help="database connections a process")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds a configuration, once")
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument(
+        "--configs", default=",".join(BY_KEY), help="comma-separated subset (docs untouched)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny run, docs untouched")
     parser.add_argument(
         "--py-spy", type=Path, default=None, metavar="DIR",
@@ -379,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.duration, args.rounds, args.warmup, args.connections = 1.0, 1, 0.5, 20
+    keys = [k.strip() for k in args.configs.split(",") if k.strip()]
+    if not keys or set(keys) - set(BY_KEY):
+        parser.error(f"--configs takes a comma-separated subset of {list(BY_KEY)}")
+    configs = [c for c in CONFIGS if c.key in keys]
     if not pool_available():
         print("psycopg_pool is not installed (pip install 'psycopg[pool]')", file=sys.stderr)
         return 2
@@ -405,15 +411,15 @@ def main(argv: list[str] | None = None) -> int:
                 server = by_process[config.process]
                 return server.port, server.pid
 
-            for config in CONFIGS:  # warm-up: the pools, threads, broker connections
+            for config in configs:  # warm-up: the pools, threads, broker connections
                 port, _ = where(config)
                 (run_wrk if use_wrk else run_python)(
                     port, config.path, args.warmup, args.connections
                 )
                 settle(bench)
             for index in range(args.rounds):
-                shift = index % len(CONFIGS)
-                for config in CONFIGS[shift:] + CONFIGS[:shift]:
+                shift = index % len(configs)
+                for config in configs[shift:] + configs[:shift]:
                     port, pid = where(config)
                     s = run_slice(bench, port, pid, config, index, args, use_wrk)
                     slices.append(s)
@@ -430,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load after: {load_after}", flush=True)
     text = report(args, slices, generator, pg_version, load_before, load_after)
     print(f"\n{text}")
-    if not args.smoke and args.py_spy is None:
+    if not args.smoke and args.py_spy is None and len(configs) == len(CONFIGS):
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
         replace_section(args.output, HEADING, f"\n{HEADING} ({stamp})\n\n{text}\n")
     bad = [s for s in slices if s.problems]
