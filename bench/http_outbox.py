@@ -53,6 +53,7 @@ import base64
 import contextlib
 import datetime
 import json
+import math
 import shutil
 import statistics
 import subprocess
@@ -65,6 +66,7 @@ from pathlib import Path
 import psycopg
 import uvicorn
 
+from bench._http_outbox_profile import table as profile_table
 from bench._httpclient import get_once
 from bench._support import uptime
 from bench.dispatch import environment, replace_section
@@ -91,17 +93,33 @@ class Config:
     process: str  # a key of PROCESSES
     path: str
     label: str
+    short: str  # a column title
     dispatches: bool = True
 
 
 CONFIGS = [
-    Config("trivial", "off", "/trivial", "trivial async view, no database", dispatches=False),
-    Config("write-off", "off", "/write", "(a) writes the row, no dispatch", dispatches=False),
-    Config("celery", "off", "/celery", "(d) Celery `add.delay_on_commit`"),
-    Config("plain", "off", "/controller", "(c) `controller.sync.delay_on_commit`, outbox off"),
-    Config("write-on", "on", "/write", "(a) writes the row, no dispatch", dispatches=False),
-    Config("outbox", "on", "/controller", "(b) `controller.sync.delay_on_commit`, outbox on"),
-]
+    Config(
+        "trivial", "off", "/trivial", "trivial async view, no database", "trivial",
+        dispatches=False,
+    ),
+    Config(
+        "write-off", "off", "/write", "(a) writes the row, no dispatch", "(a) off",
+        dispatches=False,
+    ),
+    Config("celery", "off", "/celery", "(d) Celery `add.delay_on_commit`", "(d) Celery"),
+    Config(
+        "plain", "off", "/controller", "(c) `controller.sync.delay_on_commit`, outbox off",
+        "(c) outbox off",
+    ),
+    Config(
+        "write-on", "on", "/write", "(a) writes the row, no dispatch", "(a) on",
+        dispatches=False,
+    ),
+    Config(
+        "outbox", "on", "/controller", "(b) `controller.sync.delay_on_commit`, outbox on",
+        "(b) outbox",
+    ),
+]  # fmt: skip
 BY_KEY = {c.key: c for c in CONFIGS}
 BASELINE = {"off": "write-off", "on": "write-on"}
 
@@ -259,7 +277,9 @@ def profile(
         return None
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     out = directory / f"{config.key}-r{round_index + 1}.txt"
-    argv = [spy, "record", "--pid", str(pid), "--duration", str(max(1, round(duration)))]
+    # From half a second before the load to half a second or more after it.
+    seconds = str(math.ceil(duration) + 1)
+    argv = [spy, "record", "--pid", str(pid), "--duration", seconds]
     argv += ["--rate", "250", "--gil", "--nonblocking", "--format", "raw", "--output", str(out)]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)  # py-spy attaches before the load starts
@@ -436,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load after: {load_after}", flush=True)
     text = report(args, slices, generator, pg_version, load_before, load_after)
     print(f"\n{text}")
+    if args.py_spy is not None:
+        units = {f"{s.key}-r{s.round + 1}": s.units for s in slices}
+        print(f"\n{profile_table(args.py_spy, units, {c.key: c.short for c in configs})}")
     if not args.smoke and args.py_spy is None and len(configs) == len(CONFIGS):
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
         replace_section(args.output, HEADING, f"\n{HEADING} ({stamp})\n\n{text}\n")
