@@ -1,6 +1,7 @@
-"""Django settings of the children of ``python -m bench.outbox``.
+"""Django settings of the children of ``python -m bench.outbox`` and of the
+uvicorn servers of ``python -m bench.http_outbox``.
 
-Read from the environment (set by :mod:`bench.outbox`):
+Read from the environment (set by :mod:`bench.outbox` or :mod:`bench.http_outbox`):
 
 * ``ACELERYCTL_BENCH_OUTBOX_VARIANT``: ``aceleryctl-outbox`` (aceleryctl with its
   outbox on), ``aceleryctl`` (outbox off), ``celery`` (Celery's own
@@ -39,6 +40,9 @@ RELAY_BATCH = int(os.environ.get(BATCH_ENV, "100"))
 
 SECRET_KEY = "aceleryctl-bench-outbox-not-a-secret"
 DEBUG = False
+ALLOWED_HOSTS = ["127.0.0.1"]
+#: The views ``python -m bench.http_outbox`` serves with uvicorn (no middleware).
+ROOT_URLCONF = "bench.outboxsite.urls"
 USE_TZ = True
 TIME_ZONE = "UTC"
 INSTALLED_APPS = ["aceleryctl", "bench.outboxsite.apps.OutboxSiteConfig"]
