@@ -50,7 +50,8 @@ __all__ = ["Relay", "RelayRound"]
 logger: Final = logging.getLogger("aceleryctl.relay")
 #: Longest single wait on a LISTEN connection, in seconds (how soon a stop is seen).
 LISTEN_SLICE: Final = 0.5
-#: Seconds between two heartbeats of a busy relay (an idle round always writes one).
+#: Seconds between two heartbeats while rounds come back full (any other round,
+#: after which the relay may wait, writes one: its totals are then current).
 HEARTBEAT_EVERY: Final = 1.0
 
 
@@ -131,7 +132,8 @@ class Relay:
         self._totals["published"] += result.published
         self._totals["dead_lettered"] += result.dead_lettered
         beat = time.monotonic()
-        if not result.claimed or beat - self._last_heartbeat >= HEARTBEAT_EVERY:
+        busy = result.claimed >= self._conf.batch_size  # another round follows at once
+        if not busy or beat - self._last_heartbeat >= HEARTBEAT_EVERY:
             self._last_heartbeat = beat
             self._heartbeat()
         return result
