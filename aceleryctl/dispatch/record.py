@@ -72,6 +72,9 @@ class Dispatch:
         correlation_id: the correlation id carried in ``options["headers"]``.
         by_name: a task sent by its registered name (``send_task``): published
             with ``app.send_task``, without the task class's own options.
+        trace_context: the W3C trace context of the caller, kept when the dispatch
+            is stored in the outbox (:mod:`aceleryctl.tracing`), so that the relay
+            publishes it inside the caller's trace; ``None`` otherwise.
         target: the caller's task, signature or canvas object, or the callable,
             kept to publish without rebuilding it. Not data: it is neither compared
             nor serialized; a dispatch loaded from its serialized form resolves
@@ -89,6 +92,7 @@ class Dispatch:
     signature: Mapping[str, Any] | None = None
     correlation_id: str | None = None
     by_name: bool = False
+    trace_context: Mapping[str, str] | None = None
     target: Any = field(default=None, compare=False, repr=False)
 
     @property
@@ -126,6 +130,7 @@ class Dispatch:
             "signature": None if self.signature is None else dict(self.signature),
             "correlation_id": self.correlation_id,
             "by_name": self.by_name,
+            "trace_context": None if self.trace_context is None else dict(self.trace_context),
         }
 
     @classmethod
@@ -152,6 +157,7 @@ class Dispatch:
             signature=data.get("signature"),
             correlation_id=data.get("correlation_id"),
             by_name=bool(data.get("by_name")),
+            trace_context=data.get("trace_context"),
         )
 
     def dumps(self, serializer: str = "json") -> tuple[str, str, bytes | str]:
@@ -228,7 +234,14 @@ class Attempt:
         return max(self.finished_at - self.started_at, 0.0)
 
     def run(self, fn: Callable[..., Any], /, *args: Any) -> Any:
-        """Call ``fn(*args)`` inside the caller's context (or as is without one)."""
+        """Call ``fn(*args)`` inside the caller's context (or as is without one),
+        with a stored dispatch's trace context current when it carries one."""
+        carrier = self.dispatch.trace_context
+        if carrier is not None:
+            from aceleryctl.tracing import run_within
+
+            args = (carrier, fn, *args)
+            fn = run_within
         if self.context is None:
             return fn(*args)
         return self.context.run(fn, *args)

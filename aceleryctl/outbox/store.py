@@ -20,6 +20,7 @@ from aceleryctl._logging import scrub_credentials
 from aceleryctl.dispatch.record import Dispatch, DispatchKind
 from aceleryctl.events import clip_text
 from aceleryctl.outbox.models import OutboxMessage
+from aceleryctl.tracing import capture
 
 __all__ = [
     "ClaimedRow",
@@ -84,7 +85,8 @@ def encode(
     attempts: int = 0,
     error: str = "",
 ) -> OutboxMessage:
-    """An unsaved row for ``dispatch``.
+    """An unsaved row for ``dispatch``, with the calling context's trace
+    (:func:`aceleryctl.tracing.capture`) when there is one.
 
     Raises:
         aceleryctl.dispatch.record.NotData: ``dispatch`` is of a zero-argument callable.
@@ -92,7 +94,11 @@ def encode(
             task serializer.
     """
     serializer = dispatch.options.get("serializer") or app.conf.task_serializer
-    content_type, encoding, payload = _anchored(dispatch, now).dumps(serializer)
+    dispatch = _anchored(dispatch, now)
+    trace_context = capture()
+    if trace_context is not None:  # the relay publishes it inside the caller's trace
+        dispatch = dataclasses.replace(dispatch, trace_context=trace_context)
+    content_type, encoding, payload = dispatch.dumps(serializer)
     return OutboxMessage(
         task_id=dispatch.task_id or "",
         task_name=clip_text(dispatch.task_name, 255),

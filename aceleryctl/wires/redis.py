@@ -125,14 +125,10 @@ class RedisWire(Wire):
         ready: list[tuple[Attempt, Prepared]] = []
         for attempt in chosen:
             d = attempt.dispatch
-            context = attempt.context
-            try:
-                if context is None:
-                    prepared = prepare(d.target, d.args, d.kwargs, d.options, channel, snapshot)
-                else:
-                    prepared = context.run(
-                        prepare, d.target, d.args, d.kwargs, d.options, channel, snapshot
-                    )
+            try:  # in the caller's context (and a stored dispatch's trace), for the signals
+                prepared = attempt.run(
+                    prepare, d.target, d.args, d.kwargs, d.options, channel, snapshot
+                )
             except BaseException as exc:
                 outcomes[id(attempt)] = classify_failure(exc, self.name, d.queue)
                 continue

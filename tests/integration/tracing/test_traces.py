@@ -206,3 +206,39 @@ def test_an_on_commit_dispatch_continues_the_committing_callers_trace(
         assert_continuous(memory, spans_file, request, result.id)
     finally:
         ctl.sync.close(10)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dispatch_stored_in_the_outbox_is_relayed_inside_the_callers_trace(
+    exporter: tuple[InMemorySpanExporter, Any], spans_file: Path
+) -> None:
+    """Stored while the broker is away, published later by a relay on another
+    controller, yet the producer and the worker's spans join the caller's trace."""
+    from datetime import timedelta
+
+    from celery import Celery
+    from django.test import override_settings
+    from django.utils import timezone
+
+    from aceleryctl.outbox.relay import Relay
+
+    memory, tracer = exporter
+    away = Celery("tracing-away", broker="redis://127.0.0.1:1/0", set_as_current=False)
+    away.conf.broker_transport_options = {"socket_timeout": 1, "socket_connect_timeout": 1}
+    stored_add = away.task(name="tracing.add", shared=False)(trace_app.add.run)
+    outbox = {"LOG_FILE": None, "OUTBOX": {"ENABLED": True, "RELAY": "command"}}
+    with override_settings(ACELERYCTL=outbox):  # the setting's change resets its cache
+        caller = AsyncCeleryController(away, dispatch_timeout=2.0)
+        relaying = AsyncCeleryController(trace_app.app, dispatch_timeout=5.0)
+        try:
+            with tracer.start_as_current_span("request") as request:
+                result = caller.sync.apply_async(stored_add, (8, 9), durable=True)
+            assert result.deferred
+            # The stored row waits out a retry back-off: a relay an hour ahead claims it now.
+            later = timezone.now() + timedelta(hours=1)
+            round_ = Relay(relaying, now=lambda: later).run_once()
+            assert round_.published == 1
+            assert_continuous(memory, spans_file, request, result.id)
+        finally:
+            caller.sync.close(10)
+            relaying.sync.close(10)
