@@ -79,6 +79,7 @@ from aceleryctl.live.protocol import (
 )
 from aceleryctl.live.snapshots import SnapshotSource
 from aceleryctl.live.subscriptions import Subscriptions
+from aceleryctl.metrics.live import live_counters
 
 __all__ = ["TaskEventsConsumer"]
 
@@ -224,6 +225,7 @@ class TaskEventsConsumer(AsyncConsumer):  # type: ignore[misc]  # channels is un
                 break
         if not _origin_allowed(origin, self.settings):
             logger.info("refused a websocket from origin %r", origin)
+            live_counters.closed(CLOSE_FORBIDDEN)
             self._closing = True  # from here on, websocket_receive ignores everything
             await self.base_send({"type": "websocket.accept"})
             await self.base_send(
@@ -237,6 +239,7 @@ class TaskEventsConsumer(AsyncConsumer):  # type: ignore[misc]  # channels is un
                 self.channel_layer_alias,
             )
             await self.base_send({"type": "websocket.close", "code": _CLOSE_INTERNAL_ERROR})
+            live_counters.closed(_CLOSE_INTERNAL_ERROR)
             self._closing = True
             return
         self._subscriptions = Subscriptions(
@@ -251,6 +254,7 @@ class TaskEventsConsumer(AsyncConsumer):  # type: ignore[misc]  # channels is un
         )
         await self.base_send({"type": "websocket.accept"})
         self._accepted = True
+        live_counters.accepted(self._subscriptions)
         self._writer = asyncio.get_running_loop().create_task(
             self._write(), name="aceleryctl-ws-writer"
         )
@@ -296,6 +300,7 @@ class TaskEventsConsumer(AsyncConsumer):  # type: ignore[misc]  # channels is un
     def _close(self, code: int, message: str | None = None, task_id: str | None = None) -> None:
         if self._closing:
             return
+        live_counters.closed(code)
         if message is not None:  # may exceed max_pending_frames by one: it is the last
             self._outbox.append(error_frame(code, message, task_id))
         self._closing = True
@@ -329,6 +334,9 @@ class TaskEventsConsumer(AsyncConsumer):  # type: ignore[misc]  # channels is un
             self._outbox.clear()
 
     async def _teardown(self) -> None:
+        if self._accepted:
+            self._accepted = False
+            live_counters.gone()
         self._closing = True
         subscriptions, self._subscriptions = self._subscriptions, None
         if subscriptions is not None:

@@ -215,6 +215,10 @@ class Subscriptions:
         if self._follows.pop(task_id, None) is not None:
             await self._hub.unsubscribe(task_id, self._on_event)
 
+    def __len__(self) -> int:
+        """Tasks followed now (metrics read it)."""
+        return len(self._follows)
+
     async def clear(self) -> None:
         """Stop following every task (the connection is going away)."""
         follows, self._follows = self._follows, {}

@@ -96,6 +96,36 @@ METRICS: Final = (
         "Circuit breaker state changes.",
     ),
     MetricSpec(
+        "ws_open", "aceleryctl_websocket_connections", "aceleryctl.websocket.connections",
+        "gauge", "{connection}", (), "Websockets open now on the live-status consumer.",
+    ),
+    MetricSpec(
+        "ws_accepted", "aceleryctl_websocket_accepted", "aceleryctl.websocket.accepted",
+        "counter", "{connection}", (), "Websockets accepted by the live-status consumer.",
+    ),
+    MetricSpec(
+        "ws_closes", "aceleryctl_websocket_closes", "aceleryctl.websocket.closes", "counter",
+        "{connection}", ("code",),
+        "Websockets the consumer closed or refused, by close code (4400 malformed frames, "
+        "4401 no token, 4403 a bad token or a foreign origin, 4413 a frame too large, 4419 "
+        "an expired token, 1013 fell behind or no layer, 1011 no channel layer).",
+    ),
+    MetricSpec(
+        "ws_subscriptions", "aceleryctl_websocket_subscriptions",
+        "aceleryctl.websocket.subscriptions", "gauge", "{task}", (),
+        "Tasks followed now over every open websocket.",
+    ),
+    MetricSpec(
+        "events_sent", "aceleryctl_events_sent", "aceleryctl.events.sent", "counter",
+        "{event}", (), "Task events the emitters of this process handed to the channel layer.",
+    ),
+    MetricSpec(
+        "events_dropped", "aceleryctl_events_dropped", "aceleryctl.events.dropped", "counter",
+        "{event}", ("reason",),
+        "Task events dropped by the emitters of this process (dropped_full, timed_out, "
+        "failed, dropped_no_layer, dropped_closed).",
+    ),
+    MetricSpec(
         "outbox_pending", "aceleryctl_outbox_pending", "aceleryctl.outbox.pending", "gauge",
         "{row}", (), "Outbox rows waiting for the relay (with the outbox on).",
     ),

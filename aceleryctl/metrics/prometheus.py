@@ -28,13 +28,15 @@ import weakref
 from typing import Any, Final
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from aceleryctl.breaker import StateChange
 from aceleryctl.dispatch.listener import DispatchEvent, PoolChange
 from aceleryctl.metrics.catalogue import DURATION_BUCKETS, METRICS, MetricSpec, task_label
 from aceleryctl.metrics.gauges import STATES, GaugeSampler, state_label
 
-__all__ = ["PrometheusMetrics"]
+__all__ = ["PrometheusMetrics", "register_live"]
 
 _SPECS: Final = {spec.key: spec for spec in METRICS}
 #: Seconds between two gauge refreshes in multiprocess mode.
@@ -72,6 +74,7 @@ class _Families:
         self.gauges = {key: self._gauge(_SPECS[key], registry) for key in _GAUGES}
         if not multiprocess:
             self._read_at_scrape()
+            register_live(registry)
 
     def _gauge(self, spec: MetricSpec, registry: CollectorRegistry) -> Gauge:
         if self.multiprocess:
@@ -112,6 +115,64 @@ class _Families:
             gauges[key].set(self.pool_sum(key))
         for state in STATES:
             gauges["breaker_state"].labels(state=state).set(self.state_count(state))
+
+
+class _LiveCollector(Collector):
+    """The websocket and event-emitter figures, read at scrape time
+    (:mod:`aceleryctl.metrics.live`; single-process mode only)."""
+
+    def collect(self) -> Any:
+        from aceleryctl.metrics.live import DROP_REASONS, emitter_totals, live_counters
+
+        def spec(key: str) -> MetricSpec:
+            return _SPECS[key]
+
+        yield GaugeMetricFamily(
+            spec("ws_open").prometheus, spec("ws_open").help, value=live_counters.open
+        )
+        yield CounterMetricFamily(
+            spec("ws_accepted").prometheus,
+            spec("ws_accepted").help,
+            value=live_counters.accepted_total,
+        )
+        closes = CounterMetricFamily(
+            spec("ws_closes").prometheus, spec("ws_closes").help, labels=["code"]
+        )
+        for code, count in sorted(dict(live_counters.closes).items()):
+            closes.add_metric([str(code)], count)
+        yield closes
+        yield GaugeMetricFamily(
+            spec("ws_subscriptions").prometheus,
+            spec("ws_subscriptions").help,
+            value=live_counters.subscriptions(),
+        )
+        totals = emitter_totals()
+        yield CounterMetricFamily(
+            spec("events_sent").prometheus, spec("events_sent").help, value=totals["sent"]
+        )
+        dropped = CounterMetricFamily(
+            spec("events_dropped").prometheus, spec("events_dropped").help, labels=["reason"]
+        )
+        for reason in DROP_REASONS:
+            dropped.add_metric([reason], totals[reason])
+        yield dropped
+
+
+_live_registered: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def register_live(registry: CollectorRegistry | None = None) -> None:
+    """Export the websocket and event-emitter figures (:mod:`aceleryctl.metrics.live`)
+    from ``registry`` (default: the global one), read at each scrape; once per
+    registry. For a process that dispatches nothing, such as a worker's pool process
+    (:class:`PrometheusMetrics` registers them itself)."""
+    target = registry if registry is not None else REGISTRY
+    with _live_lock:
+        if target in _live_registered:
+            return
+        _live_registered.add(target)
+    target.register(_LiveCollector())
 
 
 _GAUGES: Final = (

@@ -45,6 +45,7 @@ __all__ = [
     "Emitter",
     "EmitterStatistics",
     "GroupSender",
+    "live_statistics",
 ]
 
 logger: Final = logging.getLogger("aceleryctl.emitter")
@@ -393,3 +394,8 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def live_statistics() -> list[EmitterStatistics]:
+    """The statistics of every emitter alive in this process (metrics read them)."""
+    return [emitter.statistics() for emitter in list(_live)]

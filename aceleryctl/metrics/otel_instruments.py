@@ -1,0 +1,166 @@
+"""The OpenTelemetry instruments of one meter provider, made once and shared.
+
+Instruments are registered once per meter provider, so instrumenting a rebuilt
+controller (the default one after a settings change) or several controllers
+never registers an instrument twice: every :class:`~aceleryctl.metrics.otel.
+OpenTelemetryMetrics` of a provider counts into the same instruments, and the
+observable gauges sum over every live controller's sampler (the breaker state then
+counts controllers per state). Callbacks run in the SDK reader's thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterable
+from typing import Any, Final
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+
+from aceleryctl.metrics.catalogue import DURATION_BUCKETS, METRICS
+from aceleryctl.metrics.gauges import STATES, GaugeSampler, state_label
+from aceleryctl.metrics.live import DROP_REASONS, emitter_totals, live_counters
+
+__all__ = ["Instruments", "SentKey", "instruments_for"]
+
+_SPECS: Final = {spec.key: spec for spec in METRICS}
+#: What a settled dispatch is counted under: system, task, queue, path, outcome, error.
+SentKey = tuple[str, str, str, str, str, str | None]
+
+
+class Instruments:
+    """One provider's instruments (module docstring). Thread-safe."""
+
+    def __init__(self, meter_provider: MeterProvider | None) -> None:
+        from aceleryctl import __version__
+
+        meter = metrics.get_meter("aceleryctl", __version__, meter_provider=meter_provider)
+        self._meter = meter
+        self.samplers: weakref.WeakSet[GaugeSampler] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._sent: dict[SentKey, int] = {}
+        self._attributes: dict[SentKey, dict[str, str]] = {}
+        self.deadline = self._counter("deadline")
+        self.on_commit = self._counter("on_commit")
+        self.saturated = self._counter("saturated")
+        self.transitions = self._counter("transitions")
+        duration = _SPECS["duration"]
+        self.duration = meter.create_histogram(
+            duration.otel,
+            unit=duration.unit,
+            description=duration.help,
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._observe("dispatches", "counter", self._observe_sent)
+        for key in ("threads", "running", "waiting"):
+            self._observe(key, "gauge", self._pool_reader(key))
+        self._observe("breaker_state", "gauge", self._observe_state)
+        self._observe("outbox_pending", "gauge", self._outbox_reader("pending", sum))
+        self._observe("outbox_dead", "gauge", self._outbox_reader("dead", sum))
+        self._observe("outbox_age", "gauge", self._outbox_reader("oldest_age", max))
+        self._observe("ws_open", "gauge", _one(lambda: live_counters.open))
+        self._observe("ws_accepted", "counter", _one(lambda: live_counters.accepted_total))
+        self._observe("ws_closes", "counter", _observe_closes)
+        self._observe("ws_subscriptions", "gauge", _one(live_counters.subscriptions))
+        self._observe("events_sent", "counter", _one(lambda: emitter_totals()["sent"]))
+        self._observe("events_dropped", "counter", _observe_dropped)
+
+    def count_sent(self, key: SentKey) -> dict[str, str]:
+        """Count one settled dispatch; return its attributes (for the histogram)."""
+        with self._lock:
+            self._sent[key] = self._sent.get(key, 0) + 1
+        return self.attributes(key)
+
+    def attributes(self, key: SentKey) -> dict[str, str]:
+        """The attributes of ``key``, made once."""
+        found = self._attributes.get(key)
+        if found is None:
+            system, name, queue, path, outcome, error_type = key
+            found = {
+                "messaging.system": system,
+                "messaging.operation.name": "send",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": queue,
+                "aceleryctl.task.name": name,
+                "aceleryctl.path": path,
+                "aceleryctl.outcome": outcome,
+            }
+            if error_type is not None:
+                found["error.type"] = error_type
+            self._attributes[key] = found
+        return found
+
+    def _counter(self, key: str) -> Any:
+        spec = _SPECS[key]
+        return self._meter.create_counter(spec.otel, unit=spec.unit, description=spec.help)
+
+    def _observe(self, key: str, kind: str, callback: Any) -> None:
+        spec = _SPECS[key]
+        create = (
+            self._meter.create_observable_gauge
+            if kind == "gauge"
+            else self._meter.create_observable_counter
+        )
+        create(spec.otel, callbacks=[callback], unit=spec.unit, description=spec.help)
+
+    def _observe_sent(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            totals = list(self._sent.items())
+        return [Observation(count, self.attributes(key)) for key, count in totals]
+
+    def _pool_reader(self, field: str) -> Any:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            total = sum(int(getattr(s.statistics().pool, field)) for s in list(self.samplers))
+            return [Observation(total)]
+
+        return observe
+
+    def _observe_state(self, options: CallbackOptions) -> Iterable[Observation]:
+        current = [state_label(s.statistics().breaker.state) for s in list(self.samplers)]
+        return [
+            Observation(current.count(state), {"aceleryctl.breaker.state": state})
+            for state in STATES
+        ]
+
+    def _outbox_reader(self, field: str, combine: Any) -> Any:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            samples = [o for s in list(self.samplers) if (o := s.outbox()) is not None]
+            if not samples:
+                return []
+            return [Observation(combine(getattr(o, field) for o in samples))]
+
+        return observe
+
+
+def _one(read: Any) -> Any:
+    return lambda options: [Observation(read())]
+
+
+def _observe_closes(options: CallbackOptions) -> Iterable[Observation]:
+    return [
+        Observation(count, {"aceleryctl.websocket.close_code": code})
+        for code, count in dict(live_counters.closes).items()
+    ]
+
+
+def _observe_dropped(options: CallbackOptions) -> Iterable[Observation]:
+    totals = emitter_totals()
+    return [
+        Observation(totals[reason], {"aceleryctl.events.reason": reason}) for reason in DROP_REASONS
+    ]
+
+
+_made: dict[int, tuple[Any, Instruments]] = {}
+_made_lock = threading.Lock()
+
+
+def instruments_for(meter_provider: MeterProvider | None) -> Instruments:
+    """The instruments of ``meter_provider`` (``None``: the global one), made once."""
+    provider: Any = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+    with _made_lock:
+        found = _made.get(id(provider))
+        if found is None or found[0] is not provider:
+            found = (provider, Instruments(meter_provider))
+            _made[id(provider)] = found
+        return found[1]
