@@ -8,6 +8,7 @@ aceleryctl's consumer and JavaScript client.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,19 @@ def expect_state(task: Locator, state: str, timeout: int = TASK_TIMEOUT) -> None
     expect(task).to_have_attribute("data-state", state, timeout=timeout)
 
 
+#: With this set to a folder (``docs/img``), each screenshot is also written there:
+#: how the "Try the demo" page's pictures are made.
+DOC_SCREENSHOTS = os.environ.get("ACELERYCTL_DOC_SCREENSHOTS")
+
+
 def shoot(page: Page, path: Path) -> None:
-    """A full-page screenshot, animations stopped, for people to look at."""
+    """A full-page screenshot, animations stopped, for people to look at (and, with
+    ``ACELERYCTL_DOC_SCREENSHOTS``, for the docs, at the viewport's size)."""
     page.screenshot(path=str(path), full_page=True, animations="disabled")
+    if DOC_SCREENSHOTS:
+        name = path.name if path.name.startswith("demo-") else f"demo-{path.name}"
+        target = Path(DOC_SCREENSHOTS) / name
+        page.screenshot(path=str(target), full_page=False, animations="disabled")
 
 
 def post_json(page: Page, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -227,6 +238,7 @@ def test_the_dead_broker_switch_fails_fast_and_recovers(page: Page, artifacts: P
     page.click("#start-long")
     expect(newest).to_have_attribute("data-state", "UNKNOWN", timeout=10_000)
     expect(newest.locator(".note.unknown strong")).to_have_text("DispatchTimeout")
+    shoot(page, artifacts / "silent-broker.png")
 
     # Back on the live broker, dispatch works again at once.
     page.click('#switch button[data-mode="live"]')
@@ -234,6 +246,7 @@ def test_the_dead_broker_switch_fails_fast_and_recovers(page: Page, artifacts: P
     expect(page.locator("#breaker")).to_have_attribute("data-state", "closed", timeout=5_000)
     page.click("#start-long")
     expect_state(newest, "SUCCESS")
+    shoot(page, artifacts / "recovered.png")
 
 
 def report_status(page: Page, task_id: str) -> str:
