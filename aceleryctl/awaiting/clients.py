@@ -5,7 +5,8 @@ loop, with ``redis.asyncio``: no thread is held. The connections belong to the
 loop that made them (asyncio streams cannot move between loops), so the
 clients are kept per loop, keyed by the backend's connection parameters: every
 ``aget`` and ``aread_meta`` on one loop against one backend shares one
-connection pool.
+connection pool, one batch of reads and one subscriber connection (see
+:mod:`aceleryctl.awaiting.subscriber`).
 
 A loop's endpoints are forgotten with the loop (weakly keyed); close them
 before the loop ends with :func:`aclose_endpoints` or their sockets are left to the garbage
@@ -17,12 +18,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio
 from celery.backends.base import Backend
 
+from aceleryctl.awaiting.reads import BatchedReads
 from aceleryctl.compat.celery_results import async_redis_pool_kwargs
+
+if TYPE_CHECKING:
+    from aceleryctl.awaiting.subscriber import Subscriber
 
 __all__ = ["RedisEndpoint", "aclose_endpoints", "endpoint_for"]
 
@@ -32,7 +37,7 @@ _LABELS = frozenset({"driver_info", "lib_name", "lib_version"})
 
 
 class RedisEndpoint:
-    """A Redis result backend as seen from one event loop: its client.
+    """A Redis result backend as seen from one event loop: client, reads, subscriber.
 
     Built by :func:`endpoint_for`; used only on its loop's thread.
     """
@@ -42,9 +47,24 @@ class RedisEndpoint:
         self.client: redis.asyncio.Redis = redis.asyncio.Redis(
             connection_pool=redis.asyncio.ConnectionPool(**pool_kwargs)
         )
+        #: Reads of stored metas, batched per loop turn.
+        self.reads = BatchedReads(self.client)
+        self._subscriber: Subscriber | None = None
+
+    @property
+    def subscriber(self) -> Subscriber:
+        """The endpoint's shared subscriber, made on first use and after it failed."""
+        from aceleryctl.awaiting.subscriber import Subscriber
+
+        if self._subscriber is None or self._subscriber.closed:
+            self._subscriber = Subscriber(self.client)
+        return self._subscriber
 
     async def aclose(self) -> None:
-        """Close every connection of this endpoint."""
+        """Stop the subscriber and the reads; close every connection of this endpoint."""
+        if self._subscriber is not None:
+            await self._subscriber.aclose()
+        await self.reads.aclose()
         await self.client.aclose()
         await self.client.connection_pool.disconnect()
 

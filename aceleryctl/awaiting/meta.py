@@ -37,7 +37,8 @@ async def aread_meta(app: Celery, task_id: str) -> dict[str, Any] | None:
     or ``date_done``.
 
     Threads: on the Redis result backend, none (one ``GET`` on the running
-    loop through the loop's shared ``redis.asyncio`` pool); on other backends
+    loop through the loop's shared ``redis.asyncio`` client, batched with the
+    other reads of the same loop turn into one ``MGET``); on other backends
     the backend's ``get_task_meta`` runs in the loop's default executor.
 
     Raises ``ValueError`` for an empty ``task_id``; the Redis client's
@@ -58,11 +59,11 @@ async def aread_meta(app: Celery, task_id: str) -> dict[str, Any] | None:
 async def read_stored(
     endpoint: RedisEndpoint, backend: RedisBackend, task_id: str
 ) -> dict[str, Any] | None:
-    """One ``GET`` of ``task_id``'s meta on ``endpoint``, decoded by ``backend``.
+    """``task_id``'s stored meta read on ``endpoint`` (batched reads), decoded by ``backend``.
 
     ``None`` when nothing is stored. Raises what :func:`aread_meta` raises.
     """
-    payload: bytes | str | None = await endpoint.client.get(backend.get_key_for_task(task_id))
+    payload = await endpoint.reads.get(backend.get_key_for_task(task_id))
     return decode_stored(backend, payload)
 
 
