@@ -114,6 +114,33 @@ async def test_cancelling_the_wait_unsubscribes(
     )
 
 
+async def test_a_wait_survives_its_subscriber_connection_being_killed(
+    controller: AsyncCeleryController, celery_app: Celery, redis_server: RedisServer
+) -> None:
+    result = await controller.delay(sleep_briefly, 1.5)
+    key = celery_app.backend.get_key_for_task(result.id)
+    channel = key if isinstance(key, bytes) else key.encode()
+    waiting = asyncio.create_task(aget(result, timeout=RESULT_TIMEOUT))
+    await wait_until_async(
+        lambda: server_subscribers(redis_server, channel) == 1,
+        timeout=5.0,
+        message="the wait never subscribed",
+    )
+    admin = redis_server.client(1)
+    try:
+        # Only the results database's subscribers: the workers' broker pub/sub stays.
+        killed = [
+            admin.client_kill_filter(_id=c["id"])
+            for c in admin.client_list()
+            if int(c["db"]) == 1 and int(c["sub"]) > 0
+        ]
+    finally:
+        admin.close()
+    assert killed
+
+    assert await waiting == 1.5
+
+
 async def test_a_group_returns_its_values_in_order(controller: AsyncCeleryController) -> None:
     result = await controller.delay(group(add.s(i, i) for i in range(5)))
 
