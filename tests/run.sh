@@ -202,6 +202,7 @@ ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m benc
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.http --smoke
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.outbox --smoke
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.http_outbox --smoke
+ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.results --smoke
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.faults --smoke \
   2> >(grep -v -e '^Task dispatch failed' -e '^Traceback' -e '^  ' -e '^$' >&2 || true)
 
