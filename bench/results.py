@@ -14,11 +14,14 @@ machine, same clock): what a view waiting on a result loses after the task is
 done. ``--concurrent`` samples run at once (default 4).
 
 Then the thread cost: ``--fanout`` (default 1,000) waits at once on as many
-tasks, in each mode; the peak of ``threading.active_count()`` above the
+tasks (sent with ``--countdown``, 2 s, so that all the waits have begun when
+the first ends), in each mode; the peak of ``threading.active_count()`` above the
 baseline while they wait (the loop's default executor made afresh first), and
 the same end-to-return latency for each of those waits (the worker runs the
 tasks two at a time, so most of them wait a while: the figure says how soon
-a wait sees its task's end when a thousand are pending).
+a wait sees its task's end when a thousand are pending), and how long, at
+worst, a ``to_thread`` call with nothing to do takes meanwhile (other code of
+the process needing the default executor).
 
 Modes alternate within each round; figures are medians over rounds, printed with
 the ratio of ``to_thread``'s to ``aget``'s, and written to docs/benchmarks.md
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import os
 import platform
@@ -88,32 +92,51 @@ async def latencies(
 
 
 async def fanout(
-    controller: AsyncCeleryController, wait: Wait, n: int, work: float
-) -> tuple[int, list[float]]:
-    """``n`` waits at once: (peak extra threads, end-to-return latencies in seconds).
+    controller: AsyncCeleryController, wait: Wait, n: int, work: float, countdown: float
+) -> tuple[int, list[float], list[float]]:
+    """``n`` waits at once: (peak extra threads, end-to-return latencies, probe latencies).
 
-    The loop gets a fresh default executor first, so that threads an earlier
-    mode started are not counted as already there.
+        The loop gets a fresh default executor first, so that threads an earlier
+        mode started are not counted as already there. The tasks are sent with
+        ``countdown`` so that none ends before all the waits have begun. While the
+        waits run, a probe keeps calling ``asyncio.to_thread`` with nothing to do,
+        one call at a time: how long, at worst, other code needing a thread waits
+    meanwhile.
     """
     from bench._results_app import stamp
 
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="bench-default"))
-    results = await asyncio.gather(*(controller.delay(stamp, work) for _ in range(n)))
+    results = await asyncio.gather(
+        *(controller.apply_async(stamp, args=(work,), countdown=countdown) for _ in range(n))
+    )
+    await asyncio.to_thread(int)  # the probe's thread: part of the baseline
     baseline = threading.active_count()
     found: list[float] = []
+    probes: list[float] = []
 
     async def one(result: AsyncResult[Any]) -> None:
         ended = await wait(result)
         found.append(time.time() - ended)
 
+    async def probe() -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.to_thread(int)
+            probes.append(time.perf_counter() - before)
+            await asyncio.sleep(0.05)
+
     waits = [asyncio.ensure_future(one(r)) for r in results]
+    prober = asyncio.ensure_future(probe())
     peak = baseline
     while not all(w.done() for w in waits):
         peak = max(peak, threading.active_count())
         await asyncio.sleep(0.01)
     await asyncio.gather(*waits)
-    return peak - baseline, found
+    prober.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await prober
+    return peak - baseline, found, probes
 
 
 async def run(args: argparse.Namespace, broker: str, backend: str) -> dict[str, Any]:
@@ -122,7 +145,7 @@ async def run(args: argparse.Namespace, broker: str, backend: str) -> dict[str, 
     app.conf.update(broker_url=broker, result_backend=backend)
     controller = AsyncCeleryController(app=app, dispatch_timeout=10.0)
     samples: dict[str, list[list[float]]] = {m: [] for m in MODES}
-    fan: dict[str, list[tuple[int, list[float]]]] = {m: [] for m in MODES}
+    fan: dict[str, list[tuple[int, list[float], list[float]]]] = {m: [] for m in MODES}
     try:
         for mode in MODES:  # warm up: connections, executor threads, worker children
             await latencies(controller, WAITS[mode], 5, 1, args.work)
@@ -137,12 +160,15 @@ async def run(args: argparse.Namespace, broker: str, backend: str) -> dict[str, 
                     flush=True,
                 )
             for mode in order:
-                threads, found = await fanout(controller, WAITS[mode], args.fanout, args.work)
-                fan[mode].append((threads, found))
+                threads, found, probes = await fanout(
+                    controller, WAITS[mode], args.fanout, args.work, args.countdown
+                )
+                fan[mode].append((threads, found, probes))
                 print(
                     f"round {round_index + 1} {mode:16s} {args.fanout} waits at once: "
                     f"+{threads} threads, p50 {1e3 * percentile(found, 0.5):7.2f} ms"
-                    f"  p99 {1e3 * percentile(found, 0.99):7.2f} ms",
+                    f"  p99 {1e3 * percentile(found, 0.99):7.2f} ms; to_thread(int) meanwhile"
+                    f" at worst {1e3 * max(probes, default=0.0):.1f} ms",
                     flush=True,
                 )
     finally:
@@ -152,26 +178,28 @@ async def run(args: argparse.Namespace, broker: str, backend: str) -> dict[str, 
 
 
 def table(figures: dict[str, Any], args: argparse.Namespace) -> str:
-    def median_of(key: str, q: float) -> dict[str, float]:
-        if key == "samples":
-            runs = {m: figures["samples"][m] for m in MODES}
-        else:
-            runs = {m: [found for _, found in figures["fanout"][m]] for m in MODES}
+    def median_of(runs: dict[str, list[list[float]]], q: float) -> dict[str, float]:
         return {m: statistics.median(percentile(r, q) for r in runs[m]) for m in MODES}
 
-    p50, p99 = median_of("samples", 0.5), median_of("samples", 0.99)
-    f50, f99 = median_of("fanout", 0.5), median_of("fanout", 0.99)
-    threads = {m: statistics.median(t for t, _ in figures["fanout"][m]) for m in MODES}
+    samples = {m: figures["samples"][m] for m in MODES}
+    fanned = {m: [run[1] for run in figures["fanout"][m]] for m in MODES}
+    probed = {m: [run[2] for run in figures["fanout"][m]] for m in MODES}
+    p50, p99 = median_of(samples, 0.5), median_of(samples, 0.99)
+    f50, f99 = median_of(fanned, 0.5), median_of(fanned, 0.99)
+    probe = median_of(probed, 1.0)  # the worst call of each run
+    threads = {m: statistics.median(run[0] for run in figures["fanout"][m]) for m in MODES}
     fan = f"{args.fanout:,}"
     rows = [
-        f"| mode | end→return p50 | p99 | threads for {fan} waits "
-        f"| end→return p50, {fan} at once | p99, {fan} at once |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| mode | end→return p50 | p99 | threads added by {fan} waits "
+        f"| end→return p50, {fan} at once | p99, {fan} at once "
+        "| `to_thread(int)` meanwhile, worst |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for mode in MODES:
         rows.append(
             f"| `{mode}` | {1e3 * p50[mode]:.2f} ms | {1e3 * p99[mode]:.2f} ms "
-            f"| +{threads[mode]:.0f} | {1e3 * f50[mode]:.1f} ms | {1e3 * f99[mode]:.1f} ms |"
+            f"| +{threads[mode]:.0f} | {1e3 * f50[mode]:.1f} ms | {1e3 * f99[mode]:.1f} ms "
+            f"| {1e3 * probe[mode]:.1f} ms |"
         )
     base, other = "aget", "to_thread(get)"
 
@@ -180,7 +208,8 @@ def table(figures: dict[str, Any], args: argparse.Namespace) -> str:
 
     rows.append(
         f"| ratio `{other}` / `{base}` | {ratio(p50)} | {ratio(p99)} "
-        f"| +{threads[other]:.0f} against +{threads[base]:.0f} | {ratio(f50)} | {ratio(f99)} |"
+        f"| +{threads[other]:.0f} against +{threads[base]:.0f} | {ratio(f50)} | {ratio(f99)} "
+        f"| {ratio(probe)} |"
     )
     return "\n".join(rows)
 
@@ -201,11 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fanout", type=int, default=1000, help="waits at once (thread cost)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--work", type=float, default=0.02, help="task's sleep, seconds")
+    parser.add_argument(
+        "--countdown", type=float, default=2.0, help="fan-out tasks' countdown, seconds"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny run, docs untouched")
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args(argv)
     if args.smoke:
-        args.n, args.rounds, args.fanout, args.concurrent = 10, 1, 20, 2
+        args.n, args.rounds, args.fanout, args.concurrent, args.countdown = 10, 1, 20, 2, 0.5
     print(uptime(), flush=True)
     with redis_server() as (url, _process):
         env = {"ACELERYCTL_BENCH_BROKER": f"{url}/0", "ACELERYCTL_BENCH_BACKEND": f"{url}/1"}
@@ -232,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         body = (
             f"\n## Result waiting ({stamp})\n\n"
             f"`python -m bench.results --n {args.n} --concurrent {args.concurrent} "
-            f"--fanout {args.fanout} --rounds {args.rounds} --work {args.work}` — "
+            f"--fanout {args.fanout} --rounds {args.rounds} --work {args.work} "
+            f"--countdown {args.countdown}` — "
             f"{environment()}; Redis broker and result backend, one prefork worker "
             f"(2 children). Medians over {args.rounds} interleaved rounds.\n\n{text}\n"
         )

@@ -51,8 +51,9 @@ async def aget(result: ResultBase, *, timeout: float | None = None, propagate: b
     Raises ``celery.exceptions.TimeoutError`` when ``timeout`` passes first (the
     task keeps running); the task's exception (or a parent's) with
     ``propagate``, ``celery.exceptions.TaskRevokedError`` for a revoked task;
-    ``TypeError`` / ``ValueError`` for a bad argument; the result backend's
-    connection error when it cannot be reached.
+    ``TypeError`` / ``ValueError`` for a bad argument; ``NotImplementedError``
+    on the ``rpc://`` result backend; the result backend's connection error
+    when it cannot be reached.
 
     Threads: none on Celery's Redis result backend (one shared pub/sub
     connection per loop and backend); other backends are polled with a
@@ -64,17 +65,20 @@ async def aget(result: ResultBase, *, timeout: float | None = None, propagate: b
             f"aget() takes a Celery result (AsyncResult, GroupResult, ResultSet), "
             f"not {type(result).__name__}: pass what delay()/apply_async() returned"
         )
-    if isinstance(propagate, bool) is False:
+    if not isinstance(propagate, bool):
         raise TypeError(f"propagate must be True or False, not {propagate!r}")
     limit = _check_timeout(timeout)
     if isinstance(result, EagerResult):
         return result.get(propagate=propagate, disable_sync_subtasks=False)
     if limit == 0:
         return await _peek(result, propagate)
+    deadline = asyncio.timeout(limit)
     try:
-        async with asyncio.timeout(limit):
+        async with deadline:
             return await _value(result, propagate)
     except TimeoutError:
+        if not deadline.expired():
+            raise  # a task's own TimeoutError, propagated
         raise CeleryTimeoutError("The operation timed out.") from None
 
 

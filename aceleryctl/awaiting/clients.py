@@ -8,9 +8,10 @@ clients are kept per loop, keyed by the backend's connection parameters: every
 connection pool, one batch of reads and one subscriber connection (see
 :mod:`aceleryctl.awaiting.subscriber`).
 
-A loop's endpoints are forgotten with the loop (weakly keyed); close them
-before the loop ends with :func:`aclose_endpoints` or their sockets are left to the garbage
-collector.
+A closed loop's endpoints are forgotten on the next call from any loop; close
+them before the loop ends with :func:`aclose_endpoints` (the ASGI lifespan of
+:func:`aceleryctl.asgi.with_lifespan` does), or their sockets are left to the
+garbage collector.
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ def endpoint_for(backend: Backend) -> RedisEndpoint | None:
         return None
     key = repr(sorted((k, repr(v)) for k, v in kwargs.items() if k not in _LABELS))
     with _lock:
+        # An endpoint's tasks hold its loop, so the weak key alone never lets a
+        # loop go: forget closed loops here (their sockets go to the collector).
+        for closed in [other for other in _endpoints if other.is_closed()]:
+            del _endpoints[closed]
         per_loop = _endpoints.setdefault(loop, {})
         endpoint = per_loop.get(key)
         if endpoint is None:

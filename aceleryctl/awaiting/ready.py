@@ -19,6 +19,7 @@ from typing import Any
 from celery import Celery, states
 from celery.backends.base import Backend
 from celery.backends.redis import RedisBackend
+from celery.backends.rpc import RPCBackend
 
 from aceleryctl.awaiting.backoff import delays
 from aceleryctl.awaiting.clients import RedisEndpoint, endpoint_for
@@ -42,11 +43,19 @@ async def wait_ready_meta(app: Celery, backend: Backend, task_id: str) -> dict[s
     Waits forever: bound it with ``asyncio.timeout``. Cancelling it
     unsubscribes (Redis) or stops polling, leaving nothing behind.
 
-    Raises: the result backend's connection error when Redis cannot be reached
+    Raises: ``NotImplementedError`` for the ``rpc://`` backend (nothing is
+    stored to read); the result backend's connection error when Redis cannot be reached
     (after :data:`MAX_RECONNECTS` attempts in a row), the backend's error on
     other backends, kombu's ``ContentDisallowed`` or the serializer's error for
     a meta that cannot be decoded.
     """
+    if isinstance(backend, RPCBackend):
+        raise NotImplementedError(
+            "aget() cannot wait on the rpc:// result backend: its results are messages "
+            "sent to the reply queue of the thread that published the task. Use a "
+            "result backend that stores results (Redis, a database), or result.get() "
+            "on the publishing thread."
+        )
     endpoint = endpoint_for(backend)
     if endpoint is None or not isinstance(backend, RedisBackend):
         return await poll_ready_meta(app, task_id)

@@ -11,8 +11,10 @@ import asyncio
 from typing import Any
 
 import pytest
+from celery import Celery
 
-from aceleryctl.awaiting import backoff
+from aceleryctl.awaiting import aget, backoff, clients
+from aceleryctl.awaiting.clients import RedisEndpoint
 from aceleryctl.awaiting.reads import MAX_KEYS, BatchedReads
 from aceleryctl.awaiting.subscriber import Subscriber, SubscriberLost
 
@@ -230,6 +232,42 @@ async def test_a_failed_subscribe_fails_the_waiting_listen(
     await subscriber.aclose()
 
 
+# -- the per-loop registry ---------------------------------------------------------
+
+
+def test_a_closed_loops_endpoints_are_forgotten() -> None:
+    app = Celery("registry", set_as_current=False, backend="redis://127.0.0.1:1/0")
+
+    async def endpoint() -> RedisEndpoint | None:
+        return clients.endpoint_for(app.backend)  # connects nothing
+
+    first = asyncio.new_event_loop()
+    try:
+        made = first.run_until_complete(endpoint())
+        assert made is not None
+        assert first.run_until_complete(endpoint()) is made  # one per (loop, backend)
+    finally:
+        first.close()
+    assert first in clients._endpoints
+    second = asyncio.new_event_loop()
+    try:
+        assert second.run_until_complete(endpoint()) is not made
+        assert first not in clients._endpoints
+        second.run_until_complete(clients.aclose_endpoints())
+    finally:
+        second.close()
+        app.close()
+    other = Celery("other", set_as_current=False, backend="cache+memory://")
+    try:
+        assert asyncio.run(_endpoint_for(other)) is None  # not Redis: polled
+    finally:
+        other.close()
+
+
+async def _endpoint_for(app: Celery) -> RedisEndpoint | None:
+    return clients.endpoint_for(app.backend)
+
+
 # -- batched reads ------------------------------------------------------------------
 
 
@@ -277,3 +315,28 @@ async def test_a_failed_mget_fails_its_readers() -> None:
     with pytest.raises(ConnectionError, match="down"):
         await reads.get(b"a")
     await reads.aclose()
+
+
+# -- aget without a backend: eager results, argument checks -------------------------
+
+
+async def test_an_eager_result_is_returned_at_once() -> None:
+    app = Celery("eager", set_as_current=False, broker="memory://", backend="redis://127.0.0.1:1/0")
+    app.conf.task_always_eager = True
+
+    @app.task(shared=False, name="eager.div")
+    def div(x: int, y: int) -> float:
+        return x / y
+
+    try:
+        assert await aget(div.delay(6, 3), timeout=0) == 2.0
+        failed = div.delay(1, 0)
+        with pytest.raises(ZeroDivisionError):
+            await aget(failed)
+        assert isinstance(await aget(failed, propagate=False), ZeroDivisionError)
+        with pytest.raises(TypeError, match="propagate must be True or False"):
+            await aget(failed, propagate=None)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="at least 0 seconds"):
+            await aget(failed, timeout=float("nan"))
+    finally:
+        app.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -233,6 +234,66 @@ async def test_other_backends_are_polled_off_the_loop(
     failed = polled_app.AsyncResult((await controller.delay(fail, "polled")).id)
     with pytest.raises(IntendedFailure, match="polled"):
         await aget(failed, timeout=RESULT_TIMEOUT)
+
+
+@pytest.fixture
+def prefixed_app(redis_server: RedisServer) -> Iterator[Celery]:
+    """An app whose result keys (and so channels) carry a ``global_keyprefix``."""
+    app = Celery("prefixed", set_as_current=False, broker="memory://")
+    app.conf.update(
+        result_backend=redis_server.url(1),
+        result_backend_transport_options={"global_keyprefix": "tenant9"},
+    )
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+async def test_the_channel_carries_the_global_keyprefix(
+    prefixed_app: Celery, redis_server: RedisServer
+) -> None:
+    task_id = str(uuid.uuid4())
+    channel = f"tenant9_celery-task-meta-{task_id}".encode()
+    waiting = asyncio.create_task(aget(prefixed_app.AsyncResult(task_id), timeout=RESULT_TIMEOUT))
+    await wait_until_async(
+        lambda: server_subscribers(redis_server, channel) == 1,
+        timeout=5.0,
+        message="the wait never subscribed to the prefixed channel",
+    )
+
+    def store() -> None:  # as a worker would: SET and PUBLISH, on another thread
+        prefixed_app.backend.store_result(task_id, {"stored": True}, "SUCCESS")
+        prefixed_app.backend.client.connection_pool.disconnect()
+
+    await asyncio.to_thread(store)
+
+    assert await waiting == {"stored": True}
+
+
+async def test_a_tasks_own_timeout_error_is_not_taken_for_the_deadline(
+    celery_app: Celery,
+) -> None:
+    task_id = str(uuid.uuid4())
+
+    def store() -> None:  # a failure as a worker stores it
+        celery_app.backend.mark_as_failure(task_id, TimeoutError("the task's own"))
+        celery_app.backend.client.connection_pool.disconnect()
+
+    await asyncio.to_thread(store)
+
+    with pytest.raises(TimeoutError, match="the task's own") as raised:
+        await aget(celery_app.AsyncResult(task_id), timeout=RESULT_TIMEOUT)
+    assert not isinstance(raised.value, CeleryTimeoutError)
+
+
+async def test_the_rpc_backend_is_refused_with_a_reason() -> None:
+    app = Celery("rpc", set_as_current=False, broker="memory://", backend="rpc://")
+    try:
+        with pytest.raises(NotImplementedError, match="rpc:// result backend"):
+            await aget(app.AsyncResult(str(uuid.uuid4())), timeout=1.0)
+    finally:
+        app.close()
 
 
 async def test_bad_arguments_say_what_to_change(controller: AsyncCeleryController) -> None:
