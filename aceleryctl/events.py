@@ -317,7 +317,9 @@ class TaskEvent:
             raise ValueError(f"correlation_id is not a sane token: {self.correlation_id!r:.80}")
         if self.eta is not None:
             if self.type not in _ETA_TYPES:
-                raise ValueError(f"eta is allowed on task.sent and task.deferred only, not {self.type}")
+                raise ValueError(
+                    f"eta is allowed on task.sent and task.deferred only, not {self.type}"
+                )
             check_eta(self.eta)
 
     @property

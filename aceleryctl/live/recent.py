@@ -24,6 +24,7 @@ dict operation or two).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -160,10 +161,8 @@ class RecentDispatches:
         found = []
         for at, entry in kept:
             if at >= horizon:
-                try:
+                with contextlib.suppress(ValueError):
                     found.append(event_from_entry(entry))
-                except ValueError:
-                    pass
         return found
 
 

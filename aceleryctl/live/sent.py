@@ -51,7 +51,14 @@ from aceleryctl.compat.channels import redis_groups_with_members
 from aceleryctl.correlation import correlation_id, correlation_id_from
 from aceleryctl.dispatch.listener import DispatchEvent, DispatchOutcome, PoolChange
 from aceleryctl.events import group_name
-from aceleryctl.live.recent import DEFERRED, RELAYED, SENT, Entry, event_from_entry, recent_dispatches
+from aceleryctl.live.recent import (
+    DEFERRED,
+    RELAYED,
+    SENT,
+    Entry,
+    event_from_entry,
+    recent_dispatches,
+)
 
 if TYPE_CHECKING:
     from aceleryctl.worker.emitter import GroupSender
@@ -81,6 +88,7 @@ BATCH_SIZE: Final = 1_000
 BATCH_WINDOW: Final = 0.05
 #: Entries waiting for the emitter thread, at most; beyond that new ones are dropped.
 MAX_BUFFERED: Final = 20_000
+
 
 @dataclass(frozen=True, slots=True)
 class SentStatistics:

@@ -32,7 +32,6 @@ from typing import Any
 from aceleryctl import conf
 from aceleryctl.events import Phase, TaskEvent, split_order
 from aceleryctl.live.hub import TaskHub
-from aceleryctl.live.recent import recent_dispatches
 from aceleryctl.live.protocol import (
     CLOSE_TRY_AGAIN,
     ERROR_ALREADY_SUBSCRIBED,
@@ -43,6 +42,7 @@ from aceleryctl.live.protocol import (
     event_frame,
     snapshot_frame,
 )
+from aceleryctl.live.recent import recent_dispatches
 from aceleryctl.live.snapshots import SnapshotSource, celery_snapshot_source, reader_for_loop
 from aceleryctl.tokens import SubscriptionRefused, check_subscription_token
 

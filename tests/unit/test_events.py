@@ -462,5 +462,5 @@ def test_eta_is_iso_8601_on_sent_and_deferred_only() -> None:
     assert TaskEvent.from_dict(sent.to_dict()).eta == "2026-01-01T00:00:03+00:00"
     with pytest.raises(ValueError, match="eta must be ISO 8601"):
         make("task.sent", eta="in three seconds")
-    with pytest.raises(ValueError, match="eta is allowed on task.sent and task.deferred only"):
+    with pytest.raises(ValueError, match=r"eta is allowed on task\.sent and task\.deferred only"):
         make("task.received", eta="2026-01-01T00:00:03+00:00")
