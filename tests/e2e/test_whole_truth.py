@@ -120,13 +120,10 @@ OUT_OF_ORDER = """async () => {
   }
   const card = new TaskCard({ label: "out of order", taskId: "t-ooo" });
   document.getElementById("tasks").prepend(card.root);
-  const ended = new Promise((resolve) => {
-    const original = card.setLive.bind(card);
-    card.setLive = (mode, text) => { original(mode, text); if (mode === "done") resolve(); };
-  });
   window.WebSocket = Socket;
-  follow(card, { task_id: "t-ooo", token: "x", websocket: "/ws/aceleryctl/tasks/" });
-  await ended;
+  const handle = follow(card, { task_id: "t-ooo", token: "x", websocket: "/ws/aceleryctl/tasks/" });
+  // Ended: the terminal event, then the client's lateWindow for late events.
+  while (!handle.closed) await new Promise((resolve) => setTimeout(resolve, 20));
   return {
     chips: [...card.timeline.children].map((li) => li.firstChild.textContent),
     reasons: [...card.notes.querySelectorAll(".note.retry")].map((n) => n.textContent),

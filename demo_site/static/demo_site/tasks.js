@@ -212,6 +212,8 @@ export class TaskCard {
     if (late) return;
     if (short !== "deferred") this.leftOutbox();
     this.setState(event.state);
+    // Finished (the client may listen a moment longer for late events).
+    if (TERMINAL_STATES.has(event.state)) this.setLive("done", "done");
     if (short === "deferred") {
       this.stored({ attempts: null, last_error: event.error_type });
     } else if (short === "retried") {
