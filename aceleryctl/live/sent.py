@@ -226,10 +226,9 @@ class SentEvents:
         self._counts["unwatched"] += sum(len(groups[g]) for g in groups) - sum(
             len(groups[g]) for g in watched
         )
-        recent = recent_dispatches()
         for group in groups.keys() - set(watched):
             for entry in groups[group]:
-                recent.keep(entry)  # for a subscriber that comes later
+                _recent.keep(entry)  # for a subscriber that comes later
         for group in watched:
             for entry in groups[group]:
                 await self._send_one(layer, group, entry, timeout)
@@ -266,6 +265,7 @@ async def watched_groups(layer: Any, groups: Sequence[str]) -> list[str]:
 
 
 _sent = SentEvents()
+_recent = recent_dispatches()
 
 
 def sent_events() -> SentEvents:
@@ -311,8 +311,7 @@ class LiveEventsListener:
         """Note a sent dispatch, or a stored one (see the class docstring)."""
         if event.task_id is None or event.late:
             return
-        recent = recent_dispatches()
-        eta = recent.pop_eta(event.task_id) if recent.has_etas else None
+        eta = _recent.pop_eta(event.task_id) if _recent.has_etas else None
         if event.outcome is DispatchOutcome.SENT:
             kind = RELAYED if event.relayed else SENT
             self._events.add(event.task_id, event.task_name, event.correlation_id, kind, eta=eta)
@@ -368,6 +367,13 @@ def on_published(
     a microsecond. On the publishing threads of controllers whose listener notes
     their dispatches, it only hands the message's ``eta`` (when it has one) to
     that listener."""
+    if getattr(_listened, "on", False):
+        # Task protocol 2 (what the controller publishes): one look-up when no eta.
+        if isinstance(headers, Mapping) and (eta := headers.get("eta")) is not None:
+            task_id = headers.get("id")
+            if task_id and not headers.get("retries"):
+                _recent.note_eta(str(task_id), eta)
+        return
     found: Mapping[str, Any] = headers if isinstance(headers, Mapping) else {}
     if "id" not in found and isinstance(body, Mapping):  # task protocol 1
         found = body
@@ -376,10 +382,6 @@ def on_published(
     if not task_id or (isinstance(retries, int) and retries > 0):
         return
     eta = found.get("eta")
-    if getattr(_listened, "on", False):
-        if eta is not None:
-            recent_dispatches().note_eta(str(task_id), eta)
-        return
     _sent.add(
         str(task_id),
         found.get("task") or sender,
