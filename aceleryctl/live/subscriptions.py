@@ -276,8 +276,11 @@ class Subscriptions:
         if follow.late:
             if not follow.first_time(event.order):
                 return
+            follow.last = max(follow.last, event.order)
+            follow.terminal = follow.terminal or event.is_terminal
         elif follow.terminal or event.order <= follow.last:
             return
-        follow.last = max(follow.last, event.order)
-        follow.terminal = follow.terminal or event.is_terminal
+        else:
+            follow.last = event.order
+            follow.terminal = event.is_terminal
         self._send(frame)
