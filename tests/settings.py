@@ -51,3 +51,5 @@ ACELERYCTL: dict[str, object] = {
     # The integration workers inherit this settings module: no log file in the repo.
     "LOG_FILE": None,
 }
+# The Django Tasks backend tests (tests/integration/tasks): @task functions publish
+# through the controller the tasks_controller fixture sets.

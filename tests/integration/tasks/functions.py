@@ -1,0 +1,125 @@
+"""The ``@task`` functions of the Django Tasks backend tests.
+
+Imported by the test process (to enqueue) and by the tasks workers (Celery's
+``imports`` setting), which registers them with the backend in both. Functions
+that must be observed from the test write to the records database
+(``ACELERYCTL_TASKS_RECORDS_URL``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from typing import Any
+
+import redis
+
+from aceleryctl.backends import report_progress
+from aceleryctl.compat.django_tasks import TaskContext, task
+
+__all__ = [
+    "aadd",
+    "add",
+    "fail",
+    "gated",
+    "limited",
+    "noted",
+    "progress",
+    "with_context",
+]
+
+RECORDS_ENV = "ACELERYCTL_TASKS_RECORDS_URL"
+
+
+def records() -> redis.Redis:
+    """A client of the records database (closed by the caller)."""
+    return redis.Redis.from_url(os.environ[RECORDS_ENV], socket_timeout=30)
+
+
+@task
+def add(a: int, b: int) -> int:
+    """``a + b``."""
+    return a + b
+
+
+@task
+def fail(message: str) -> None:
+    """Raise ``ValueError(message)``."""
+    raise ValueError(message)
+
+
+@task(queue_name="prio", priority=0)
+def noted(label: str) -> str:
+    """Append ``label`` to the list ``noted`` (the order functions ran in)."""
+    with records() as client:
+        client.rpush("noted", label)
+    return label
+
+
+@task(queue_name="other")
+def gated(key: str, timeout: float) -> str:
+    """Wait (at most ``timeout`` s) until ``key`` is pushed in the records database."""
+    with records() as client:
+        client.rpush(f"{key}:started", "1")
+        client.blpop([key], timeout=timeout)
+    return "opened"
+
+
+@task
+async def aadd(a: int, b: int) -> dict[str, Any]:
+    """``a + b``, computed in a coroutine; says on which loop and thread it ran."""
+    await asyncio.sleep(0.01)
+    loop = asyncio.get_running_loop()
+    return {
+        "sum": a + b,
+        "loop": id(loop),
+        "pid": os.getpid(),
+        "thread": threading.get_ident(),
+    }
+
+
+@task(takes_context=True)
+def with_context(context: TaskContext, x: int) -> dict[str, Any]:
+    """What the context says: attempt, result id, status."""
+    result = context.task_result
+    return {
+        "x": x,
+        "attempt": context.attempt,
+        "id": result.id,
+        "status": str(result.status),
+        "worker_ids": list(result.worker_ids),
+    }
+
+
+@task
+def progress(steps: int) -> int:
+    """Report ``steps`` progress steps."""
+    for step in range(1, steps + 1):
+        report_progress(step, steps, f"step {step}")
+    return steps
+
+
+@task(expires=120, time_limit=30, soft_time_limit=20)
+def limited() -> str:
+    """A task carrying Celery options."""
+    return "limited"
+
+
+def record_signal(kind: str, task_result: Any) -> None:
+    """Write what a Django task signal carried to the list ``signals:<id>``."""
+    with records() as client:
+        client.rpush(
+            f"signals:{task_result.id}",
+            json.dumps(
+                {
+                    "kind": kind,
+                    "status": str(task_result.status),
+                    "path": task_result.task.module_path,
+                    "worker_ids": list(task_result.worker_ids),
+                    "errors": [e.exception_class_path for e in task_result.errors],
+                    "pid": os.getpid(),
+                }
+            ),
+        )
