@@ -25,7 +25,6 @@ Thread-safe: pure functions, and one bounded dict of recent enqueues per backend
 from __future__ import annotations
 
 import contextlib
-import contextlib
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -135,7 +134,11 @@ def task_result_from_meta(
             raise TaskResultDoesNotExist(
                 f"no task result {result_id!r}: Celery keeps no record of a task until a "
                 "worker takes it, and this process did not enqueue it recently"
-                + (f" (state {state}; turn Celery's result_extended on)" if meta else "")
+                + (
+                    f" (state {state}; turn Celery's result_extended on)"
+                    if meta and state != "PENDING"
+                    else ""
+                )
             )
         return _copy(known, status, meta)
     path = str(record.get(MARKER, ""))
