@@ -29,7 +29,7 @@ from .functions import RECORDS_ENV
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[2]
-BROKER_DB, RESULTS_DB, RECORDS_DB = 7, 14, 15
+BROKER_DB, RESULTS_DB, RECORDS_DB, LAYER_DB = 7, 14, 15, 5
 
 _tasks_workers: list[CeleryWorker] = []
 
@@ -46,6 +46,7 @@ def worker_env(redis_server: RedisServer) -> dict[str, str]:
         worker_app.BROKER_ENV: redis_server.url(BROKER_DB),
         worker_app.BACKEND_ENV: redis_server.url(RESULTS_DB),
         RECORDS_ENV: redis_server.url(RECORDS_DB),
+        "ACELERYCTL_TASKS_LAYER_URL": redis_server.url(LAYER_DB),
     }
 
 

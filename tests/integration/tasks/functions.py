@@ -94,8 +94,11 @@ def with_context(context: TaskContext, x: int) -> dict[str, Any]:
 
 
 @task
-def progress(steps: int) -> int:
-    """Report ``steps`` progress steps."""
+def progress(steps: int, gate: str | None = None) -> int:
+    """Wait for ``gate`` (when given, at most 30 s), then report ``steps`` progress steps."""
+    if gate is not None:
+        with records() as client:
+            client.blpop([gate], timeout=30)
     for step in range(1, steps + 1):
         report_progress(step, steps, f"step {step}")
     return steps
