@@ -172,6 +172,7 @@ class CeleryBackend(BaseTaskBackend):
     def _prepare(
         self, task: Any, args: Any, kwargs: Any
     ) -> tuple[AnyTaskResult, Any, list[Any], dict[str, Any]]:
+        # The message: the runner with the function's path and arguments (see records).
         controller = self.controller()
         runner, redis, max_priority = self._runner(controller.app)
         now = timezone.now()
@@ -193,7 +194,7 @@ class CeleryBackend(BaseTaskBackend):
         priority = celery_priority(task.priority, redis, max_priority)
         options = message_options(task, self._defaults, queue, priority)
         options["task_id"] = result.id
-        call = message_args(task.module_path, self.alias, result.args, result.kwargs, now)
+        call = message_args(task.module_path, self.alias, result.args, now)
         return result, runner, call, options
 
     def _enqueued(self, result: AnyTaskResult) -> AnyTaskResult:
@@ -215,9 +216,9 @@ class CeleryBackend(BaseTaskBackend):
         result, runner, call, options = self._prepare(task, args, kwargs)
         sync = self.controller().sync
         if self._on_commit:
-            sync.apply_async_on_commit(runner, call, None, **options)
+            sync.apply_async_on_commit(runner, call, result.kwargs, **options)
         else:
-            sync.apply_async(runner, call, None, **options)
+            sync.apply_async(runner, call, result.kwargs, **options)
         return self._enqueued(result)
 
     async def aenqueue(self, task: Any, args: Any, kwargs: Any) -> AnyTaskResult:
@@ -232,9 +233,9 @@ class CeleryBackend(BaseTaskBackend):
         result, runner, call, options = self._prepare(task, args, kwargs)
         controller = self.controller()
         if self._on_commit:
-            await controller.apply_async_on_commit(runner, call, None, **options)
+            await controller.apply_async_on_commit(runner, call, result.kwargs, **options)
         else:
-            await controller.apply_async(runner, call, None, **options)
+            await controller.apply_async(runner, call, result.kwargs, **options)
         return self._enqueued(result)
 
     # -- results -----------------------------------------------------------

@@ -1,8 +1,11 @@
 """What the web side and the worker side of the Django Tasks backend agree on.
 
 * The message: one Celery task, :data:`RUNNER_NAME`, called with the positional
-  arguments ``[module_path, backend_alias, args, kwargs, enqueued_at]``
-  (:func:`message_args`; ``enqueued_at`` an ISO 8601 string).
+  arguments ``[module_path, backend_alias, enqueued_at, *args]`` and the
+  function's keyword arguments as its own (:func:`message_args`; ``enqueued_at``
+  an ISO 8601 string). Flat, so that Celery's ``argsrepr`` of simple arguments
+  takes the direct path's plain ``repr`` instead of ``saferepr`` (about 90 µs
+  per message for nested ones, measured).
 * The record stored in Celery's result backend, a JSON dict (:class:`Record`)
   keyed by ``"django_task"``: written as the ``STARTED`` meta when a worker
   starts the function, returned as the Celery result when it returns, and
@@ -52,11 +55,10 @@ class Record(TypedDict, total=False):
     errors: list[list[str]]  # [exception class path, redacted traceback]
 
 
-def message_args(
-    path: str, alias: str, args: list[Any], kwargs: dict[str, Any], enqueued_at: datetime
-) -> list[Any]:
-    """The runner's positional arguments for one enqueue."""
-    return [path, alias, args, kwargs, enqueued_at.isoformat()]
+def message_args(path: str, alias: str, args: list[Any], enqueued_at: datetime) -> list[Any]:
+    """The runner's positional arguments for one enqueue (its keyword arguments are
+    the function's)."""
+    return [path, alias, enqueued_at.isoformat(), *args]
 
 
 def parse_time(value: object) -> datetime | None:

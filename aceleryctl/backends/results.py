@@ -86,12 +86,13 @@ class RecentEnqueues:
 def _from_message(meta: Mapping[str, Any]) -> Record | None:
     # result_extended stores the request's positional arguments: the runner's.
     args = meta.get("args")
-    if isinstance(args, list | tuple) and len(args) == 5 and isinstance(args[0], str):
-        path, alias, call_args, call_kwargs, enqueued_at = args
+    if isinstance(args, list | tuple) and len(args) >= 3 and isinstance(args[0], str):
+        path, alias, enqueued_at, *call_args = args
+        call_kwargs = meta.get("kwargs")
         return {
             "django_task": path,
-            "backend": alias,
-            "args": list(call_args) if isinstance(call_args, list | tuple) else [],
+            "backend": str(alias),
+            "args": call_args,
             "kwargs": dict(call_kwargs) if isinstance(call_kwargs, Mapping) else {},
             "enqueued_at": enqueued_at,
         }

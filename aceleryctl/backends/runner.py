@@ -113,14 +113,9 @@ def _call(task: Any, result: Any, args: list[Any], kwargs: dict[str, Any]) -> An
     return func(*args, **kwargs)
 
 
-@shared_task(name=RUNNER_NAME, bind=True)
+@shared_task(name=RUNNER_NAME, bind=True, typing=False)
 def run_django_task(
-    self: Any,
-    path: str,
-    alias: str,
-    args: list[Any],
-    kwargs: dict[str, Any],
-    enqueued_at: str | None = None,
+    self: Any, path: str, alias: str, enqueued_at: str | None, /, *args: Any, **kwargs: Any
 ) -> Record:
     """Run the registered Django task function at ``path`` (see the module docstring).
 

@@ -82,7 +82,8 @@ def test_enqueue_publishes_the_runner_with_the_mapped_options(
     [sent] = recorder.outbox
     assert sent.task_name == RUNNER_NAME
     assert sent.task_id == result.id
-    assert sent.args[:4] == (functions.limited.module_path, "default", [], {})
+    assert sent.args[:2] == (functions.limited.module_path, "default")
+    assert len(sent.args) == 3  # and enqueued_at; no arguments
     assert sent.options["queue"] == "celery-other"
     assert sent.options["priority"] == 0
     assert sent.options["eta"] == run_after
@@ -151,13 +152,14 @@ def test_a_revoked_task_is_failed_and_an_unregistered_path_unknown() -> None:
     meta = {
         "status": "REVOKED",
         "result": {"exc_type": "TaskRevokedError", "exc_module": "celery.exceptions"},
-        "args": [functions.add.module_path, "default", [1, 2], {}, None],
+        "args": [functions.add.module_path, "default", None, 1, 2],
+        "kwargs": {},
     }
     result = task_result_from_meta("id2", meta, "default", RecentEnqueues())
     assert result.status == TaskResultStatus.FAILED
     assert result.errors[0].exception_class_path == "celery.exceptions.TaskRevokedError"
     assert result.args == [1, 2]
-    meta["args"] = ["os.system", "default", ["ls"], {}, None]
+    meta["args"] = ["os.system", "default", None, "ls"]
     with pytest.raises(TaskResultDoesNotExist, match="not a @task function registered"):
         task_result_from_meta("id3", meta, "default", RecentEnqueues())
 

@@ -22,6 +22,7 @@ from aceleryctl.compat.django_tasks import TaskContext, task
 __all__ = [
     "aadd",
     "add",
+    "echo",
     "fail",
     "gated",
     "limited",
@@ -42,6 +43,12 @@ def records() -> redis.Redis:
 def add(a: int, b: int) -> int:
     """``a + b``."""
     return a + b
+
+
+@task
+def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """What it was called with."""
+    return {"args": list(args), "kwargs": kwargs}
 
 
 @task

@@ -84,6 +84,15 @@ def test_enqueue_runs_on_a_worker_and_the_result_maps_every_field(
     assert result.return_value == 5
 
 
+def test_keyword_arguments_of_any_name_reach_the_function() -> None:
+    kwargs = {"path": "os.system", "alias": "x", "enqueued_at": None, "n": [1, {"a": 2}]}
+    result = functions.echo.enqueue("p", 2.5, None, **kwargs)
+    done = finished(result.id)
+    assert done.return_value == {"args": ["p", 2.5, None], "kwargs": kwargs}
+    assert done.args == ["p", 2.5, None]
+    assert done.kwargs == kwargs
+
+
 async def test_aenqueue_from_many_coroutines_each_runs_once(tasks_records: redis.Redis) -> None:
     import asyncio
 
@@ -183,9 +192,7 @@ async def test_a_forged_function_path_is_rejected_never_imported(
     ]
     sent = []
     for path in forged:
-        sent.append(
-            await tasks_controller.apply_async(runner, [path, "default", ["true"], {}, None])
-        )
+        sent.append(await tasks_controller.apply_async(runner, [path, "default", None, "true"]))
     worker = tasks_workers["main"]
     for path in forged:
         wait_until(
