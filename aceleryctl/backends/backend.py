@@ -125,6 +125,7 @@ class CeleryBackend(BaseTaskBackend):
         self._controller_option = options.get("CONTROLLER")
         self._recent = RecentEnqueues()
         self._runner_cache: tuple[Any, Any, bool, int] | None = None
+        self._valid: set[Any] = set()
         from aceleryctl.backends import runner  # registers the Celery task on every app
 
         del runner
@@ -173,6 +174,12 @@ class CeleryBackend(BaseTaskBackend):
         self, task: Any, args: Any, kwargs: Any
     ) -> tuple[AnyTaskResult, Any, list[Any], dict[str, Any]]:
         # The message: the runner with the function's path and arguments (see records).
+        valid = self._valid
+        if task not in valid:  # checked again here, as Django's own backends do
+            self.validate_task(task)
+            if len(valid) > 10_000:
+                valid.clear()
+            valid.add(task)
         controller = self.controller()
         runner, redis, max_priority = self._runner(controller.app)
         now = timezone.now()

@@ -158,9 +158,16 @@ def run_django_task(
     running = _task_result(task, self.request.id, record, TaskResultStatus.RUNNING)
     task_started.send(sender=sender, task_result=running)
     _local.task = self
+    from aceleryctl.compat.django_tasks import normalize_json
+
     try:
-        value = _call(task, running, record["args"], record["kwargs"])
-    except Exception as exc:
+        value = normalize_json(_call(task, running, record["args"], record["kwargs"]))
+    except BaseException as exc:
+        # As Django's own backends do, a failure is anything the function raised
+        # (a return value that is not JSON included) but KeyboardInterrupt; only
+        # the exact SystemExit of exit() / sys.exit(), not a worker's own.
+        if not isinstance(exc, Exception) and type(exc) is not SystemExit:
+            raise
         record["finished_at"] = _now()
         record["errors"] = [error_entry(exc)]
         failed = _task_result(task, self.request.id, record, TaskResultStatus.FAILED)
@@ -168,11 +175,9 @@ def run_django_task(
         raise TaskFunctionError(dict(record)) from exc
     finally:
         _local.task = None
-    from aceleryctl.compat.django_tasks import normalize_json
-
     record["finished_at"] = _now()
-    record["return_value"] = normalize_json(value)
+    record["return_value"] = value
     done = _task_result(task, self.request.id, record, TaskResultStatus.SUCCESSFUL)
-    set_return_value(done, record["return_value"])
+    set_return_value(done, value)
     task_finished.send(sender=sender, task_result=done)
     return record

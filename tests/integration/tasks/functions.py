@@ -133,3 +133,47 @@ def record_signal(kind: str, task_result: Any) -> None:
                 }
             ),
         )
+
+
+# -- the conformance tests' functions (the django-tasks backport's tests/tasks.py
+# exercises the same behaviours) ---------------------------------------------------
+
+
+@task
+def noop(*args: Any, **kwargs: Any) -> None:
+    """Nothing."""
+
+
+@task
+async def anoop(*args: Any, **kwargs: Any) -> None:
+    """Nothing, in a coroutine."""
+
+
+@task
+def meaning_of_life() -> int:
+    """42."""
+    return 42
+
+
+@task
+def exits() -> None:
+    """``sys.exit(1)``."""
+    raise SystemExit(1)
+
+
+@task
+def nested_exception() -> None:
+    """An exception whose argument is an exception."""
+    raise ValueError(ValueError("nested"))
+
+
+@task
+def returns_a_function() -> Any:
+    """A return value that is not JSON."""
+    return lambda: True
+
+
+@task(takes_context=True)
+def own_id(context: TaskContext) -> str:
+    """The result id, read from the context."""
+    return context.task_result.id
