@@ -169,3 +169,5 @@ def test_check_warns_without_result_extended(recorder: RecordingController) -> N
     assert [m.id for m in backend(CONTROLLER=recorder).check()] == ["aceleryctl.W101"]
     recorder.app.conf.result_extended = True
     assert backend(CONTROLLER=recorder).check() == []
+    broken = backend(CONTROLLER="tests.integration.tasks.site.no_such_controller")
+    assert [(m.id, m.level) for m in broken.check()] == [("aceleryctl.W102", 30)]
