@@ -19,6 +19,7 @@ from typing import cast
 
 from aceleryctl._logging import DEFAULT_REDACT_KEYS
 from aceleryctl._proxy import LazyProxy
+from aceleryctl.awaiting import aget
 from aceleryctl.breaker import (
     BreakerListener,
     BreakerState,
@@ -79,6 +80,7 @@ __all__ = [
     "TaskEvent",
     "TaskSerializationError",
     "__version__",
+    "aget",
     "controller",
     "make_subscription_token",
     "report_progress",

@@ -16,6 +16,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from enum import IntEnum
 from typing import Any, Final
 
@@ -34,6 +35,7 @@ __all__ = [
     "PHASE_STRIDE",
     "TRACEBACK_MARKER",
     "Phase",
+    "check_eta",
     "check_json",
     "check_text",
     "clip_text",
@@ -226,6 +228,15 @@ def check_text(name: str, value: object, limit: int, *, optional: bool = True) -
         raise ValueError(
             f"{name} must be a string of at most {limit} characters, got {value!r:.80}"
         )
+
+
+def check_eta(value: object, name: str = "eta") -> None:
+    """Check an eta: ISO 8601 text of at most 64 characters. Raises ValueError."""
+    check_text(name, value, 64)
+    try:
+        datetime.fromisoformat(value)  # type: ignore[arg-type]  # a str: checked above
+    except ValueError:
+        raise ValueError(f"{name} must be ISO 8601, got {value!r}") from None
 
 
 def check_json(value: object, depth: int = 0) -> None:

@@ -12,7 +12,9 @@ On ``lifespan.startup`` the in-process outbox relay starts when the settings ask
 for one (``ACELERYCTL["OUTBOX"]["RELAY"] = "in_process"``). On
 ``lifespan.shutdown`` it stops after its round, and the default controller drains
 its queued and running publishes (at most its ``DRAIN_TIMEOUT``) on a thread of
-its own, so the loop keeps serving other shutdown work. Every other scope passes through unchanged.
+its own, so the loop keeps serving other shutdown work; then the loop's
+``redis.asyncio`` connections of :func:`aceleryctl.aget` are closed. Every other
+scope passes through unchanged.
 """
 
 from __future__ import annotations
@@ -81,6 +83,13 @@ async def _in_thread(fn: Callable[[], None]) -> None:
     await done
 
 
+async def _close_awaiting() -> None:
+    """Close this loop's result-awaiting connections (waits still running fail)."""
+    from aceleryctl.awaiting import aclose_endpoints
+
+    await aclose_endpoints()
+
+
 def with_lifespan(app: ASGIApp) -> ASGIApp:
     """Return an ASGI app that answers ``lifespan`` itself and forwards the rest to ``app``."""
 
@@ -96,6 +105,7 @@ def with_lifespan(app: ASGIApp) -> ASGIApp:
             elif message["type"] == "lifespan.shutdown":
                 await _in_thread(_stop_relay)
                 await _close_default()
+                await _close_awaiting()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

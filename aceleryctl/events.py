@@ -53,7 +53,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Final
 
 from aceleryctl._event_fields import (
@@ -68,6 +67,7 @@ from aceleryctl._event_fields import (
     PHASE_STRIDE,
     TRACEBACK_MARKER,
     Phase,
+    check_eta,
     check_json,
     check_text,
     clip_text,
@@ -203,11 +203,7 @@ class RetryInfo:
             raise ValueError(f"max_retries must be an int >= 0 or None, got {self.max_retries!r}")
         check_text("retry reason", self.reason, MAX_TEXT_LENGTH)
         if self.eta is not None:
-            check_text("retry eta", self.eta, 64)
-            try:
-                datetime.fromisoformat(self.eta)
-            except ValueError:
-                raise ValueError(f"retry eta must be ISO 8601, got {self.eta!r}") from None
+            check_eta(self.eta, "retry eta")
 
     def to_dict(self) -> dict[str, Any]:
         """``{"attempt", "max_retries", "reason", "eta"}``."""
@@ -233,6 +229,8 @@ class RetryInfo:
 _ERROR_TYPES: Final = frozenset(
     {"task.deferred", "task.failed", "task.retried", "task.revoked", "task.rejected"}
 )
+#: The types that may carry ``eta``: what the publisher knows of a countdown or eta.
+_ETA_TYPES: Final = frozenset({"task.deferred", "task.sent"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +253,9 @@ class TaskEvent:
             never a traceback.
         retry: only on ``task.retried`` (required there).
         correlation_id: the request's correlation id, when one was propagated.
+        eta: only on ``task.sent`` and ``task.deferred``: when the task is due
+            (its ``countdown`` or ``eta``), ISO 8601 with a UTC offset; ``None``
+            when it runs as soon as a worker takes it.
 
     Raises:
         ValueError: a field is missing, of the wrong type, or not allowed on ``type``.
@@ -272,6 +273,7 @@ class TaskEvent:
     error_message: str | None = None
     retry: RetryInfo | None = None
     correlation_id: str | None = None
+    eta: str | None = None
 
     def __post_init__(self) -> None:
         expected_state = STATE_OF_TYPE.get(self.type) if isinstance(self.type, str) else None
@@ -313,6 +315,12 @@ class TaskEvent:
             raise ValueError("error_message must not contain a traceback")
         if self.correlation_id is not None and not is_valid_correlation_id(self.correlation_id):
             raise ValueError(f"correlation_id is not a sane token: {self.correlation_id!r:.80}")
+        if self.eta is not None:
+            if self.type not in _ETA_TYPES:
+                raise ValueError(
+                    f"eta is allowed on task.sent and task.deferred only, not {self.type}"
+                )
+            check_eta(self.eta)
 
     @property
     def is_terminal(self) -> bool:
@@ -339,6 +347,7 @@ class TaskEvent:
             "error_message": self.error_message,
             "retry": None if self.retry is None else self.retry.to_dict(),
             "correlation_id": self.correlation_id,
+            "eta": self.eta,
         }
 
     @classmethod
@@ -372,6 +381,7 @@ class TaskEvent:
             error_message=data.get("error_message"),
             retry=None if retry is None else RetryInfo.from_dict(retry),
             correlation_id=data.get("correlation_id"),
+            eta=data.get("eta"),
         )
 
     def to_layer_message(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from typing import Final, Literal, get_args
 from celery import Celery
 
 from aceleryctl import AsyncCeleryController, CircuitBreaker, controller
+from aceleryctl.live.sent import attach_live_events
 from aceleryctl.sync import SyncCeleryController
 from aceleryctl.sync import controller as default_sync_controller
 from demo_site.celery_app import app as celery_app
@@ -141,5 +142,8 @@ def _dead_controller(which: Mode) -> AsyncCeleryController:
             max_reset_timeout=5.0,
         )
         built = AsyncCeleryController(app, dispatch_timeout=DEAD_DISPATCH_TIMEOUT, breaker=breaker)
+        # Like the default controller: a dispatch stored in the outbox is announced
+        # by task.deferred, so the page shows it stored.
+        attach_live_events(built)
         _controllers[which] = built
         return built

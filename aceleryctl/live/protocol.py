@@ -2,7 +2,8 @@
 
 Frames are JSON text, one object each. Client to server::
 
-    {"type": "subscribe", "task_id": "<id>", "token": "<token>", "after": <order> | null}
+    {"type": "subscribe", "task_id": "<id>", "token": "<token>", "after": <order> | null,
+     "late": true | false}
     {"type": "unsubscribe", "task_id": "<id>"}
 
 Server to client::
@@ -75,11 +76,13 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """A client's request to follow ``task_id`` (events with an order above ``after``)."""
+    """A client's request to follow ``task_id`` (events with an order above ``after``;
+    with ``late``, also those that arrive after a newer one: every event once)."""
 
     task_id: str
     token: object
     after: int | None
+    late: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +125,10 @@ def parse_client_frame(text: str) -> Subscribe | Unsubscribe:
                 raise ProtocolError(
                     "after must be null or an order key from a previous event"
                 ) from None
-        return Subscribe(_task_id(data), data.get("token"), after)
+        late = data.get("late", False)
+        if not isinstance(late, bool):
+            raise ProtocolError("late must be true or false")
+        return Subscribe(_task_id(data), data.get("token"), after, late)
     if kind == "unsubscribe":
         return Unsubscribe(_task_id(data))
     raise ProtocolError("type must be 'subscribe' or 'unsubscribe'")

@@ -50,7 +50,15 @@ from aceleryctl.breaker import StateChange
 from aceleryctl.compat.channels import redis_groups_with_members
 from aceleryctl.correlation import correlation_id, correlation_id_from
 from aceleryctl.dispatch.listener import DispatchEvent, DispatchOutcome, PoolChange
-from aceleryctl.events import MAX_NAME_LENGTH, TaskEvent, clip_text, group_name, order_key
+from aceleryctl.events import group_name
+from aceleryctl.live.recent import (
+    DEFERRED,
+    RELAYED,
+    SENT,
+    Entry,
+    event_from_entry,
+    recent_dispatches,
+)
 
 if TYPE_CHECKING:
     from aceleryctl.worker.emitter import GroupSender
@@ -80,18 +88,6 @@ BATCH_SIZE: Final = 1_000
 BATCH_WINDOW: Final = 0.05
 #: Entries waiting for the emitter thread, at most; beyond that new ones are dropped.
 MAX_BUFFERED: Final = 20_000
-
-#: What an entry announces: the first message reached the broker (``task.sent``),
-#: the outbox's relay published it (``task.sent`` with seq 1, after a
-#: ``task.deferred``), or it was stored in the outbox (``task.deferred``).
-SENT, RELAYED, DEFERRED = 0, 1, 2
-#: The ``error_message`` of every ``task.deferred``.
-_DEFERRED_MESSAGE: Final = "stored in the outbox, waiting for the broker"
-
-#: One buffered entry: task id, name, correlation id, ``time.time()``, kind
-#: (:data:`SENT`, :data:`RELAYED` or :data:`DEFERRED`) and, when deferred, the
-#: type of the error that made it so.
-Entry = tuple[str, str | None, str | None, float, int, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,11 +152,13 @@ class SentEvents:
         correlation: str | None,
         kind: int = SENT,
         error_type: str | None = None,
+        eta: object = None,
     ) -> None:
         """Note that ``task_id``'s first message reached the broker (``kind``
         :data:`SENT`, or :data:`RELAYED` when the outbox's relay published it), or
         that the dispatch was stored in the outbox instead (:data:`DEFERRED`, with
-        the ``error_type`` that made it so). Never blocks on the network, never
+        the ``error_type`` that made it so); ``eta`` is the message's ``eta``
+        header, if any (ISO 8601 text or a datetime). Never blocks on the network, never
         raises; about a microsecond unless it must wake the emitter (once per idle
         period)."""
         counts = self._counts
@@ -170,7 +168,7 @@ class SentEvents:
             counts["dropped_full"] += 1
             return
         name = task_name if isinstance(task_name, str) else None
-        buffer.append((task_id, name, correlation, time.time(), kind, error_type))
+        buffer.append((task_id, name, correlation, time.time(), kind, error_type, eta))
         armed = self._armed
         # Re-arm when no flush is pending, or when the one pending can no longer
         # run: its emitter was closed (a settings change), or this is a forked
@@ -228,24 +226,16 @@ class SentEvents:
         self._counts["unwatched"] += sum(len(groups[g]) for g in groups) - sum(
             len(groups[g]) for g in watched
         )
+        for group in groups.keys() - set(watched):
+            for entry in groups[group]:
+                _recent.keep(entry)  # for a subscriber that comes later
         for group in watched:
             for entry in groups[group]:
                 await self._send_one(layer, group, entry, timeout)
 
     async def _send_one(self, layer: GroupSender, group: str, entry: Entry, timeout: float) -> None:
-        task_id, name, correlation, at, kind, error_type = entry
         try:
-            event = TaskEvent(
-                type="task.deferred" if kind == DEFERRED else "task.sent",
-                task_id=task_id,
-                task_name=None if name is None else clip_text(name, MAX_NAME_LENGTH),
-                state="PENDING",
-                timestamp=at,
-                order=order_key(0, 0, 1 if kind == RELAYED else 0),
-                correlation_id=correlation,
-                error_type=error_type if kind == DEFERRED else None,
-                error_message=_DEFERRED_MESSAGE if kind == DEFERRED else None,
-            )
+            event = event_from_entry(entry)
             await asyncio.wait_for(layer.group_send(group, event.to_layer_message()), timeout)
         except Exception as exc:
             self._counts["failed"] += 1
@@ -275,6 +265,7 @@ async def watched_groups(layer: Any, groups: Sequence[str]) -> list[str]:
 
 
 _sent = SentEvents()
+_recent = recent_dispatches()
 
 
 def sent_events() -> SentEvents:
@@ -320,12 +311,18 @@ class LiveEventsListener:
         """Note a sent dispatch, or a stored one (see the class docstring)."""
         if event.task_id is None or event.late:
             return
+        eta = _recent.pop_eta(event.task_id) if _recent.has_etas else None
         if event.outcome is DispatchOutcome.SENT:
             kind = RELAYED if event.relayed else SENT
-            self._events.add(event.task_id, event.task_name, event.correlation_id, kind)
+            self._events.add(event.task_id, event.task_name, event.correlation_id, kind, eta=eta)
         elif event.outcome is DispatchOutcome.STORED:
             self._events.add(
-                event.task_id, event.task_name, event.correlation_id, DEFERRED, event.error_type
+                event.task_id,
+                event.task_name,
+                event.correlation_id,
+                DEFERRED,
+                event.error_type,
+                eta,
             )
 
     def pool_changed(self, change: PoolChange) -> None:
@@ -367,9 +364,15 @@ def on_published(
 ) -> None:
     """``after_task_publish``: note a task's first message (a retry's message is
     announced by ``task.retried`` instead). Runs on the publishing thread; about
-    a microsecond. Skips the publishing threads of controllers whose listener
-    notes their dispatches."""
+    a microsecond. On the publishing threads of controllers whose listener notes
+    their dispatches, it only hands the message's ``eta`` (when it has one) to
+    that listener."""
     if getattr(_listened, "on", False):
+        # Task protocol 2 (what the controller publishes): one look-up when no eta.
+        if isinstance(headers, Mapping) and (eta := headers.get("eta")) is not None:
+            task_id = headers.get("id")
+            if task_id and not headers.get("retries"):
+                _recent.note_eta(str(task_id), eta)
         return
     found: Mapping[str, Any] = headers if isinstance(headers, Mapping) else {}
     if "id" not in found and isinstance(body, Mapping):  # task protocol 1
@@ -378,10 +381,12 @@ def on_published(
     retries = found.get("retries")
     if not task_id or (isinstance(retries, int) and retries > 0):
         return
+    eta = found.get("eta")
     _sent.add(
         str(task_id),
         found.get("task") or sender,
         correlation_id_from(found) or correlation_id.get(),
+        eta=eta,
     )
 
 

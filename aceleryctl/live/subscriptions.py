@@ -8,7 +8,14 @@ and reads the snapshot second (whatever the read misses is already on its way),
 buffers the events that arrive meanwhile, and settles both into one ``snapshot``
 frame. From then on each event goes out once, in order: an event whose ``order``
 is not above everything sent for that task is dropped, and nothing follows a
+terminal event. A subscriber that asked for ``late`` events gets every event once
+instead: after the snapshot frame, the other facts the merge knew (oldest first),
+then each live event whose order it has not been sent, newer or not, even after a
 terminal event.
+
+The snapshot also merges what this process remembers of the task's own dispatch
+(:mod:`aceleryctl.live.recent`): a ``task.sent`` or ``task.deferred`` that went
+by before anyone subscribed.
 
 It never touches the socket: frames and closes go through the connection's
 ``send`` and ``close`` callables. Everything runs on the event loop's thread; the
@@ -32,8 +39,10 @@ from aceleryctl.live.protocol import (
     ERROR_TOO_MANY_SUBSCRIPTIONS,
     Subscribe,
     error_frame,
+    event_frame,
     snapshot_frame,
 )
+from aceleryctl.live.recent import recent_dispatches
 from aceleryctl.live.snapshots import SnapshotSource, celery_snapshot_source, reader_for_loop
 from aceleryctl.tokens import SubscriptionRefused, check_subscription_token
 
@@ -48,6 +57,10 @@ SendFrame = Callable[[str], None]
 CloseConnection = Callable[[int, str | None, str | None], None]
 
 
+#: Order keys remembered per ``late`` subscription to send each event once.
+MAX_LATE_ORDERS = 4_096
+
+
 @dataclass(slots=True, eq=False)
 class _Follow:
     """One task this connection follows."""
@@ -57,6 +70,18 @@ class _Follow:
     terminal: bool = False  # a terminal event was sent (or the client had one)
     ready: bool = False  # the snapshot was sent; until then events are buffered
     buffer: list[TaskEvent] = field(default_factory=list)
+    late: bool = False  # every event once, newer or not (the subscriber asked)
+    sent: set[int] = field(default_factory=set)  # orders sent, with ``late``
+
+    def first_time(self, order: int) -> bool:
+        """With ``late``: whether ``order`` was never sent (and note it sent now).
+        Past :data:`MAX_LATE_ORDERS` orders, only newer events count as new."""
+        if order in self.sent:
+            return False
+        if len(self.sent) >= MAX_LATE_ORDERS:
+            return order > self.last
+        self.sent.add(order)
+        return True
 
 
 def _newest(snapshot: TaskEvent | None, live: list[TaskEvent]) -> TaskEvent | None:
@@ -163,7 +188,7 @@ class Subscriptions:
         except SubscriptionRefused as exc:
             self._close(exc.close_code, str(exc), task_id)
             return
-        follow = _Follow(task_id)
+        follow = _Follow(task_id, late=command.late)
         if command.after is not None:
             follow.last = command.after
             follow.terminal = split_order(command.after)[1] == Phase.TERMINAL
@@ -198,6 +223,7 @@ class Subscriptions:
         # Runs without an await: no event can slip in between the merge and ready.
         live, follow.buffer = follow.buffer, []
         follow.ready = True
+        live = recent_dispatches().events(follow.task_id) + live
         newest = _newest(snapshot, live)
         shown: TaskEvent | None = None
         if (
@@ -209,6 +235,16 @@ class Subscriptions:
             follow.last = max(follow.last, newest.order)
             follow.terminal = newest.is_terminal
         self._send(snapshot_frame(follow.task_id, shown))
+        if follow.late:
+            if shown is not None:
+                follow.first_time(shown.order)
+            known = sorted(
+                [*live, *([] if snapshot is None else [snapshot])], key=lambda e: e.order
+            )
+            for event in known:
+                if follow.first_time(event.order):
+                    follow.last = max(follow.last, event.order)
+                    self._send(event_frame(event))
 
     async def unsubscribe(self, task_id: str) -> None:
         """Stop following ``task_id``; nothing if it was not followed."""
@@ -237,8 +273,14 @@ class Subscriptions:
                 follow.buffer.sort(key=lambda e: (e.is_terminal, e.order))
                 del follow.buffer[0]
             return
-        if follow.terminal or event.order <= follow.last:
+        if follow.late:
+            if not follow.first_time(event.order):
+                return
+            follow.last = max(follow.last, event.order)
+            follow.terminal = follow.terminal or event.is_terminal
+        elif follow.terminal or event.order <= follow.last:
             return
-        follow.last = event.order
-        follow.terminal = event.is_terminal
+        else:
+            follow.last = event.order
+            follow.terminal = event.is_terminal
         self._send(frame)

@@ -163,15 +163,18 @@ def on_failure(
 
 @guard("task_retry")
 def on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
-    """``task.retried``: the retry's number, limit, reason and ETA, unless
+    """``task.retried``: the retry's number, limit, reason and ETA. When
     :func:`on_before_publish` already announced this retry (the usual case in a
-    worker: then nothing is emitted here). Runs on the task's thread."""
+    worker), the same event once more: Celery has stored ``RETRY`` by now, and a
+    subscriber whose snapshot was read between the first copy and that write
+    missed both. Runs on the task's thread."""
     if sender is None or request is None or not getattr(request, "id", None):
         return
     task_id = request.id
-    if take_announced(task_id, attempt_number(getattr(request, "retries", 0))):
-        return
-    info, error_type = retry_details(sender, request, reason)
+    announced = take_announced(task_id, attempt_number(getattr(request, "retries", 0)))
+    info, error_type = (None, None) if announced is None else announced
+    if info is None:
+        info, error_type = retry_details(sender, request, reason)
     emit_retried(sender, request, info, error_type)
 
 

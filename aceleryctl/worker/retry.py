@@ -8,7 +8,12 @@ the next attempt's ``task.received`` first; a subscriber then drops the late
 ``task.retried`` as older than what it has. So the worker announces the retry from
 ``before_task_publish``, on the task's thread, and waits (bounded) until the
 emitter has sent it. :func:`take_announced` tells the ``task_retry`` receiver
-that the retry was already announced.
+that the retry was already announced, and with what, so that it sends the same
+``task.retried`` once more after Celery has stored the ``RETRY`` state: a
+subscriber that joined after the first copy went out, and read the result
+backend before that state was written, gets the second (docs/events.md, "When
+``task.retried`` is sent"). The copy has the same order key: whoever got both
+keeps one.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from celery.exceptions import Retry
 
 from aceleryctl._once import guard
 from aceleryctl.compat.celery_worker import RetryCall, current_worker_task, retry_call_on_stack
+from aceleryctl.events import RetryInfo
 from aceleryctl.worker.building import attempt_number, retry_details
 from aceleryctl.worker.config import worker_config
 from aceleryctl.worker.layer import default_emitter
@@ -38,26 +44,27 @@ _MAX_FRAMES: Final = 64
 #: No ``Task.retry`` call found on the stack.
 _NO_CALL: Final = RetryCall(None, None, None, None)
 _announced_lock = threading.Lock()
-_announced: OrderedDict[tuple[str, int], None] = OrderedDict()
+#: What was announced per (task id, attempt): the retry's details and error type.
+Announced = tuple[RetryInfo | None, str | None]
+_announced: OrderedDict[tuple[str, int], Announced] = OrderedDict()
 #: Retries announced before publishing and not yet seen by task_retry, at most.
 _MAX_ANNOUNCED: Final = 1_024
 
 
-def _remember_announced(task_id: str, attempt: int) -> None:
+def _remember_announced(
+    task_id: str, attempt: int, info: RetryInfo | None = None, error_type: str | None = None
+) -> None:
     with _announced_lock:
-        _announced[(task_id, attempt)] = None
+        _announced[(task_id, attempt)] = (info, error_type)
         while len(_announced) > _MAX_ANNOUNCED:
             _announced.popitem(last=False)
 
 
-def take_announced(task_id: str, attempt: int) -> bool:
-    """Whether :func:`on_before_publish` announced this attempt's retry (forgets it)."""
-    key = (task_id, attempt)
+def take_announced(task_id: str, attempt: int) -> Announced | None:
+    """What :func:`on_before_publish` announced for this attempt's retry (forgotten
+    now): ``(info, error_type)``; ``None`` when it announced nothing."""
     with _announced_lock:
-        if key not in _announced:
-            return False
-        del _announced[key]
-        return True
+        return _announced.pop((task_id, attempt), None)
 
 
 @guard("before_task_publish")
@@ -100,7 +107,7 @@ def on_before_publish(
     info, error_type = retry_details(task, request, _retry_being_published())
     info = dataclasses.replace(info, eta=_eta_header(found.get("eta"), info.eta))
     emit_retried(task, request, info, error_type)
-    _remember_announced(task_id, attempt)
+    _remember_announced(task_id, attempt, info, error_type)
     current.flush(worker_config().send_timeout)
 
 

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from aceleryctl.consumers import TaskEventsConsumer
 from aceleryctl.events import Phase, Progress, RetryInfo, TaskEvent, group_name, order_key
 from aceleryctl.live import consumer as consumers
+from aceleryctl.live import recent
 from aceleryctl.tokens import make_subscription_token
 
 TASK = "9a7c1e7e-2f61-4d2a-a1a4-6b3c0e0f7d11"
@@ -38,6 +39,7 @@ PATH = "/ws/aceleryctl/tasks/"
 def ev(kind: str, order: int, task_id: str = TASK, **fields: Any) -> TaskEvent:
     states = {
         "task.sent": "PENDING",
+        "task.received": "RECEIVED",
         "task.started": "STARTED",
         "task.progress": "PROGRESS",
         "task.retried": "RETRY",
@@ -637,3 +639,71 @@ async def test_an_unresolved_lazy_user_counts_as_nobody(source: FakeSource) -> N
     assert code == 4403
     await comm.disconnect(timeout=5)
     await comm.wait(timeout=5)
+
+
+# -- late events: every event once -------------------------------------------------------
+
+
+async def test_a_late_subscriber_gets_every_event_once_whatever_its_order(
+    ws: WebsocketCommunicator,
+) -> None:
+    await ws.send_json_to({"type": "subscribe", "task_id": TASK, "token": token(), "late": True})
+    assert await frame(ws) == {"type": "snapshot", "task_id": TASK, "event": None}
+    assert (await subscribe(ws, PROBE))["type"] == "snapshot"
+    retried = ev(
+        "task.retried",
+        order_key(0, Phase.RETRIED),
+        retry=RetryInfo(1, 3, "upstream 503"),
+        error_type="ConnectionError",
+        error_message="upstream 503",
+    )
+    received_again = ev("task.received", order_key(1, Phase.RECEIVED))
+    # The retry's reason arrives after the next attempt's first event, a
+    # duplicate comes twice, and the first run's received after its outcome.
+    for event in (STARTED, received_again, retried, retried, DONE, P1):
+        await publish(event)
+    for expected in (STARTED, received_again, retried, DONE, P1):
+        assert await frame(ws) == {"type": "event", "event": expected.to_dict()}
+    await barrier(ws)  # nothing else came for TASK
+
+
+async def test_a_late_subscriber_gets_what_the_snapshot_merge_knew(
+    ws: WebsocketCommunicator, source: FakeSource
+) -> None:
+    source.answers[TASK] = P1
+    source.gate = threading.Event()
+    await ws.send_json_to({"type": "subscribe", "task_id": TASK, "token": token(), "late": True})
+    await asyncio.to_thread(source.entered.wait, 10)
+    for event in (P3, STARTED):
+        await publish(event)
+    hub = consumers.hub_for(get_channel_layer())
+    await asyncio.wait_for(_until(lambda: hub.statistics().deliveries >= 2), 5)
+    source.gate.set()
+    # The newest in the snapshot frame, then the rest, oldest first.
+    assert await frame(ws) == {"type": "snapshot", "task_id": TASK, "event": P3.to_dict()}
+    assert await frame(ws) == {"type": "event", "event": STARTED.to_dict()}
+    assert await frame(ws) == {"type": "event", "event": P1.to_dict()}
+
+
+async def test_late_must_be_a_boolean(ws: WebsocketCommunicator) -> None:
+    await ws.send_json_to({"type": "subscribe", "task_id": TASK, "token": token(), "late": 1})
+    assert await frame(ws) == {
+        "type": "error",
+        "code": 4400,
+        "message": "late must be true or false",
+        "task_id": None,
+    }
+
+
+async def test_the_snapshot_knows_a_dispatch_this_process_made_before_anyone_watched(
+    ws: WebsocketCommunicator,
+) -> None:
+    # What the emitter keeps of a task.sent nobody watched (aceleryctl.live.recent).
+    entry = (TASK, "proj.add", None, 1_700_000_000.0, 0, None, "2026-01-01T01:00:03+01:00")
+    recent.recent_dispatches().keep(entry)
+    try:
+        reply = await subscribe(ws)
+    finally:
+        recent.recent_dispatches()._entries.pop(TASK, None)
+    assert reply["event"]["type"] == "task.sent"
+    assert reply["event"]["eta"] == "2026-01-01T00:00:03+00:00"

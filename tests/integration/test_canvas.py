@@ -47,6 +47,40 @@ async def test_group_result_get_works_on_the_callers_thread(
     assert result.get(timeout=RESULT_TIMEOUT) == [0, 2, 4, 6, 8]
 
 
+def _get_on_this_thread(result: ResultBase, app: Celery) -> Any:
+    """``result.get()`` on the calling (worker) thread, its backend released after."""
+    try:
+        return result.get(timeout=RESULT_TIMEOUT)
+    finally:
+        release_thread_backend(app)
+
+
+async def test_group_result_get_works_from_another_thread(
+    controller: AsyncCeleryController, celery_app: Celery
+) -> None:
+    # Stock Celery times out here: the group joins through the waiting thread's
+    # backend, its members were registered with the building thread's.
+    for run in range(3):
+        result = await controller.delay(group(add.s(i, run) for i in range(3)))
+
+        values = await asyncio.to_thread(_get_on_this_thread, result, celery_app)
+
+        assert values == [run, run + 1, run + 2]
+        assert result.get(timeout=RESULT_TIMEOUT) == values  # and still on this thread
+
+
+async def test_chord_header_and_callback_from_another_thread(
+    controller: AsyncCeleryController, celery_app: Celery
+) -> None:
+    result = await controller.delay(chord((add.s(i, i) for i in range(3)), xsum.s()))
+    assert isinstance(result.parent, GroupResult)
+
+    header = await asyncio.to_thread(_get_on_this_thread, result.parent, celery_app)
+    total = await asyncio.to_thread(_get_on_this_thread, result, celery_app)
+
+    assert (header, total) == ([0, 2, 4], 6)
+
+
 async def test_group_with_apply_async_options(
     controller: AsyncCeleryController, celery_app: Celery
 ) -> None:

@@ -29,6 +29,7 @@ import celery.utils.time
 import kombu
 import pytest
 import redis
+import redis.asyncio
 from celery import Celery, Task, chain, chord, group, shared_task
 from celery import signals as celery_signals
 from celery.app.routes import Router
@@ -48,6 +49,7 @@ from kombu.utils.json import dumps as kombu_json_dumps
 
 from aceleryctl.compat import celery as cc
 from aceleryctl.compat import celery_consumer as ccc
+from aceleryctl.compat import celery_results as ccr
 from aceleryctl.compat import celery_worker as cw
 from aceleryctl.compat import channels as cch
 from aceleryctl.compat import kombu_redis as ckr
@@ -961,6 +963,80 @@ def test_set_return_value_fills_what_return_value_reads() -> None:
     dt.set_return_value(result, {"v": 1})
     assert result.return_value == {"v": 1}
     assert "_return_value" in dt.TaskResult.__dataclass_fields__
+
+
+# -- Celery: the result backend, awaited on the event loop (aceleryctl.awaiting) -----
+
+
+def test_async_redis_pool_kwargs_mirror_the_backends_connparams() -> None:
+    for name in ccr.REDIS_CLIENT_METHODS:
+        assert hasattr(RedisBackend, name), name
+    assert "_ConnectionPool" in RedisBackend.__init__.__code__.co_names
+    plain = Celery(
+        "r",
+        set_as_current=False,
+        broker="memory://",
+        backend="redis://:secret@127.0.0.1:6390/3?socket_timeout=2.5",
+    )
+    tls = Celery(
+        "t",
+        set_as_current=False,
+        broker="memory://",
+        backend="rediss://127.0.0.1:6390/1?ssl_cert_reqs=required",
+    )
+    other = Celery("c", set_as_current=False, broker="memory://", backend="cache+memory://")
+    try:
+        kwargs = ccr.async_redis_pool_kwargs(plain.backend)
+        assert kwargs is not None
+        assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("127.0.0.1", 6390, 3)
+        assert (kwargs["password"], kwargs["socket_timeout"]) == ("secret", 2.5)
+        assert "connection_class" not in kwargs
+        # What a redis.asyncio pool takes, and the connection it would make.
+        pool = redis.asyncio.ConnectionPool(**kwargs)
+        connection = pool.make_connection()
+        assert (connection.host, connection.port, connection.db) == ("127.0.0.1", 6390, 3)
+        tls_kwargs = ccr.async_redis_pool_kwargs(tls.backend)
+        assert tls_kwargs is not None
+        assert tls_kwargs["connection_class"] is redis.asyncio.SSLConnection
+        redis.asyncio.ConnectionPool(**tls_kwargs).make_connection()
+        assert ccr.async_redis_pool_kwargs(other.backend) is None
+        plain.backend.ConnectionPool  # noqa: B018 (set lazily to redis-py's own class)
+        assert ccr.async_redis_pool_kwargs(plain.backend) is not None
+
+        class Overriding(RedisBackend):
+            def get(self, key: Any) -> Any:
+                return None
+
+        overriding = Overriding(app=plain, url="redis://127.0.0.1:6390/0")
+        assert ccr.async_redis_pool_kwargs(overriding) is None
+
+        class OwnPool(redis.ConnectionPool):
+            pass
+
+        custom_pool = RedisBackend(
+            app=plain, url="redis://127.0.0.1:6390/0", connection_pool=OwnPool
+        )
+        assert ccr.async_redis_pool_kwargs(custom_pool) is None
+    finally:
+        for a in (plain, tls, other):
+            a.close()
+
+
+def test_set_result_cache_is_what_waiting_fills(app: Celery) -> None:
+    result = app.AsyncResult("cached-id")
+    pending = {"status": "STARTED", "result": None, "task_id": "cached-id"}
+    ccr.set_result_cache(result, dict(pending))
+    assert result._cache is None  # only ready states are cached
+    ready = {
+        "status": "SUCCESS",
+        "result": 7,
+        "traceback": None,
+        "children": [],
+        "task_id": "cached-id",
+    }
+    ccr.set_result_cache(result, dict(ready))
+    assert result._cache is not None
+    assert (result.state, result.get(timeout=0.01)) == ("SUCCESS", 7)
 
 
 # -- no private library attribute outside aceleryctl.compat ---------------------------

@@ -109,6 +109,7 @@ def test_the_wire_form_names_every_field() -> None:
         "error_message": None,
         "retry": None,
         "correlation_id": None,
+        "eta": None,
     }
     retried = make("task.retried", attempt=1).to_dict()["retry"]
     assert retried == {
@@ -454,3 +455,12 @@ def test_clip_text_never_exceeds_its_limit(text: str, limit: int) -> None:
     assert len(clipped) <= max(limit, 0)
     if len(text) <= limit:
         assert clipped == text
+
+
+def test_eta_is_iso_8601_on_sent_and_deferred_only() -> None:
+    sent = make("task.sent", eta="2026-01-01T00:00:03+00:00")
+    assert TaskEvent.from_dict(sent.to_dict()).eta == "2026-01-01T00:00:03+00:00"
+    with pytest.raises(ValueError, match="eta must be ISO 8601"):
+        make("task.sent", eta="in three seconds")
+    with pytest.raises(ValueError, match=r"eta is allowed on task\.sent and task\.deferred only"):
+        make("task.received", eta="2026-01-01T00:00:03+00:00")

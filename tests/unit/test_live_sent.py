@@ -227,7 +227,7 @@ def test_the_publish_signal_notes_first_messages_only(
 def test_a_listened_publishing_thread_is_left_to_the_listener(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    recorded: list[tuple[str, object, str | None]] = []
+    recorded: list[tuple[str, object, object]] = []
 
     class Recording(SentEvents):
         def add(
@@ -237,8 +237,9 @@ def test_a_listened_publishing_thread_is_left_to_the_listener(
             correlation: str | None,
             kind: int = sent.SENT,
             error_type: str | None = None,
+            eta: object = None,
         ) -> None:
-            recorded.append((task_id, task_name, correlation))
+            recorded.append((task_id, task_name, eta))
 
     monkeypatch.setattr(sent, "_sent", Recording())
     listener = LiveEventsListener()
@@ -246,7 +247,8 @@ def test_a_listened_publishing_thread_is_left_to_the_listener(
     def publishing_thread() -> None:
         # What the engine does on a new publishing thread, then a publish there.
         listener.pool_changed(PoolChange.THREAD_STARTED)
-        sent.on_published(sender="proj.add", body=(), headers={"id": "t-1", "task": "proj.add"})
+        headers = {"id": "t-1", "task": "proj.add", "eta": "2026-01-01T01:00:03+01:00"}
+        sent.on_published(sender="proj.add", body=(), headers=headers)
         listener.dispatch_settled(settled("t-1"))
 
     thread = threading.Thread(target=publishing_thread)
@@ -255,6 +257,8 @@ def test_a_listened_publishing_thread_is_left_to_the_listener(
     # Elsewhere (Celery's own delay in a view): the signal notes it.
     sent.on_published(sender="proj.add", body=(), headers={"id": "t-2", "task": "proj.add"})
     assert [task_id for task_id, _, _ in recorded] == ["t-1", "t-2"]
+    # The signal saw the message's eta; the listener's task.sent carries it.
+    assert recorded[0][2] == "2026-01-01T01:00:03+01:00"
 
 
 def test_attach_adds_one_listener_when_events_are_on() -> None:

@@ -22,6 +22,14 @@
  * and need not care. Events never go backwards and never repeat: each has an
  * `order` above the last one delivered.
  *
+ * Events come from several processes and can arrive out of order (a retry's
+ * `task.retried` after the next attempt's `task.received`). Pass `onLate(e)` to
+ * get those too, instead of losing them: it is called, once per event, for each
+ * one whose `order` is below what was already delivered (also the facts the
+ * server's snapshot merge knew besides the newest, and late events that arrive
+ * within `lateWindow` ms, default 1000, after the terminal one: the subscription
+ * ends then). Sort them into a history by `order`; they never change the state.
+ *
  * The connection closes by itself once a terminal event (succeeded, failed,
  * revoked, rejected) has been delivered. A dropped connection is reopened with
  * exponential backoff and jitter, resuming after the last order seen. Refusals
@@ -58,7 +66,8 @@ function socketUrl(url) {
 /**
  * Follow one task. Returns `{ close(), lastOrder, closed }`.
  *
- * Options: taskId, token (required); on, onEvent, onSubscribed, onError, onClose (called once,
+ * Options: taskId, token (required); on, onEvent, onLate, lateWindow (ms), onSubscribed,
+ * onError, onClose (called once,
  * with {reason: "terminal" | "closed" | "refused" | "gave-up", code}; `code` is the last close
  * code for "refused" and "gave-up"); refreshToken;
  * backoff: {initialDelay: 500, maxDelay: 30000, factor: 2, maxAttempts: Infinity,
@@ -67,7 +76,8 @@ function socketUrl(url) {
  * WebSocket (an implementation, for tests and non-browser use).
  */
 export function subscribe(url, options) {
-  const { taskId, on = {}, onEvent, onSubscribed, onError, onClose, refreshToken } = options;
+  const { taskId, on = {}, onEvent, onLate, onSubscribed, onError, onClose, refreshToken } = options;
+  const lateWindow = options.lateWindow ?? 1000;
   const {
     initialDelay = 500,
     maxDelay = 30000,
@@ -79,6 +89,7 @@ export function subscribe(url, options) {
   const target = socketUrl(url);
   let token = options.token;
   let lastOrder = null;
+  const seen = new Set(); // every order delivered, for onLate: each event once
   let terminal = false;
   let finished = false;
   let failures = 0; // reconnections since the last confirmed subscription
@@ -95,16 +106,29 @@ export function subscribe(url, options) {
   }
 
   function deliver(event) {
-    if (!event || terminal) return;
+    if (!event || seen.has(event.order)) return;
     const isTerminal = TERMINAL.has(event.type);
+    const newer = lastOrder === null || event.order > lastOrder;
     // A terminal snapshot may carry a lower-bound order: it is final all the same.
-    if (lastOrder !== null && event.order <= lastOrder && !isTerminal) return;
+    if (terminal || (!newer && !isTerminal)) {
+      // Older than what was delivered: a late fact (nothing newer follows the end).
+      if (onLate && !newer) {
+        seen.add(event.order);
+        onLate(event);
+      }
+      return;
+    }
+    seen.add(event.order);
     lastOrder = lastOrder === null ? event.order : Math.max(lastOrder, event.order);
     terminal = isTerminal;
     const callback = on[event.type.replace(/^task\./, "")];
     if (callback) callback(event);
     if (onEvent) onEvent(event);
-    if (terminal) finish("terminal");
+    if (!terminal) return;
+    // With onLate, stay a moment for what is still on its way (a quick task's
+    // task.received can come after its outcome).
+    if (onLate && lateWindow > 0) timer = setTimeout(() => finish("terminal"), lateWindow);
+    else finish("terminal");
   }
 
   function retryLater(code) {
@@ -133,7 +157,9 @@ export function subscribe(url, options) {
     ws.onopen = () => {
       opened = true;
       unopened = 0;
-      ws.send(JSON.stringify({ type: "subscribe", task_id: taskId, token, after: lastOrder }));
+      const frame = { type: "subscribe", task_id: taskId, token, after: lastOrder };
+      if (onLate) frame.late = true;
+      ws.send(JSON.stringify(frame));
     };
     ws.onmessage = (message) => {
       let frame;
@@ -162,6 +188,7 @@ export function subscribe(url, options) {
     if (socket !== ws || finished) return;
     socket = null;
     if (ws.readyState <= 1) ws.close();
+    if (terminal) return finish("terminal"); // only late events were still awaited
     if (code === EXPIRED && refreshToken) renew(code);
     else if (FINAL_CODES.has(code) || code === EXPIRED) finish("refused", code);
     // A handshake refused over HTTP (a proxy, an old server) looks like a network

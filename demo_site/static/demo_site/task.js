@@ -17,9 +17,9 @@ card.refused = (code, message) => {
     `${message || "the server refused the subscription"}. Open this page from the link on the demo page, which carries a valid token.`;
   refusal.hidden = false;
 };
-card.apply = ((apply) => (event) => {
+card.apply = ((apply) => (event, late) => {
   if (event.task_name) card.root.querySelector(".task-name").textContent = event.task_name;
-  apply(event);
+  apply(event, late);
 })(card.apply.bind(card));
 
 follow(card, {

@@ -4,6 +4,8 @@ import { subscribe } from "../aceleryctl/client.js";
 const SHORT_TYPE = (type) => type.replace(/^task\./, "");
 /** Order keys are attempt * 10**10 + phase * 10**9 + seq (aceleryctl.events). */
 const attemptOf = (event) => Math.floor(event.order / 1e10);
+/** The order key of the retry that ended attempt `n - 1` (phase 4: retried). */
+const retryOrder = (n) => (n - 1) * 1e10 + 4e9;
 const TERMINAL_STATES = new Set(["SUCCESS", "FAILURE", "REVOKED", "REJECTED"]);
 /** How often a card asks about its task's outbox row while the broker lacks the task. */
 const OUTBOX_POLL_MS = 1000;
@@ -52,8 +54,7 @@ function shortId(id) {
 export class TaskCard {
   constructor({ label, via, taskId, taskName, pageUrl }) {
     this.started = performance.now();
-    this.progressCount = 0;
-    this.retriesShown = new Set();
+    this.retriesShown = new Set(); // retry numbers whose reason is on the card
     this.attempt = 0;
     this.eventsSeen = 0;
     this.storedNote = null;
@@ -122,21 +123,62 @@ export class TaskCard {
     this.root.dataset.progress = String(pct);
   }
 
-  addTimeline(type, extra) {
-    const short = SHORT_TYPE(type);
+  /**
+   * Put a chip in the timeline at its place by order key, whatever the order the
+   * events arrived in. Progress reports of one attempt share one chip.
+   */
+  addTimeline(event, label) {
+    const short = SHORT_TYPE(event.type);
     const at = el("time", { text: `+${seconds(performance.now() - this.started)}` });
+    let chip;
     if (short === "progress") {
-      this.progressCount += 1;
-      let chip = this.timeline.querySelector('li[data-type="progress"]:last-child');
-      if (!chip) {
-        chip = el("li", { "data-type": "progress" });
-        this.timeline.append(chip);
+      const attempt = String(attemptOf(event));
+      chip = this.timeline.querySelector(`li[data-type="progress"][data-attempt="${attempt}"]`);
+      if (chip) {
+        const count = Number(chip.dataset.count) + 1;
+        chip.dataset.count = String(count);
+        chip.replaceChildren(`progress ×${count}`, at);
+        if (event.order >= Number(chip.dataset.order)) return;
+        chip.remove(); // an earlier report arrived late: the chip moves back
+      } else {
+        chip = el("li", { "data-type": "progress", "data-attempt": attempt, "data-count": "1" });
+        chip.append("progress ×1", at);
       }
-      chip.replaceChildren(`progress ×${this.progressCount}`, at);
-      return;
+    } else {
+      chip = el("li", { "data-type": short }, label ? `${short} ${label}` : short, at);
     }
-    this.progressCount = 0;
-    this.timeline.append(el("li", { "data-type": short }, extra ? `${short} ${extra}` : short, at));
+    chip.dataset.order = String(event.order);
+    const after = [...this.timeline.children].find((li) => Number(li.dataset.order) > event.order);
+    this.timeline.insertBefore(chip, after || null);
+  }
+
+  /**
+   * Mark retries 1..`attempt` in the timeline: an event of attempt n means the n
+   * attempts before it were retried, even when their `retried` event has not come
+   * (yet: a late one replaces the mark, with its reason).
+   */
+  markRetries(attempt) {
+    for (let n = 1; n <= attempt; n += 1) {
+      const order = retryOrder(n);
+      if (!this.timeline.querySelector(`li[data-order="${order}"]`)) {
+        this.addTimeline({ type: "task.retried", order }, String(n));
+        this.timeline.querySelector(`li[data-order="${order}"]`).dataset.inferred = "true";
+      }
+    }
+  }
+
+  /** Show when the task is due (`eta`: ISO 8601) while no worker runs it. */
+  schedule(eta) {
+    if (!eta) return;
+    const due = new Date(eta);
+    this.root.dataset.eta = eta;
+    this.scheduled = `scheduled for ${due.toLocaleTimeString()}`;
+    if (["PENDING", "STORED", "RECEIVED"].includes(this.state)) this.showScheduled();
+  }
+
+  showScheduled() {
+    const where = { RECEIVED: "held by a worker, ", STORED: "stored, waiting for the broker; " };
+    this.status.textContent = `${where[this.state] || ""}${this.scheduled}`;
   }
 
   note(kind, title, text, hint) {
@@ -151,43 +193,39 @@ export class TaskCard {
     return box;
   }
 
-  /** Render one aceleryctl event (see docs/live-status.md for the fields). */
-  apply(event) {
+  /**
+   * Render one aceleryctl event (see docs/live-status.md for the fields). A `late`
+   * event (older than one already shown: it arrived out of order) adds its facts
+   * to the timeline and the notes, and leaves the state alone.
+   */
+  apply(event, late = false) {
     const short = SHORT_TYPE(event.type);
     this.eventsSeen += 1;
-    this.leftOutbox();
-    this.setState(event.state);
-    // An event of a later attempt means the earlier ones were retried. The client
-    // drops a `retried` event that arrives after the next attempt's first event, so
-    // mark those retries here (without their reason).
     const attempt = attemptOf(event);
-    for (let n = this.attempt + 1; n <= attempt; n += 1) {
-      if (!this.retriesShown.has(n)) {
-        this.retriesShown.add(n);
-        this.addTimeline("task.retried", String(n));
-      }
-    }
+    this.markRetries(attempt);
     this.attempt = Math.max(this.attempt, attempt);
-    if (short === "retried") {
-      const { attempt: number, max_retries: max } = event.retry;
-      if (!this.retriesShown.has(number)) {
-        this.retriesShown.add(number);
-        this.addTimeline(event.type, String(number));
-      }
-      const why = event.error_message || event.retry.reason || "";
-      const limit = max === null || max === undefined ? "" : ` (at most ${max})`;
-      this.note("retry", event.error_type || "Retry", why, `attempt ${number} failed: retry ${number}${limit}`);
+    const existing = this.timeline.querySelector(`li[data-order="${event.order}"]`);
+    if (existing && existing.dataset.inferred) existing.remove();
+    this.addTimeline(event, short === "retried" ? String(event.retry.attempt) : null);
+    if (short === "retried") this.retryNote(event);
+    if (short === "sent" || short === "deferred") this.schedule(event.eta);
+    if (late) return;
+    if (short !== "deferred") this.leftOutbox();
+    this.setState(event.state);
+    // Finished (the client may listen a moment longer for late events).
+    if (TERMINAL_STATES.has(event.state)) this.setLive("done", "done");
+    if (short === "deferred") {
+      this.stored({ attempts: null, last_error: event.error_type });
+    } else if (short === "retried") {
       this.status.textContent = "waiting for the retry…";
       this.setProgress(0);
-      return;
-    }
-    this.addTimeline(event.type);
-    if (short === "progress") {
+    } else if (short === "progress") {
       const { current, total, message } = event.progress;
       if (total) this.setProgress(current / total);
       this.status.textContent = message || (total ? `${current} of ${total}` : `${current}`);
     } else if (short === "received") {
-      this.status.textContent = "received by a worker";
+      if (this.scheduled) this.showScheduled();
+      else this.status.textContent = "received by a worker";
     } else if (short === "started") {
       this.status.textContent = "running on the worker";
     } else if (short === "succeeded") {
@@ -197,12 +235,27 @@ export class TaskCard {
         el("span", { class: "result", text: JSON.stringify(event.result) }),
       );
     } else if (short === "failed" || short === "rejected" || short === "revoked") {
-      this.setProgress(1);
+      // The bar stays where the work stopped: a failure is not 100% of anything.
+      this.percent.textContent = short;
       this.status.textContent = `${short} after ${seconds(performance.now() - this.started)}`;
       this.note("error", event.error_type || short, event.error_message || "");
     } else if (short === "sent") {
-      this.status.textContent = "in the broker, waiting for a worker";
+      if (this.scheduled) this.showScheduled();
+      else this.status.textContent = "in the broker, waiting for a worker";
     }
+  }
+
+  /** A retry's reason, once per retry, in attempt order among the notes. */
+  retryNote(event) {
+    const { attempt: number, max_retries: max } = event.retry;
+    if (this.retriesShown.has(number)) return;
+    this.retriesShown.add(number);
+    const why = event.error_message || event.retry.reason || "";
+    const limit = max === null || max === undefined ? "" : ` (at most ${max})`;
+    const box = this.note("retry", event.error_type || "Retry", why, `attempt ${number} failed: retry ${number}${limit}`);
+    box.dataset.retry = String(number);
+    const later = [...this.notes.querySelectorAll(".note.retry")].find((n) => Number(n.dataset.retry) > number);
+    if (later) this.notes.insertBefore(box, later);
   }
 
   /**
@@ -211,13 +264,18 @@ export class TaskCard {
    */
   stored(info) {
     this.setState("STORED", "stored");
+    this.setLive("stored", "stored · not in the broker");
     this.status.textContent = "stored, waiting for the broker";
+    if (this.scheduled) this.showScheduled();
+    // A task.deferred event says only why; the outbox poll says more.
+    if (this.storedNote && info.attempts === null) return;
     const attempts = info.attempts === 1 ? "1 attempt" : `${info.attempts} attempts`;
     const wait = info.next_attempt_in;
     let next = "";
     if (wait > 0) next = `; next attempt in ${wait.toFixed(1)} s`;
     else if (wait === 0) next = "; due now, tried as soon as the breaker lets a call through";
-    const text = `${attempts} failed; last: ${info.last_error || "unknown error"}`;
+    const error = info.last_error || "unknown error";
+    const text = info.attempts === null ? `the broker did not take it: ${error}` : `${attempts} failed; last: ${error}`;
     const hint = `In the outbox: the relay publishes it when the broker takes it${next}.`;
     const box = this.note("stored", "Outbox", text, hint);
     if (this.storedNote) this.storedNote.replaceWith(box);
@@ -231,6 +289,7 @@ export class TaskCard {
       "Published by the relay: the broker has it now.";
     this.storedNote.classList.replace("stored", "info");
     this.storedNote = null;
+    if (this.live.dataset.live === "stored") this.setLive("live");
     if (this.state === "STORED") {
       this.setState("PENDING", "pending");
       this.status.textContent = "published by the relay, waiting for a worker";
@@ -331,11 +390,15 @@ export function follow(card, started) {
     taskId: started.task_id,
     token: started.token,
     onSubscribed() {
-      card.setLive("live");
+      // A stored dispatch is not in the broker: the card says so, not "live".
+      if (card.state !== "STORED") card.setLive("live");
       if (card.status.textContent === "subscribing…") card.status.textContent = "waiting for a worker";
     },
     onEvent(event) {
       card.apply(event);
+    },
+    onLate(event) {
+      card.apply(event, true);
     },
     onError(error) {
       lastError = error;

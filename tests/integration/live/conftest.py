@@ -219,6 +219,9 @@ class Listener:
     channel: str
     groups: set[str] = field(default_factory=set)
     events: dict[str, list[Received]] = field(default_factory=dict)
+    #: Events whose order key had come before (the worker's second copy of an
+    #: announced task.retried): kept apart, as a subscriber keeps one.
+    repeats: dict[str, list[Received]] = field(default_factory=dict)
 
     async def follow(self, task_ids: Iterable[str]) -> None:
         """Join each task's group (before dispatching, to see ``task.sent``)."""
@@ -281,7 +284,11 @@ class Listener:
                 continue
             event = TaskEvent.from_dict(message["event"])
             assert message["type"] == event.type
-            self.events.setdefault(event.task_id, []).append(Received(event, time.time()))
+            got = self.events.setdefault(event.task_id, [])
+            if any(r.event.order == event.order for r in got):
+                self.repeats.setdefault(event.task_id, []).append(Received(event, time.time()))
+                continue
+            got.append(Received(event, time.time()))
             if event.task_id in waiting and reached(event.task_id):
                 waiting.discard(event.task_id)
         return {t: self.events.get(t, []) for t in ids}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import uuid
@@ -14,6 +15,7 @@ from celery import Celery
 from aceleryctl import AsyncCeleryController
 from aceleryctl.correlation import CORRELATION_HEADER
 from aceleryctl.events import TaskEvent, split_order
+from tests._support.waiting import WaitTimeout
 
 from . import worker_app
 from .conftest import Listener, LiveWorker, Received, expecting, lifecycle
@@ -335,3 +337,17 @@ async def test_a_retry_arrives_before_the_next_attempt_and_is_never_dropped_as_s
         assert retried.retry.eta is not None
         datetime.fromisoformat(retried.retry.eta)
         assert_no_secret(arrived)
+    # The same task.retried once more, from task_retry (after Celery stored RETRY),
+    # for a subscriber whose snapshot read fell between the first copy and that
+    # write.
+    deadline = asyncio.get_running_loop().time() + 30
+    while not all(listener.repeats.get(t) for t in ids):
+        assert asyncio.get_running_loop().time() < deadline, listener.repeats
+        with contextlib.suppress(WaitTimeout):  # receives meanwhile
+            await listener.collect(ids, timeout=0.2, until=lambda _: False)
+    for task_id in ids:
+        [first] = [r.event for r in got[task_id] if r.event.type == "task.retried"]
+        copies = [r.event for r in listener.repeats.get(task_id, [])]
+        assert [e.type for e in copies] == ["task.retried"], copies
+        assert (copies[0].order, copies[0].retry) == (first.order, first.retry)
+        assert copies[0].error_message == first.error_message
