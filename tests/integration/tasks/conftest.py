@@ -5,7 +5,8 @@ records db 15).
 Session scope: two prefork workers of :mod:`.worker_app`: ``main`` consumes Celery's
 default queue of the app (Django's ``"default"``), ``other`` the queue Django's
 ``"other"`` maps to. Function scope: a controller on the tasks app behind the
-backend's ``OPTIONS["CONTROLLER"]``, and the records database, emptied.
+backend's ``OPTIONS["CONTROLLER"]`` (closed after the test, with the loop's Redis
+endpoints ``aget_result`` opened), and the records database, emptied.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ async def tasks_controller(
 ) -> AsyncIterator[object]:
     """A controller on the tasks app, behind the backend's CONTROLLER; closed after."""
     from aceleryctl import AsyncCeleryController
+    from aceleryctl.awaiting import aclose_endpoints
 
     ctl = AsyncCeleryController(app=tasks_app, dispatch_timeout=10.0, max_workers=2)
     site.use(ctl)
@@ -124,5 +126,6 @@ async def tasks_controller(
         yield ctl
     finally:
         site.use(None)
+        await aclose_endpoints()  # aget_result's redis.asyncio connections of this loop
         await asyncio.wait_for(ctl.aclose(), timeout=15.0)
         gc.collect()
