@@ -111,6 +111,10 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
 }
 
+# Django's task framework: @task functions (demo_site.tasks.count_words) run on the
+# Celery worker, enqueued through aceleryctl's controller.
+TASKS = {"default": {"BACKEND": "aceleryctl.backends.CeleryBackend"}}
+
 # Read by demo_site.celery_app (namespace "CELERY").
 CELERY_BROKER_URL = redis_db_url(REDIS_URL, 0)
 CELERY_RESULT_BACKEND = redis_db_url(REDIS_URL, 1)

@@ -10,7 +10,13 @@ from celery import Task
 from django.utils import timezone
 
 from aceleryctl import report_progress
+from aceleryctl.backends import report_progress as report_task_progress
 from demo_site.celery_app import app
+
+try:  # Django 6: the task framework is built in; Django 5.2: the django-tasks backport
+    from django.tasks import task
+except ImportError:  # pragma: no cover - Django 5.2
+    from django_tasks import task  # type: ignore[no-redef]
 
 logger = logging.getLogger(__name__)
 
@@ -86,3 +92,20 @@ def process_report(self: Task[Any, Any], report_id: int) -> dict[str, Any]:
 def record_audit(event: str, **details: Any) -> None:
     """A non-critical side task: the API dispatches it with ``safe_execute``."""
     logger.info("audit: %s %s", event, details)
+
+
+@task
+async def count_words(text: str) -> dict[str, int]:
+    """A Django ``@task`` (``TASKS`` uses aceleryctl's ``CeleryBackend``), enqueued with
+    ``await count_words.aenqueue(text)``: counts the words of ``text`` one line at a
+    time, reporting progress, on the worker's event loop."""
+    import asyncio
+
+    lines = text.splitlines() or [text]
+    counts: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        for word in line.split():
+            counts[word.lower()] = counts.get(word.lower(), 0) + 1
+        report_task_progress(number, len(lines), f"line {number} of {len(lines)}")
+        await asyncio.sleep(0.5)
+    return {"words": sum(counts.values()), "distinct": len(counts)}

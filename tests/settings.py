@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tests._support import pg_alias
+from tests.integration.tasks import site as tasks_site
 
 SECRET_KEY = "aceleryctl-tests-not-a-secret"
 DEBUG = False
@@ -51,3 +52,6 @@ ACELERYCTL: dict[str, object] = {
     # The integration workers inherit this settings module: no log file in the repo.
     "LOG_FILE": None,
 }
+# The Django Tasks backend tests (tests/integration/tasks): @task functions publish
+# through the controller the tasks_controller fixture sets.
+TASKS = tasks_site.TASKS

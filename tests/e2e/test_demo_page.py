@@ -97,6 +97,15 @@ def test_a_failing_task_shows_its_retries_and_its_error(page: Page) -> None:
     expect(task.locator(".badge")).to_have_text("FAILURE")
 
 
+def test_a_django_task_enqueued_with_aenqueue_is_followed_live(page: Page) -> None:
+    page.goto("/")
+    page.click("#start-django")
+    task = card(page, "Django task · count_words")
+    expect_state(task, "SUCCESS")
+    expect(task.locator(".timeline li[data-type=progress]").first).to_be_visible()
+    expect(task.locator(".task-status")).to_contain_text('"words":9')
+
+
 def test_several_tasks_at_once_and_the_finished_page(page: Page, artifacts: Path) -> None:
     page.goto("/")
     page.fill("#seconds", "3")

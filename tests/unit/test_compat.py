@@ -926,6 +926,45 @@ def test_redis_groups_with_members_reads_channels_redis_groups() -> None:
     assert asyncio.run(cch.redis_groups_with_members(object(), ["g"])) is None
 
 
+# -- Django's task framework (aceleryctl.compat.django_tasks) ---------------------------
+
+
+def test_the_task_framework_is_django_tasks_when_django_has_it() -> None:
+    import importlib.util
+
+    from aceleryctl.compat import django_tasks as dt
+
+    expected = "django.tasks" if importlib.util.find_spec("django.tasks") else "django_tasks"
+    framework = dt.FRAMEWORK
+    assert framework == expected
+    assert dt.Task.__module__.startswith(expected)
+    assert issubclass(dt.InvalidTask, Exception)
+    assert (dt.TASK_MIN_PRIORITY, dt.DEFAULT_TASK_PRIORITY, dt.TASK_MAX_PRIORITY) == (-100, 0, 100)
+
+
+def test_set_return_value_fills_what_return_value_reads() -> None:
+    from aceleryctl.compat import django_tasks as dt
+    from tests.integration.tasks import functions
+
+    result = dt.TaskResult(
+        task=functions.add,
+        id="x",
+        status=dt.TaskResultStatus.SUCCESSFUL,
+        enqueued_at=None,
+        started_at=None,
+        finished_at=None,
+        last_attempted_at=None,
+        args=[],
+        kwargs={},
+        backend="default",
+        errors=[],
+        worker_ids=[],
+    )
+    dt.set_return_value(result, {"v": 1})
+    assert result.return_value == {"v": 1}
+    assert "_return_value" in dt.TaskResult.__dataclass_fields__
+
+
 # -- Celery: the result backend, awaited on the event loop (aceleryctl.awaiting) -----
 
 

@@ -76,6 +76,11 @@ on("start-retrying", () =>
   start(config.urls.retrying, "Retries, then succeeds", ASYNC, { durable: durable() }),
 );
 on("start-flaky", () => start(config.urls.flaky, "Retries, then fails", ASYNC, { durable: durable() }));
+on("start-django", () =>
+  start(config.urls.django_task, "Django task · count_words", "Django Tasks", {
+    text: "the quick brown fox\njumps over\nthe lazy dog",
+  }),
+);
 on("start-burst", () => {
   for (const s of [3, 5, 8]) {
     start(config.urls.long, `Long task · ${s} s`, ASYNC, { seconds: s, durable: durable() });

@@ -1,0 +1,299 @@
+"""``CeleryBackend``: a Django Tasks backend that enqueues through aceleryctl's controller.
+
+::
+
+    TASKS = {
+        "default": {
+            "BACKEND": "aceleryctl.backends.CeleryBackend",
+            "QUEUES": ["default", "emails"],
+            "OPTIONS": {"CELERY_OPTIONS": {"expires": 3600}},
+        }
+    }
+
+``enqueue`` publishes with the controller's sync facade and ``aenqueue`` with the
+async controller itself (no ``sync_to_async``): the same deadline, circuit breaker,
+batching, logging and errors (:mod:`aceleryctl.exceptions`) as ``controller.delay``.
+Every function runs on workers through one Celery task (:mod:`.runner`). See
+docs/django-tasks.md for what maps to what.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from django.core import checks
+from django.utils import timezone
+
+from aceleryctl.backends import registry
+from aceleryctl.backends.options import (
+    CeleryTask,
+    celery_priority,
+    check_celery_options,
+    message_options,
+)
+from aceleryctl.backends.records import RUNNER_NAME, message_args
+from aceleryctl.backends.results import RecentEnqueues, task_result_from_meta
+from aceleryctl.compat.django_tasks import (
+    AnyTaskResult,
+    BaseTaskBackend,
+    InvalidTask,
+    TaskResult,
+    TaskResultStatus,
+    task_enqueued,
+)
+from aceleryctl.dispatch.ids import new_task_id
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from aceleryctl.dispatch.controller import AsyncCeleryController
+
+__all__ = ["CeleryBackend"]
+
+#: The keys of a backend's OPTIONS.
+OPTION_KEYS = frozenset({"CONTROLLER", "QUEUE_MAP", "CELERY_OPTIONS", "ON_COMMIT"})
+DEFAULT_QUEUE = "default"
+
+
+def _config_error(alias: str, message: str) -> InvalidTask:
+    from django.core.exceptions import ImproperlyConfigured
+
+    return ImproperlyConfigured(f"TASKS[{alias!r}]: {message}")  # type: ignore[return-value]
+
+
+class CeleryBackend(BaseTaskBackend):
+    """Run Django tasks on Celery workers, enqueued through aceleryctl's controller.
+
+    OPTIONS (all optional):
+
+    * ``CONTROLLER``: the :class:`~aceleryctl.AsyncCeleryController` to publish
+      with, or its import path (``"proj.dispatch:controller"``); default: the
+      default controller, :data:`aceleryctl.controller`.
+    * ``QUEUE_MAP``: Django queue name -> Celery queue name. Unmapped names are
+      Celery queues of the same name, but ``"default"``, which is Celery's default
+      routing (``task_default_queue`` and ``task_routes``).
+    * ``CELERY_OPTIONS``: ``countdown``, ``expires``, ``soft_time_limit``,
+      ``time_limit`` (seconds) for every task; a task's own ``@task(...)`` wins.
+    * ``ON_COMMIT``: ``True`` publishes once the current transaction commits, like
+      ``controller.apply_async_on_commit`` (the result comes back at once).
+
+    Thread-safety: one instance per alias and thread (Django's handler); any
+    number of threads and coroutines may enqueue at once.
+
+    Raises:
+        django.core.exceptions.ImproperlyConfigured: an OPTIONS key or value, or
+            QUEUES, is wrong; the message names it.
+    """
+
+    task_class = CeleryTask
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+    supports_priority = True
+
+    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        super().__init__(alias, params)
+        options = self.options
+        if not isinstance(options, Mapping):
+            raise _config_error(alias, f"OPTIONS must be a dict, got {type(options).__name__}")
+        unknown = sorted(set(options) - OPTION_KEYS)
+        if unknown:
+            raise _config_error(
+                alias, f"unknown OPTIONS key {unknown[0]!r}; valid: {sorted(OPTION_KEYS)}"
+            )
+        for queue in self.queues:
+            if not isinstance(queue, str) or not queue:
+                raise _config_error(alias, f"QUEUES must be non-empty strings, got {queue!r}")
+        queue_map = options.get("QUEUE_MAP") or {}
+        if not isinstance(queue_map, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in queue_map.items()
+        ):
+            raise _config_error(alias, "QUEUE_MAP must map Django queue names to Celery queues")
+        self._queue_map: dict[str, str | None] = {DEFAULT_QUEUE: None, **queue_map}
+        try:
+            self._defaults = check_celery_options(
+                options.get("CELERY_OPTIONS") or {},
+                f"TASKS[{alias!r}]['OPTIONS']['CELERY_OPTIONS']",
+            )
+        except (TypeError, ValueError) as exc:
+            raise _config_error(alias, str(exc)) from exc
+        on_commit = options.get("ON_COMMIT", False)
+        if not isinstance(on_commit, bool):
+            raise _config_error(alias, f"ON_COMMIT must be True or False, got {on_commit!r}")
+        self._on_commit = on_commit
+        self._controller_option = options.get("CONTROLLER")
+        self._recent = RecentEnqueues()
+        self._runner_cache: tuple[Any, Any, bool, int] | None = None
+        self._valid: set[Any] = set()
+        from aceleryctl.backends import runner  # registers the Celery task on every app
+
+        del runner
+
+    # -- the controller and the runner task --------------------------------
+
+    def controller(self) -> AsyncCeleryController:
+        """The controller this backend publishes with (see ``OPTIONS["CONTROLLER"]``)."""
+        option = self._controller_option
+        if option is None:
+            from aceleryctl.conf import default_controller
+
+            return default_controller()
+        if isinstance(option, str):
+            from django.utils.module_loading import import_string
+
+            option = import_string(option.replace(":", "."))
+            self._controller_option = option
+        return option  # type: ignore[no-any-return]
+
+    def _runner(self, app: Celery) -> tuple[Any, bool, int]:
+        cached = self._runner_cache
+        if cached is not None and cached[0] is app:
+            return cached[1], cached[2], cached[3]
+        runner = app.tasks[RUNNER_NAME]
+        redis = str(app.conf.broker_url or "").startswith(("redis", "rediss"))
+        max_priority = int(app.conf.task_queue_max_priority or 0)
+        self._runner_cache = (app, runner, redis, max_priority)
+        return runner, redis, max_priority
+
+    # -- validation --------------------------------------------------------
+
+    def validate_task(self, task: Any) -> None:
+        """Django's checks (module-level function, priority, queue, ``run_after``),
+        then register the function as one this backend's workers may run.
+
+        Raises:
+            InvalidTask: (``InvalidTaskError`` in the backport) what to change.
+        """
+        super().validate_task(task)
+        registry.register(task)
+
+    # -- enqueue -------------------------------------------------------------
+
+    def _prepare(
+        self, task: Any, args: Any, kwargs: Any
+    ) -> tuple[AnyTaskResult, Any, list[Any], dict[str, Any]]:
+        # The message: the runner with the function's path and arguments (see records).
+        valid = self._valid
+        if task not in valid:  # checked again here, as Django's own backends do
+            self.validate_task(task)
+            if len(valid) > 10_000:
+                valid.clear()
+            valid.add(task)
+        controller = self.controller()
+        runner, redis, max_priority = self._runner(controller.app)
+        now = timezone.now()
+        result: AnyTaskResult = TaskResult(
+            task=task,
+            id=new_task_id(),
+            status=TaskResultStatus.READY,
+            enqueued_at=now,
+            started_at=None,
+            finished_at=None,
+            last_attempted_at=None,
+            args=args,
+            kwargs=kwargs,
+            backend=self.alias,
+            errors=[],
+            worker_ids=[],
+        )
+        queue = self._queue_map.get(task.queue_name, task.queue_name)
+        priority = celery_priority(task.priority, redis, max_priority)
+        options = message_options(task, self._defaults, queue, priority)
+        options["task_id"] = result.id
+        call = message_args(task.module_path, self.alias, result.args, now)
+        return result, runner, call, options
+
+    def _enqueued(self, result: AnyTaskResult) -> AnyTaskResult:
+        self._recent.add(result)
+        task_enqueued.send(type(self), task_result=result)
+        return result
+
+    def enqueue(self, task: Any, args: Any, kwargs: Any) -> AnyTaskResult:
+        """Publish ``task(*args, **kwargs)`` through the controller's sync facade.
+
+        Blocks at most the controller's deadline. Sends ``task_enqueued``.
+
+        Raises:
+            TaskDispatchError: a subclass; see :mod:`aceleryctl.exceptions` (nothing
+                was sent, or the outcome is unknown).
+            TypeError, ValueError: the arguments are not JSON values.
+            AsyncContextError: on an event loop's thread: ``await aenqueue`` there.
+        """
+        result, runner, call, options = self._prepare(task, args, kwargs)
+        sync = self.controller().sync
+        if self._on_commit:
+            sync.apply_async_on_commit(runner, call, result.kwargs, **options)
+        else:
+            sync.apply_async(runner, call, result.kwargs, **options)
+        return self._enqueued(result)
+
+    async def aenqueue(self, task: Any, args: Any, kwargs: Any) -> AnyTaskResult:
+        """Publish ``task(*args, **kwargs)`` with the async controller, on this loop.
+
+        Concurrent calls share the controller's batches. Sends ``task_enqueued``.
+
+        Raises:
+            TaskDispatchError: a subclass; see :mod:`aceleryctl.exceptions`.
+            TypeError, ValueError: the arguments are not JSON values.
+        """
+        result, runner, call, options = self._prepare(task, args, kwargs)
+        controller = self.controller()
+        if self._on_commit:
+            await controller.apply_async_on_commit(runner, call, result.kwargs, **options)
+        else:
+            await controller.apply_async(runner, call, result.kwargs, **options)
+        return self._enqueued(result)
+
+    # -- results -----------------------------------------------------------
+
+    def get_result(self, result_id: str) -> AnyTaskResult:
+        """The task's result as its Celery meta says now. Blocks on one result-backend read.
+
+        Raises:
+            TaskResultDoesNotExist: see :func:`~aceleryctl.backends.results.task_result_from_meta`.
+        """
+        app = self.controller().app
+        meta = app.backend.get_task_meta(result_id)
+        return task_result_from_meta(result_id, meta, self.alias, self._recent)
+
+    async def aget_result(self, result_id: str) -> AnyTaskResult:
+        """:meth:`get_result` without a thread: the meta is read on this loop
+        (:func:`aceleryctl.awaiting.meta.aread_meta`).
+
+        Raises:
+            TaskResultDoesNotExist: as :meth:`get_result`.
+        """
+        from aceleryctl.awaiting.meta import aread_meta
+
+        meta = await aread_meta(self.controller().app, result_id)
+        return task_result_from_meta(result_id, meta, self.alias, self._recent)
+
+    # -- checks ----------------------------------------------------------------
+
+    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+        """Warn when Celery's ``result_extended`` is off (results of tasks enqueued by
+        other processes then lack their arguments until the function finishes), or
+        when the controller's app cannot be read (``W102``; enqueue would raise)."""
+        try:
+            app = self.controller().app
+        except Exception as exc:  # a warning: an error would stop every manage.py command
+            return [
+                checks.Warning(
+                    f"TASKS[{self.alias!r}]: the controller's Celery app cannot be read: {exc}",
+                    hint="set ACELERYCTL['CELERY_APP'], or OPTIONS['CONTROLLER'] to a controller",
+                    id="aceleryctl.W102",
+                )
+            ]
+        if not app.conf.result_extended:
+            return [
+                checks.Warning(
+                    f"TASKS[{self.alias!r}]: Celery's result_extended is off",
+                    hint=(
+                        "set result_extended=True on the Celery app: get_result() of a task "
+                        "this process did not enqueue then knows its arguments while it runs"
+                    ),
+                    id="aceleryctl.W101",
+                )
+            ]
+        return []

@@ -1,0 +1,190 @@
+"""Django Tasks enqueue: aceleryctl's ``CeleryBackend.aenqueue`` against the peers.
+
+    python -m bench.tasks                 # 10,000 enqueues a mode, 3 interleaved rounds
+    python -m bench.tasks --n 2000 --rounds 1
+    python -m bench.tasks --smoke         # tiny: CI checks that it runs, nothing more
+
+Modes, each with ``--callers`` coroutines (default 100) and with one, against one
+private Redis on 127.0.0.1 (no worker: messages stay queued, and the Celery modes'
+landed count is checked exactly):
+
+* ``await controller.delay``: aceleryctl's controller, a Celery task (the reference);
+* ``aceleryctl aenqueue``: ``await add.aenqueue(i, i)`` on ``aceleryctl.backends.CeleryBackend``;
+* ``django-tasks-celery aenqueue``: the same call on django-tasks-celery's backend
+  (Django's default ``aenqueue``: ``sync_to_async(enqueue, thread_sensitive=True)``);
+* ``django-vtasks aenqueue``: the same call on django-vtasks' Valkey backend (its own
+  protocol and worker, not Celery), on the same Redis.
+
+The peers need Python 3.12 and Django 6 (``pip install -e '.[bench]'`` there); a
+mode whose package is missing is skipped with a note. A 1 ms ticker measures how
+late the event loop wakes up. Figures are medians over rounds; unless ``--smoke``,
+the table goes to docs/benchmarks.md ("Django Tasks enqueue").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench._support import LagTicker, Measurement, cpu_seconds, redis_server
+
+MODES = [
+    "await controller.delay",
+    "aceleryctl aenqueue",
+    "django-tasks-celery aenqueue",
+    "django-vtasks aenqueue",
+]
+PEER_OF_MODE = {"django-tasks-celery aenqueue": "dtc", "django-vtasks aenqueue": "vtasks"}
+
+
+async def _drive(mode: str, n: int, callers: int, call: Any) -> Measurement:
+    ticker = LagTicker()
+    share = [n // callers + (1 if c < n % callers else 0) for c in range(callers)]
+
+    async def caller(count: int, base: int) -> None:
+        for i in range(count):
+            await call(base + i)
+
+    bases = [sum(share[:c]) for c in range(callers)]
+    ticker.start()
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    await asyncio.gather(*(caller(share[c], bases[c]) for c in range(callers)))
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    p99, worst = await ticker.stop()
+    return Measurement(mode, n, wall, cpu, 0, p99, worst)
+
+
+def run_mode(mode: str, n: int, callers: int, client: redis.Redis) -> Measurement:
+    from bench import _tasks_site
+
+    app = _tasks_site.APPS["app"]
+    fns = _tasks_site.functions()
+    client.flushall()
+
+    ctl = _tasks_site.controller
+
+    async def main() -> Measurement:
+        if mode == "await controller.delay":
+            add = app.tasks["bench.tasks.add"]
+            return await _drive(mode, n, callers, lambda i: ctl.delay(add, i, i))
+        fn = fns[{"aceleryctl aenqueue": "aceleryctl", **PEER_OF_MODE}[mode]]
+        return await _drive(mode, n, callers, lambda i: fn.aenqueue(i, i))
+
+    m = asyncio.run(main())
+    # Plain Celery messages land on the queue's list, prioritised ones (Django's
+    # default priority 0 maps to Redis priority 4) on kombu's per-priority lists.
+    keys = [_tasks_site.QUEUE] + [f"{_tasks_site.QUEUE}\x06\x16{p}" for p in (3, 6, 9)]
+    landed = sum(int(client.llen(key)) for key in keys)
+    return Measurement(m.mode, m.n, m.wall, m.cpu, landed, m.lag_p99, m.lag_max)
+
+
+def med(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def table(results: dict[tuple[str, int], list[Measurement]], n: int) -> str:
+    lines = [
+        "| mode | coroutines | enqueues/s | CPU µs/enqueue | loop lag p99 ms | "
+        "aceleryctl aenqueue x this | landed |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for (mode, callers), runs in results.items():
+        rate = med([r.rate for r in runs]) or 0.0
+        ours = med([r.rate for r in results.get(("aceleryctl aenqueue", callers), [])]) or 0.0
+        lag = med([r.lag_p99 for r in runs])
+        celery = mode != "django-vtasks aenqueue"
+        landed = ("exact" if all(r.landed == r.n for r in runs) else "MISMATCH") if celery else "-"
+        lines.append(
+            f"| {mode} | {callers} | {rate:,.0f} | {med([r.cpu_us for r in runs]) or 0:.0f} | "
+            f"{'-' if lag is None else f'{1000 * lag:.2f}'} | {ours / rate if rate else 0:.2f} | "
+            f"{landed} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=10_000, help="enqueues per mode per round")
+    parser.add_argument("--callers", type=int, default=100, help="concurrent coroutines")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--smoke", action="store_true", help="tiny run, docs untouched")
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.n, args.rounds, args.callers = 200, 1, 20
+    from bench import _tasks_site
+
+    with redis_server() as (url, _process):
+        app = _tasks_site.setup(url)
+        from aceleryctl import AsyncCeleryController
+
+        # One controller for the run (it serves every loop asyncio.run makes), the
+        # one behind the aceleryctl backend's OPTIONS["CONTROLLER"].
+        _tasks_site.controller = AsyncCeleryController(
+            app, dispatch_timeout=10.0, max_pending=args.n + args.callers
+        )
+        peers = _tasks_site.available()
+        modes = [m for m in MODES if m not in PEER_OF_MODE or peers[PEER_OF_MODE[m]]]
+        for mode in MODES:
+            if mode not in modes:
+                print(
+                    f"skipped {mode}: not installed here (needs Python 3.12, Django 6, bench extra)"
+                )
+        keys = [(m, c) for c in (args.callers, 1) for m in modes]
+        results: dict[tuple[str, int], list[Measurement]] = {k: [] for k in keys}
+        client = redis.Redis.from_url(f"{url}/0")
+        for round_index in range(args.rounds):
+            order = keys[round_index % len(keys) :] + keys[: round_index % len(keys)]
+            for mode, callers in order:
+                n = args.n if callers > 1 else max(1, args.n // 5)
+                m = run_mode(mode, n, callers, client)
+                results[(mode, callers)].append(m)
+                print(
+                    f"round {round_index + 1} {mode:30s} x{callers:<3d} {m.rate:9,.0f}/s "
+                    f"{m.cpu_us:6.0f} µs lag p99 {1000 * (m.lag_p99 or 0):6.2f} ms",
+                    flush=True,
+                )
+        client.close()
+        _tasks_site.controller.sync.close()
+    text = table(results, args.n)
+    print()
+    print(text)
+    mismatched = [
+        k for k, runs in results.items()
+        if k[0] != "django-vtasks aenqueue" and not all(r.landed == r.n for r in runs)
+    ]  # fmt: skip
+    if not args.smoke and len(modes) == len(MODES):
+        write_report(args.output, text, args)
+    if mismatched:
+        print(f"landed-count mismatch in: {mismatched}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_report(path: Path, text: str, args: argparse.Namespace) -> None:
+    from bench.dispatch import environment, replace_section
+
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    body = (
+        f"\n## Django Tasks enqueue ({stamp})\n\n"
+        f"`python -m bench.tasks --n {args.n} --callers {args.callers} --rounds {args.rounds}`"
+        f" — {environment()}. Medians over {args.rounds} interleaved rounds; "
+        f"{args.n:,} enqueues per mode with {args.callers} coroutines, "
+        f"{max(1, args.n // 5):,} with one.\n\n{text}\n"
+    )
+    replace_section(path, "## Django Tasks enqueue", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
