@@ -28,6 +28,10 @@ have_postgres() {  # initdb and postgres, looked for as tests/_support/postgres_
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# The Sentinel tests run three redis-sentinel processes; the TLS tests make their
+# certificates with the openssl command.
+command -v redis-sentinel >/dev/null || need_apt+=(redis-sentinel)
+command -v openssl >/dev/null || need_apt+=(openssl)
 command -v chromium >/dev/null || need_apt+=(chromium)
 # Debian's postgresql may also create and start a "main" cluster on port 5432: the
 # tests do not use it, they make a throwaway cluster of their own on a free port.

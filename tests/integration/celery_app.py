@@ -43,6 +43,10 @@ __all__ = [
 BROKER_ENV = "ACELERYCTL_TEST_BROKER_URL"
 BACKEND_ENV = "ACELERYCTL_TEST_RESULT_BACKEND"
 RECORDS_ENV = "ACELERYCTL_TEST_RECORDS_URL"
+#: Set for a worker on a Sentinel broker URL: the monitored primary's name.
+MASTER_NAME_ENV = "ACELERYCTL_TEST_BROKER_MASTER_NAME"
+#: Set for a worker on a ``rediss://`` broker: the CA file to verify the server with.
+BROKER_CA_ENV = "ACELERYCTL_TEST_BROKER_CA"
 # Nothing listens here: an unconfigured app fails fast instead of reaching a real Redis.
 _UNCONFIGURED = "redis://127.0.0.1:1/{db}"
 
@@ -80,6 +84,18 @@ app.conf.update(
     redis_socket_timeout=10.0,
     redis_socket_connect_timeout=2.0,
 )
+
+
+if os.environ.get(MASTER_NAME_ENV):
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "master_name": os.environ[MASTER_NAME_ENV],
+    }
+if os.environ.get(BROKER_CA_ENV):
+    app.conf.broker_use_ssl = {
+        "ssl_cert_reqs": "required",
+        "ssl_ca_certs": os.environ[BROKER_CA_ENV],
+    }
 
 
 def configure(*, broker_url: str, result_backend: str, records_url: str) -> None:
