@@ -58,6 +58,7 @@ class ControllerSettings:
     max_workers: int = 1
     max_batch: int = 16
     direct_publish: bool = True
+    replica_acks: int = 0
     max_pending: int = 10_000
     drain_timeout: float = 5.0
     redact_keys: tuple[str, ...] = DEFAULT_REDACT_KEYS
@@ -187,6 +188,7 @@ def settings_problems(raw: object) -> list[str]:
         "MAX_WORKERS",
         "MAX_BATCH",
         "DIRECT_PUBLISH",
+        "REPLICA_ACKS",
         "MAX_PENDING",
         "DRAIN_TIMEOUT",
         "REDACT_KEYS",
@@ -222,6 +224,12 @@ def settings_problems(raw: object) -> list[str]:
     if not isinstance(raw.get("DIRECT_PUBLISH", True), bool):
         problems.append(
             f"ACELERYCTL['DIRECT_PUBLISH'] must be True or False, got {raw['DIRECT_PUBLISH']!r}"
+        )
+    acks = raw.get("REPLICA_ACKS", 0)
+    if isinstance(acks, bool) or not isinstance(acks, int) or not 0 <= acks <= 16:
+        problems.append(
+            "ACELERYCTL['REPLICA_ACKS'] must be how many Redis replicas must hold each "
+            f"direct write before a call returns: 0 (off, the default) to 16, got {acks!r}"
         )
     metrics = raw.get("METRICS", ())
     if not isinstance(metrics, list | tuple) or any(
@@ -308,6 +316,7 @@ def load_settings() -> ControllerSettings:
         max_workers=int(raw.get("MAX_WORKERS", defaults.max_workers)),
         max_batch=int(raw.get("MAX_BATCH", defaults.max_batch)),
         direct_publish=bool(raw.get("DIRECT_PUBLISH", defaults.direct_publish)),
+        replica_acks=int(raw.get("REPLICA_ACKS", defaults.replica_acks)),
         max_pending=int(raw.get("MAX_PENDING", defaults.max_pending)),
         drain_timeout=float(raw.get("DRAIN_TIMEOUT", defaults.drain_timeout)),
         redact_keys=tuple(raw.get("REDACT_KEYS", defaults.redact_keys)),

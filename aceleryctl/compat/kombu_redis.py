@@ -30,6 +30,7 @@ __all__ = [
     "send_lpushes",
     "serializer_encoder",
     "take_connection",
+    "wait_for_replicas",
 ]
 
 
@@ -106,8 +107,13 @@ def _needs_command_name(pool_type: Any) -> bool:
     return known
 
 
-def send_lpushes(connection: Any, by_key: Mapping[str, Sequence[str]]) -> None:
-    """``LPUSH key *payloads`` for each key, in one ``sendall``, and read each reply.
+def send_lpushes(
+    connection: Any,
+    by_key: Mapping[str, Sequence[str]],
+    wait: tuple[int, int] | None = None,
+) -> int | None:
+    """``LPUSH key *payloads`` for each key, then optionally ``WAIT replicas ms``,
+    in one ``sendall``, and read each reply.
 
     Uses redis-py's connection-level methods below the client:
     ``pack_command(*args)`` (a list of byte chunks), ``send_packed_command(
@@ -115,6 +121,14 @@ def send_lpushes(connection: Any, by_key: Mapping[str, Sequence[str]]) -> None:
     sends one buffer instead of several socket writes per large value, and skips
     the health-check ``PING`` (the connection answered recently). A reply that is
     an error is raised by ``read_response``.
+
+    ``wait`` is ``(replicas, timeout_ms)``: Redis's ``WAIT`` blocks this
+    connection until that many replicas acknowledged its writes, or for
+    ``timeout_ms`` milliseconds (at least 1: ``WAIT`` with 0 never returns).
+
+    Returns:
+        The number of replicas that acknowledged the writes (``WAIT``'s reply), or
+        ``None`` without ``wait``.
 
     Raises:
         redis.RedisError, OSError: the write or a reply failed; any of the
@@ -125,9 +139,27 @@ def send_lpushes(connection: Any, by_key: Mapping[str, Sequence[str]]) -> None:
         for key, payloads in by_key.items()
         for chunk in connection.pack_command("LPUSH", key, *payloads)
     ]
+    if wait is not None:
+        replicas, timeout_ms = wait
+        packed.extend(connection.pack_command("WAIT", replicas, max(1, timeout_ms)))
     connection.send_packed_command([b"".join(packed)], check_health=False)
     for _ in by_key:
         connection.read_response()
+    if wait is None:
+        return None
+    return int(connection.read_response())
+
+
+def wait_for_replicas(connection: Any, replicas: int, timeout_ms: int) -> int:
+    """``WAIT replicas timeout_ms`` on a redis-py connection (see :func:`send_lpushes`);
+    the number of replicas that hold every write this connection made so far.
+
+    Raises:
+        redis.RedisError, OSError: the round trip failed.
+    """
+    command = connection.pack_command("WAIT", replicas, max(1, timeout_ms))
+    connection.send_packed_command([b"".join(command)], check_health=False)
+    return int(connection.read_response())
 
 
 def ping_channel(channel: Any) -> None:

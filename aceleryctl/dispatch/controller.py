@@ -81,6 +81,9 @@ class AsyncCeleryController(ControllerCore):
             the same Celery protocol message, built with less work and written
             with one ``LPUSH`` per batch (see docs/design.md). ``False`` sends
             every call through Celery's stock ``apply_async``.
+        replica_acks: Redis: after each direct write, ``WAIT`` (within the deadline)
+            until this many replicas hold it; else ``DispatchTimeout`` (unknown).
+            0 (default): the primary's reply suffices. See docs/brokers-redis.md.
         listeners: :class:`~aceleryctl.dispatch.listener.DispatchListener` objects
             told about every settled dispatch, pool and breaker change (metrics,
             traces); see also :meth:`add_listener`.
@@ -110,6 +113,7 @@ class AsyncCeleryController(ControllerCore):
         redact_keys: Iterable[str] = DEFAULT_REDACT_KEYS,
         max_batch: int = 16,
         direct_publish: bool = True,
+        replica_acks: int = 0,
         listeners: Iterable[DispatchListener] = (),
         clock: Clock = time.monotonic,
         durable: bool = False,
@@ -122,7 +126,7 @@ class AsyncCeleryController(ControllerCore):
         policy = TransportPolicy.for_deadline(check_timeout(dispatch_timeout))
         engine = DispatchEngine(
             app,
-            wire_for(app, policy, direct=direct_publish, clock=clock),
+            wire_for(app, policy, direct=direct_publish, clock=clock, replica_acks=replica_acks),
             max_workers=max_workers,
             max_pending=max_pending,
             breaker=breaker if breaker is not None else CircuitBreaker(),

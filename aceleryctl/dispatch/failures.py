@@ -29,7 +29,7 @@ from aceleryctl.exceptions import (
     TaskSerializationError,
 )
 from aceleryctl.wires.base import WireOutcome
-from aceleryctl.wires.connections import SERIALIZATION_ERRORS, ConnectFailed
+from aceleryctl.wires.connections import SERIALIZATION_ERRORS, ConnectFailed, ReplicaAckTimeout
 
 __all__ = ["Failures", "Permit", "Settled", "outcome_of"]
 
@@ -140,6 +140,15 @@ class Failures:
             )
         if isinstance(exc, TaskDispatchError):  # raised by a zero-argument dispatcher
             return exc
+        if isinstance(exc, ReplicaAckTimeout):
+            return DispatchTimeout(
+                f"dispatching {name} under task id {task_id}: the primary stored the "
+                f"message but {exc} (REPLICA_ACKS); the outcome is unknown: the message "
+                "is lost if the primary is lost before a replica copies it, else the task runs",
+                timeout=attempt.dispatch.timeout,
+                task_name=name,
+                task_id=task_id,
+            )
         if outcome.broker_fault and exc is not None:
             if outcome.outcome is DispatchOutcome.NOT_SENT:
                 note = "nothing was sent"

@@ -20,13 +20,17 @@ from aceleryctl.wires.connections import TransportPolicy, transport_driver
 __all__ = ["Wire", "WireOutcome", "wire_for"]
 
 
-def _redis(app: Celery, policy: TransportPolicy, direct: bool, clock: Clock) -> Wire:
+def _redis(
+    app: Celery, policy: TransportPolicy, direct: bool, clock: Clock, replica_acks: int
+) -> Wire:
     from aceleryctl.wires.redis import RedisWire
 
-    return RedisWire(app, policy, direct=direct, clock=clock)
+    return RedisWire(app, policy, direct=direct, clock=clock, replica_acks=replica_acks)
 
 
-def _bounded_stock(app: Celery, policy: TransportPolicy, direct: bool, clock: Clock) -> Wire:
+def _bounded_stock(
+    app: Celery, policy: TransportPolicy, direct: bool, clock: Clock, replica_acks: int
+) -> Wire:
     from aceleryctl.wires.stock import StockWire
 
     return StockWire(app, policy, clock=clock)
@@ -36,7 +40,7 @@ def _bounded_stock(app: Celery, policy: TransportPolicy, direct: bool, clock: Cl
 #: wire (Celery's own connection pool and publish). ``memory`` is kombu's
 #: in-process transport, bounded like Redis so that tests without a broker take
 #: the same path.
-_FAST: dict[str, Callable[[Celery, TransportPolicy, bool, Clock], Wire]] = {
+_FAST: dict[str, Callable[[Celery, TransportPolicy, bool, Clock, int], Wire]] = {
     "redis": _redis,
     "memory": _bounded_stock,
 }
@@ -48,6 +52,7 @@ def wire_for(
     *,
     direct: bool = True,
     clock: Clock = time.monotonic,
+    replica_acks: int = 0,
 ) -> Wire:
     """The wire for ``app``'s broker transport. Opens no connection.
 
@@ -57,10 +62,17 @@ def wire_for(
         direct: allow a wire's direct path (Redis); ``False`` publishes everything
             through Celery's stock ``apply_async``.
         clock: monotonic seconds, the engine's clock.
+        replica_acks: replicas that must acknowledge each direct write (Redis,
+            ``WAIT``); ignored by other wires.
+
+    Raises:
+        ValueError: ``replica_acks`` is negative or not an int.
     """
+    if isinstance(replica_acks, bool) or not isinstance(replica_acks, int) or replica_acks < 0:
+        raise ValueError(f"replica_acks must be an int >= 0 (0 = off), got {replica_acks!r}")
     factory = _FAST.get(transport_driver(app))
     if factory is not None:
-        return factory(app, policy, direct, clock)
+        return factory(app, policy, direct, clock, replica_acks)
     from aceleryctl.wires.stock import StockWire
 
     return StockWire(app, None, clock=clock)

@@ -41,6 +41,7 @@ __all__ = [
     "SERIALIZATION_ERRORS",
     "ConnectFailed",
     "ConnectionRegistry",
+    "ReplicaAckTimeout",
     "LeanProducer",
     "ThreadPublisher",
     "TransportPolicy",
@@ -62,6 +63,27 @@ class ConnectFailed(Exception):
 
     The original error is the ``__cause__``.
     """
+
+
+class ReplicaAckTimeout(Exception):
+    """The primary stored a batch, but fewer replicas than ``REPLICA_ACKS`` asked for
+    acknowledged it before the deadline: were the primary lost now, the messages
+    could be lost with it, so their outcome is unknown (the caller gets
+    :class:`~aceleryctl.exceptions.DispatchTimeout`).
+
+    Args:
+        wanted: replicas asked for.
+        acknowledged: replicas that acknowledged in time.
+        waited: seconds ``WAIT`` was given.
+    """
+
+    def __init__(self, wanted: int, acknowledged: int, waited: float) -> None:
+        super().__init__(
+            f"{acknowledged} of {wanted} replica(s) acknowledged the write within {waited:.3g} s"
+        )
+        self.wanted = wanted
+        self.acknowledged = acknowledged
+        self.waited = waited
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

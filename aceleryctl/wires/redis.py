@@ -19,11 +19,16 @@ from celery.signals import after_task_publish
 
 from aceleryctl._clock import Clock
 from aceleryctl.compat.celery import has_receivers
-from aceleryctl.compat.kombu_redis import send_lpushes
+from aceleryctl.compat.kombu_redis import ping_channel, send_lpushes, wait_for_replicas
 from aceleryctl.dispatch.listener import DispatchOutcome
 from aceleryctl.dispatch.record import Attempt, DispatchKind
 from aceleryctl.wires.base import Wire, WireOutcome
-from aceleryctl.wires.connections import LeanProducer, TransportPolicy, classify_failure
+from aceleryctl.wires.connections import (
+    LeanProducer,
+    ReplicaAckTimeout,
+    TransportPolicy,
+    classify_failure,
+)
 from aceleryctl.wires.redis_message import DirectPath, Prepared, Snapshot
 from aceleryctl.wires.stock import StockWire
 
@@ -39,6 +44,10 @@ class RedisWire(Wire):
         direct: build plain task calls' messages here (``False``: every call
             takes the stock wire, still on bounded connections).
         clock: monotonic seconds, the engine's clock.
+        replica_acks: after each direct write, wait (Redis ``WAIT``, within the
+            batch's deadline) until this many replicas hold it; a batch they do not
+            acknowledge in time is reported unknown (:class:`ReplicaAckTimeout`).
+            0 (the default) returns as soon as the primary replied.
     """
 
     name = "redis"
@@ -50,9 +59,14 @@ class RedisWire(Wire):
         *,
         direct: bool = True,
         clock: Clock = time.monotonic,
+        replica_acks: int = 0,
     ) -> None:
         super().__init__(app)
         self.stock = StockWire(app, policy, clock=clock)
+        self._clock = clock
+        #: The longest ``WAIT`` (seconds): shorter than a socket read may block.
+        self._max_wait = policy.socket_timeout * 0.8
+        self.replica_acks = replica_acks
         #: The message builder, or ``None`` when the direct path is turned off.
         self.direct = DirectPath(app) if direct else None
 
@@ -70,10 +84,41 @@ class RedisWire(Wire):
         self.stock.close()
 
     def describe(self) -> dict[str, Any]:
-        return {"wire": self.name, "bounded": True, "direct_publish": self.direct is not None}
+        return {
+            "wire": self.name,
+            "bounded": True,
+            "direct_publish": self.direct is not None,
+            "replica_acks": self.replica_acks,
+        }
 
     def probe(self, deadline: float) -> WireOutcome:
-        return self.stock.probe(deadline)
+        """A connect and a ``PING``; with ``replica_acks``, also a ``WAIT`` that the
+        replicas must answer before ``deadline``. Never raises."""
+        if not self.replica_acks:
+            return self.stock.probe(deadline)
+        try:
+            acked = self.stock.publisher().run(lambda p: self._ping_replicas(p, deadline), deadline)
+        except BaseException as exc:
+            return classify_failure(exc, self.name)
+        if acked < self.replica_acks:
+            error = ReplicaAckTimeout(self.replica_acks, acked, self._wait_ms(deadline) / 1000)
+            return WireOutcome(DispatchOutcome.UNKNOWN, error=error, path=self.name)
+        return WireOutcome(DispatchOutcome.SENT, path=self.name)
+
+    def _ping_replicas(self, producer: LeanProducer, deadline: float) -> int:
+        ping_channel(producer.channel)
+        connection = producer.redis_connection()
+        try:
+            return wait_for_replicas(connection, self.replica_acks, self._wait_ms(deadline))
+        except BaseException:
+            producer.drop_redis_connection()
+            raise
+
+    def _wait_ms(self, deadline: float) -> int:
+        """Milliseconds a ``WAIT`` may block: what is left before ``deadline``, at
+        most :attr:`_max_wait`, at least 1."""
+        left = min(deadline - self._clock(), self._max_wait)
+        return max(1, int(left * 1000))
 
     def publish_batch(self, attempts: Sequence[Attempt], deadline: float) -> list[WireOutcome]:
         """Write the direct calls in one round trip, the rest through the stock wire.
@@ -136,11 +181,20 @@ class RedisWire(Wire):
                 ready.append((attempt, prepared))
         if not ready:
             return outcomes
+        wanted = self.replica_acks
+        wait = (wanted, self._wait_ms(deadline)) if wanted else None
         try:
-            publisher.run(lambda p: _write(p, [item for _, item in ready]), deadline)
+            acked = publisher.run(lambda p: _write(p, [item for _, item in ready], wait), deadline)
         except BaseException as exc:
             for attempt, item in ready:
                 outcomes[id(attempt)] = classify_failure(exc, self.name, item.routing_key)
+            return outcomes
+        if wait is not None and (acked or 0) < wanted:
+            behind = ReplicaAckTimeout(wanted, acked or 0, wait[1] / 1000)
+            for attempt, item in ready:  # the primary holds them; a replica may not
+                outcomes[id(attempt)] = WireOutcome(
+                    DispatchOutcome.UNKNOWN, None, behind, True, item.routing_key, self.name
+                )
             return outcomes
         announce = DirectPath.announce if has_receivers(after_task_publish) else None
         sent = DispatchOutcome.SENT
@@ -154,8 +208,11 @@ class RedisWire(Wire):
         return outcomes
 
 
-def _write(producer: LeanProducer, items: list[Prepared]) -> None:
-    """One round trip: an ``LPUSH`` of every message per list key, in call order.
+def _write(
+    producer: LeanProducer, items: list[Prepared], wait: tuple[int, int] | None
+) -> int | None:
+    """One round trip: an ``LPUSH`` of every message per list key, in call order,
+    then ``WAIT replicas ms`` when ``wait`` is given; returns ``WAIT``'s reply.
 
     ``LPUSH key a b c`` leaves the list as ``c b a``; workers pop from the right,
     so ``a`` is taken first, as if each had been pushed on its own. The commands
@@ -174,7 +231,7 @@ def _write(producer: LeanProducer, items: list[Prepared]) -> None:
         payloads.append(item.payload)
     connection = producer.redis_connection()
     try:
-        send_lpushes(connection, by_key)
+        return send_lpushes(connection, by_key, wait)
     except BaseException:
         producer.drop_redis_connection()  # replies may be left unread: never reuse it
         raise

@@ -37,6 +37,9 @@ def fresh_default() -> Any:
         ({"BREAKER": {"RESET_TIMOUT": 1}}, "unknown key 'RESET_TIMOUT'"),
         ({"BREAKER": []}, "ACELERYCTL['BREAKER'] must be a dict"),
         ({"DIRECT_PUBLISH": "no"}, "ACELERYCTL['DIRECT_PUBLISH'] must be True or False"),
+        ({"REPLICA_ACKS": True}, "ACELERYCTL['REPLICA_ACKS'] must be how many Redis replicas"),
+        ({"REPLICA_ACKS": -1}, "ACELERYCTL['REPLICA_ACKS'] must be how many Redis replicas"),
+        ({"REPLICA_ACKS": "1"}, "ACELERYCTL['REPLICA_ACKS'] must be how many Redis replicas"),
         ({"METRICS": ["statsd"]}, "ACELERYCTL['METRICS'] must be a list of 'prometheus'"),
         ({"METRICS": "prometheus"}, "ACELERYCTL['METRICS'] must be a list of 'prometheus'"),
         ({"LOG_EXCEPTION_CHAIN": 1}, "ACELERYCTL['LOG_EXCEPTION_CHAIN'] must be True or False"),
@@ -79,6 +82,14 @@ def test_direct_publish_can_be_turned_off() -> None:
     with override_settings(ACELERYCTL={**base, "DIRECT_PUBLISH": False}):
         assert conf.load_settings().direct_publish is False
         assert aceleryctl.controller.health()["direct_publish"] is False
+
+
+def test_replica_acks_reaches_the_redis_wire() -> None:
+    base = {"CELERY_APP": "tests.django.celery_fixture:refused"}  # a Redis URL
+    assert conf.load_settings().replica_acks == 0
+    with override_settings(ACELERYCTL={**base, "REPLICA_ACKS": 1}):
+        assert conf.load_settings().replica_acks == 1
+        assert aceleryctl.controller._engine.wire.describe().get("replica_acks") == 1
 
 
 def test_default_instance_is_built_once_and_rebuilt_after_setting_change() -> None:

@@ -802,6 +802,23 @@ def test_send_lpushes_uses_the_connection_below_the_client() -> None:
     assert fake.read_response.call_count == 2
 
 
+def test_send_lpushes_can_end_with_a_wait_for_replicas() -> None:
+    real = redis.Connection()  # packing opens nothing
+    sent: list[Any] = []
+    fake = mock.Mock()
+    fake.pack_command.side_effect = real.pack_command
+    fake.send_packed_command.side_effect = lambda command, **kw: sent.append(command)
+    fake.read_response.side_effect = [3, 1]  # LPUSH's length, then WAIT's replica count
+    assert ckr.send_lpushes(fake, {"q1": ["a"]}, (1, 0)) == 1
+    # One buffer; a WAIT of 0 ms (wait forever) is never sent: at least 1 ms.
+    lpush_then_wait = real.pack_command("LPUSH", "q1", "a") + real.pack_command("WAIT", 1, 1)
+    assert sent == [[b"".join(lpush_then_wait)]]
+    fake.read_response.side_effect = [0]
+    sent.clear()
+    assert ckr.wait_for_replicas(fake, 2, 250) == 0
+    assert sent == [[b"".join(real.pack_command("WAIT", 2, 250))]]
+
+
 def test_ping_channel_uses_the_redis_client_property(channel: Any) -> None:
     assert hasattr(inspect.getattr_static(type(channel), "client"), "__get__")  # a property
     with mock.patch.object(redis.Redis, "ping", return_value=True) as ping:
