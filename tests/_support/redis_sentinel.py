@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,26 +140,33 @@ class SentinelCluster(StopsOnExit):
 
     def _redis(self, role: str, *extra: str) -> _Node:
         for _ in range(5):
-            port = free_port(HOST)
-            workdir = Path(tempfile.mkdtemp(prefix=f"aceleryctl-{role}-"))
-            process = subprocess.Popen(
-                [
-                    self._server, "--bind", HOST, "--port", str(port), "--save", "",
-                    "--appendonly", "no", "--dir", str(workdir),
-                    "--logfile", str(workdir / "redis.log"), "--daemonize", "no",
-                    "--repl-ping-replica-period", "1", "--repl-diskless-sync-delay", "0",
-                    *extra,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-            node = _Node(role, port, process, workdir)
-            self.nodes.append(node)
-            if _came_up(node):
+            node = self._launch(role, free_port(HOST), extra)
+            if node is not None:
                 return node
-            self._stop_node(node)
         raise SentinelClusterError(f"the {role} did not start:\n{self.describe()}")
+
+    def _launch(self, role: str, port: int, extra: Sequence[str]) -> _Node | None:
+        """Start one redis-server on ``port``; ``None`` when it did not answer."""
+        workdir = Path(tempfile.mkdtemp(prefix=f"aceleryctl-{role}-"))
+        process = subprocess.Popen(
+            [
+                self._server, "--bind", HOST, "--port", str(port), "--save", "",
+                "--appendonly", "no", "--dir", str(workdir),
+                "--logfile", str(workdir / "redis.log"), "--daemonize", "no",
+                "--repl-ping-replica-period", "1", "--repl-diskless-sync-delay", "0",
+                *extra,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        node = _Node(role, port, process, workdir)
+        self.nodes.append(node)
+        if _came_up(node):
+            return node
+        self._stop_node(node)
+        self.nodes.remove(node)
+        return None
 
     def _start_sentinel(self) -> _Node:
         for _ in range(5):
@@ -253,12 +261,30 @@ class SentinelCluster(StopsOnExit):
 
     # -- failover ----------------------------------------------------------------
 
-    def kill_primary(self) -> None:
-        """SIGKILL the primary: its connections drop, nothing is shut down cleanly."""
+    def kill_primary(self) -> int:
+        """SIGKILL the primary: its connections drop, nothing is shut down cleanly.
+        Returns its port."""
         for node in self.nodes:
             if node.port == self.primary_port and node.role != "sentinel" and node.alive():
                 node.process.kill()
                 node.process.wait(10)
+        return self.primary_port
+
+    def revive(self, port: int) -> None:
+        """Start an empty ``redis-server`` again on the killed primary's ``port``; the
+        sentinels turn it into a replica of the new primary.
+
+        Raises:
+            SentinelClusterError: it did not answer within 10 s.
+        """
+        for node in self.nodes:
+            if node.port == port and not node.alive():
+                self._stop_node(node)
+                self.nodes.remove(node)
+                break
+        if self._launch("replica", port, ()) is None:
+            raise SentinelClusterError(f"the old primary did not start:\n{self.describe()}")
+        self.replica_ports.append(port)
 
     def wait_for_promotion(self, timeout: float = 30.0) -> int:
         """Wait until every sentinel names the same replica as primary and it answers

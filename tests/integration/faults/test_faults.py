@@ -60,6 +60,7 @@ class Outcome:
     task_id: str | None
     may_exist: bool  # False only when the error proves nothing was sent
     elapsed: float
+    started: float = 0.0  # time.monotonic() when the call began
 
 
 def classify(exc: TaskDispatchError) -> bool:
@@ -150,12 +151,13 @@ class Storm:
                         exc.task_id,
                         classify(exc),
                         time.monotonic() - started,
+                        started,
                     )
                 )
                 await asyncio.sleep(0.01)  # pacing: a rejected caller would spin
             else:
                 self.outcomes.append(
-                    Outcome(marker, "ok", result.id, True, time.monotonic() - started)
+                    Outcome(marker, "ok", result.id, True, time.monotonic() - started, started)
                 )
                 await asyncio.sleep(0.005)  # pacing between calls (load shape, not a wait)
 
