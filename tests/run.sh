@@ -210,6 +210,7 @@ ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m benc
 # Django Tasks enqueue; the peer backends need Python 3.12 and Django 6: the 3.12 venv.
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv312/bin/python" -m bench.tasks --smoke
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.results --smoke
+ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.brokers --smoke
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.faults --smoke \
   2> >(grep -v -e '^Task dispatch failed' -e '^Traceback' -e '^  ' -e '^$' >&2 || true)
 

@@ -29,7 +29,12 @@ from aceleryctl.exceptions import (
     TaskSerializationError,
 )
 from aceleryctl.wires.base import WireOutcome
-from aceleryctl.wires.connections import SERIALIZATION_ERRORS, ConnectFailed, ReplicaAckTimeout
+from aceleryctl.wires.connections import (
+    SERIALIZATION_ERRORS,
+    ConnectFailed,
+    ReplicaAckTimeout,
+    failure_hint,
+)
 
 __all__ = ["Failures", "Permit", "Settled", "outcome_of"]
 
@@ -157,7 +162,7 @@ class Failures:
             shown = exc.__cause__ if isinstance(exc, ConnectFailed) and exc.__cause__ else exc
             return BrokerError(
                 f"the broker failed while dispatching {name}: {type(shown).__name__}: "
-                f"{shown}; {note}",
+                f"{shown}; {note}{failure_hint(exc)}",
                 task_name=name,
                 task_id=task_id,
                 message_may_exist=outcome.outcome is not DispatchOutcome.NOT_SENT,

@@ -20,6 +20,7 @@ bounded this way; others publish through Celery's stock path.
 from __future__ import annotations
 
 import contextlib
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +47,7 @@ __all__ = [
     "ThreadPublisher",
     "TransportPolicy",
     "classify_failure",
+    "failure_hint",
     "nothing_sent",
     "transport_driver",
 ]
@@ -102,6 +104,25 @@ def nothing_sent(exc: BaseException) -> bool:
     :class:`ConnectFailed`; a timeout or a reset after sending proves nothing.
     """
     return any(isinstance(e, ConnectionRefusedError | ConnectFailed) for e in _chain(exc))
+
+
+def failure_hint(exc: BaseException) -> str:
+    """What to change when ``exc`` (anywhere in its chain) is a TLS verification or
+    a credentials failure; an empty string otherwise. Never quotes a secret."""
+    for error in _chain(exc):
+        if isinstance(error, ssl.SSLCertVerificationError) or (
+            "CERTIFICATE_VERIFY_FAILED" in str(error)
+        ):
+            return (
+                "; the broker's TLS certificate was not accepted: check broker_use_ssl "
+                "(ssl_ca_certs, ssl_cert_reqs) or the rediss:// URL's ssl_* parameters"
+            )
+        if isinstance(error, redis.exceptions.AuthenticationError):
+            return (
+                "; the broker refused the credentials: check the user and password "
+                "in the broker URL"
+            )
+    return ""
 
 
 class TransportPolicy:

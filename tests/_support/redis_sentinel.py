@@ -316,25 +316,37 @@ class SentinelCluster(StopsOnExit):
         return port
 
     def wait_for_replicas(self, count: int, timeout: float = 30.0) -> None:
-        """Wait until the primary has ``count`` replicas online (after a failover the
-        sentinels point the remaining replicas at the new primary).
+        """Wait until the primary the sentinels name has ``count`` replicas online
+        (after a failover the sentinels point the other nodes at the new primary;
+        on a loaded machine they may even fail over once more), and remember it as
+        :attr:`primary_port`.
 
         Raises:
             WaitTimeout: not within ``timeout`` seconds.
         """
 
-        def online() -> bool:
-            client = self.client(self.primary_port)
+        def online() -> int | None:
+            named = {self.master_port(s.port) for s in self.sentinels}
+            port = named.pop() if len(named) == 1 else None
+            if port is None:
+                return None
+            client = self.client(port)
             try:
                 info = client.info("replication")
             except redis.RedisError:
-                return False
+                return None
             finally:
                 client.close()
+            if info.get("role") != "master":
+                return None
             states = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
-            return sum(1 for v in states if v.get("state") == "online") >= count
+            ready = sum(1 for v in states if v.get("state") == "online") >= count
+            return port if ready else None
 
-        wait_until(online, timeout=timeout, interval=0.05, message=self.describe)
+        port = wait_until(online, timeout=timeout, interval=0.05, message=self.describe)
+        if port != self.primary_port:
+            self.replica_ports = [p for p in (*self.replica_ports, self.primary_port) if p != port]
+            self.primary_port = port
 
     def describe(self) -> str:
         """Each process's role, port, state and log tail, for failure messages."""
