@@ -47,6 +47,7 @@ from kombu import Queue, serialization
 from kombu.transport import redis as kombu_redis_transport
 from kombu.utils.json import dumps as kombu_json_dumps
 
+from aceleryctl.compat import amqp as camqp
 from aceleryctl.compat import celery as cc
 from aceleryctl.compat import celery_consumer as ccc
 from aceleryctl.compat import celery_results as ccr
@@ -844,6 +845,89 @@ def test_publish_batch_or_immediate_publishes() -> None:
         simple.close()
     assert received == [0, 1, 2]
     assert isinstance(ckr.publish_batch(object(), max_size=1), contextlib.nullcontext)
+
+
+# -- py-amqp: the AMQP wire's confirms ----------------------------------------------
+
+
+@pytest.fixture
+def amqp_channel() -> Any:
+    """A py-amqp channel on a connection that was never opened (no network)."""
+    import amqp
+
+    connection = amqp.Connection("127.0.0.1:1")
+    return amqp.Channel(connection, channel_id=1)
+
+
+def test_listen_for_confirms_uses_the_channel_event_sets(amqp_channel: Any) -> None:
+    import amqp
+
+    heard: list[tuple[str, tuple[Any, ...]]] = []
+    with mock.patch.object(amqp_channel, "confirm_select") as select:
+        camqp.listen_for_confirms(
+            amqp_channel,
+            lambda *a: heard.append(("ack", a)),
+            lambda *a: heard.append(("nack", a)),
+            lambda *a: heard.append(("return", a)),
+        )
+    select.assert_called_once_with()
+    # py-amqp's own dispatch of the three methods reaches the callbacks.
+    amqp_channel._on_basic_ack(3, True)
+    amqp_channel._on_basic_nack(4, False)
+    message = amqp.Message(b"x", correlation_id="id-1")
+    amqp_channel._on_basic_return(312, "NO_ROUTE", "ex", "rk", message)
+    assert heard[:2] == [("ack", (3, True)), ("nack", (4, False))]
+    kind, (exc, exchange, routing_key, returned) = heard[2]
+    assert (kind, exchange, routing_key, returned) == ("return", "ex", "rk", message)
+    assert "NO_ROUTE" in str(exc)
+    assert returned.properties["correlation_id"] == "id-1"
+
+
+def test_count_publishes_makes_every_publish_mandatory_and_counts_it(amqp_channel: Any) -> None:
+    import amqp
+
+    # The attribute py-amqp itself replaces in confirm mode, with the keywords kombu passes.
+    assert amqp.Channel.basic_publish is amqp.Channel._basic_publish
+    assert {"exchange", "routing_key", "mandatory", "immediate", "timeout"} <= set(
+        _params(amqp.Channel._basic_publish)
+    )
+    sent: list[tuple[Any, dict[str, Any]]] = []
+    counted: list[Any] = []
+    amqp_channel.basic_publish = lambda message, **kw: sent.append((message, kw))
+    camqp.count_publishes(amqp_channel, counted.append)
+    message = amqp.Message(b"x")
+    amqp_channel.basic_publish(
+        message, exchange="", routing_key="q", mandatory=False, confirm_timeout=None
+    )
+    assert sent == [(message, {"exchange": "", "routing_key": "q", "mandatory": True})]
+    assert counted == [message]
+
+    def broken(message: Any, **kw: Any) -> None:
+        raise OSError("reset")
+
+    amqp_channel.basic_publish = broken
+    camqp.count_publishes(amqp_channel, counted.append)
+    with pytest.raises(OSError, match="reset"):
+        amqp_channel.basic_publish(message, exchange="", routing_key="q")
+    assert counted == [message, message]  # a failed write may have reached the broker
+
+
+def test_round_trip_sends_qos_and_waits_bounded(amqp_channel: Any) -> None:
+    import amqp
+    from amqp import spec
+
+    assert "timeout" in _params(amqp.Channel.wait)
+    assert "timeout" in _params(amqp.Connection.drain_events)
+    with (
+        mock.patch.object(amqp_channel, "send_method") as send,
+        mock.patch.object(amqp_channel, "wait") as wait,
+    ):
+        camqp.round_trip(amqp_channel, 0.25)
+    send.assert_called_once_with(spec.Basic.Qos, "lBb", (0, 0, False))
+    wait.assert_called_once_with(spec.Basic.QosOk, timeout=0.25)
+    with mock.patch.object(amqp_channel.connection, "drain_events") as drain:
+        camqp.drain(amqp_channel, 0.5)
+    drain.assert_called_once_with(timeout=0.5)
 
 
 def test_new_pool_connection_is_made_like_the_pools_own() -> None:
