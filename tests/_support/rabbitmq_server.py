@@ -136,6 +136,12 @@ class RabbitMQServer(StopsOnExit):
         """``amqp://guest:guest@127.0.0.1:<port>//`` (the default virtual host)."""
         return f"amqp://guest:guest@{HOST}:{self.port}/{vhost}"
 
+    def add_vhost(self, name: str) -> str:
+        """Create virtual host ``name`` (``guest`` may use it); return its URL."""
+        self.ctl("add_vhost", name)
+        self.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        return self.url(name)
+
     # -- processes ---------------------------------------------------------------
 
     def _start_epmd(self) -> None:

@@ -311,6 +311,16 @@ def test_static_route_with_map_routes_only(app: Celery) -> None:
         made.close()
 
 
+def test_routing_keeps_none_only_for_an_explicit_queue_no_route_overrides(app: Celery) -> None:
+    task = app.tasks["c.add"]
+    assert cc.routing_keeps_none(app, "c.add", None, task) is False  # lpmerge of the default
+    assert cc.routing_keeps_none(app, "c.add", "other", task) is True
+    routed = _routed_app({"c.*": {"queue": "globbed"}})
+    kept = cc.routing_keeps_none(routed, "c.add", "other", routed.tasks["c.add"])
+    assert kept is False  # the matched route is merged with lpmerge
+    routed.close()
+
+
 def test_seconds_until_follows_the_installed_celery() -> None:
     helper = getattr(celery.utils.time, "subtract_datetimes", None)
     assert (cc._subtract is None) is (helper is None)
