@@ -117,7 +117,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _mark_rabbitmq(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark ``rabbitmq`` every test that uses the RabbitMQ node; deselect them when
     RabbitMQ is missing and ``ACELERYCTL_ALLOW_SKIP=1``."""
-    marked = [i for i in items if "rabbitmq_server" in getattr(i, "fixturenames", ())]
+    marked = [i for i in items if _RABBITMQ_FIXTURES & set(getattr(i, "fixturenames", ()))]
     for item in marked:
         item.add_marker(pytest.mark.rabbitmq)
     if not marked or os.environ.get("ACELERYCTL_ALLOW_SKIP") != "1":
@@ -130,6 +130,9 @@ def _mark_rabbitmq(config: pytest.Config, items: list[pytest.Item]) -> None:
         config.hook.pytest_deselected(items=marked)
         items[:] = [item for item in items if item not in left_out]
 
+
+#: Fixtures that start a RabbitMQ node (the fault suite's is a node of its own).
+_RABBITMQ_FIXTURES = {"rabbitmq_server", "fault_rabbitmq"}
 
 #: Why the ``rabbitmq`` tests were deselected, if they were.
 _LEFT_OUT_RABBITMQ = pytest.StashKey[str]()

@@ -215,6 +215,7 @@ ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m benc
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv312/bin/python" -m bench.tasks --smoke
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.results --smoke
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.brokers --smoke
+"$venv311/bin/python" -m bench.amqp --smoke  # a private RabbitMQ node, started and stopped by it
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.faults --smoke \
   2> >(grep -v -e '^Task dispatch failed' -e '^Traceback' -e '^  ' -e '^$' >&2 || true)
 

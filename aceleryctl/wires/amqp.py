@@ -42,7 +42,13 @@ from aceleryctl.dispatch.failures import Failures
 from aceleryctl.dispatch.listener import DispatchOutcome
 from aceleryctl.dispatch.record import Attempt, DispatchKind
 from aceleryctl.exceptions import BrokerError
-from aceleryctl.wires.amqp_confirms import NACKED, AmqpPublisher, Confirms, ConfirmTimeout
+from aceleryctl.wires.amqp_confirms import (
+    NACKED,
+    AmqpPublisher,
+    Confirms,
+    ConfirmTimeout,
+    collect,
+)
 from aceleryctl.wires.amqp_message import AmqpDirectPath
 from aceleryctl.wires.base import Wire, WireOutcome
 from aceleryctl.wires.connections import (
@@ -124,7 +130,7 @@ class AmqpWire(Wire):
             publisher.discard()
 
     def close(self) -> None:
-        self._registry.close_all()
+        self._registry.close_all(collect)
 
     def describe(self) -> dict[str, Any]:
         return {

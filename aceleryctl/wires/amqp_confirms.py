@@ -21,12 +21,13 @@ Everything here runs on the publishing thread that owns the connection.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from aceleryctl.compat.amqp import count_publishes, drain, listen_for_confirms
 from aceleryctl.wires.connections import LeanProducer, ThreadPublisher
 
-__all__ = ["AmqpPublisher", "ConfirmTimeout", "Confirms"]
+__all__ = ["AmqpPublisher", "ConfirmTimeout", "Confirms", "collect"]
 
 #: A message's state once the broker settled it.
 ACKED, NACKED = True, False
@@ -111,6 +112,14 @@ class Confirms:
         return any(tag in pending for tag in tags)
 
 
+def collect(connection: Any) -> None:
+    """Close a kombu connection's socket without a closing handshake (kombu's
+    public ``Connection.collect``). Never raises: a broken connection is gone
+    either way."""
+    with contextlib.suppress(Exception):
+        connection.collect()
+
+
 class AmqpPublisher(ThreadPublisher):
     """One publishing thread's py-amqp connection, channel in confirm mode, producer
     and :class:`Confirms`. Not thread-safe: one per thread."""
@@ -136,6 +145,18 @@ class AmqpPublisher(ThreadPublisher):
         count_publishes(channel, confirms.count)
         self._producer = LeanProducer(channel)
         return self._producer
+
+    def discard(self) -> None:
+        """Drop the connection without talking to the broker; the next publish
+        reconnects. Also how a publishing thread's connection is closed when the
+        thread exits: py-amqp's graceful close waits for the broker's answer, and a
+        read that stops mid-frame is retried without a bound, so on a silent broker
+        it could hold the thread for ever; RabbitMQ treats the closed socket as a
+        client that went away."""
+        connection, self._connection, self._producer = self._connection, None, None
+        if connection is not None:
+            self._registry.remove(connection)
+            collect(connection)
 
     def check_idle(self) -> None:
         """Read what the broker sent while the connection was idle, without waiting:

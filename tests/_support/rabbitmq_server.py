@@ -10,7 +10,10 @@ of its own, so that two test sessions on one machine never meet:
 * its own ports, all free ones of 127.0.0.1: AMQP, Erlang distribution, and an
   ``epmd`` this module starts itself (so that it is stopped by its own id, rather
   than left behind as a daemon), plus a range for ``rabbitmqctl``'s own node;
-* no plugins (management off), a minimal config file.
+* no plugins (management off), a minimal config file;
+* a lower scheduling priority (``nice``): a node booting (``start_app``, a
+  restart) keeps both cores of a small machine busy for seconds, and the tests
+  judge the event loop of the client process beside it.
 
 :meth:`stop_app` / :meth:`start_app` (``rabbitmqctl``), :meth:`pause` /
 :meth:`resume` (SIGSTOP / SIGCONT of the ``beam.smp`` process), :meth:`kill`
@@ -45,6 +48,9 @@ INSTALL_HINT = (
     "install RabbitMQ (Debian/Ubuntu: apt-get install rabbitmq-server), or set "
     f"{BINDIR_ENV} to the directory holding its rabbitmq-server and rabbitmqctl scripts"
 )
+
+#: The node and its command-line tool run below the tests' own priority.
+_NICE = ("nice", "-n", "10") if shutil.which("nice") else ()
 
 _CONFIG = """\
 log.console = false
@@ -162,7 +168,7 @@ class RabbitMQServer(StopsOnExit):
         log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 (the child keeps it)
         try:
             self.process = subprocess.Popen(
-                [str(self.bindir / "rabbitmq-server")],
+                [*_NICE, str(self.bindir / "rabbitmq-server")],
                 cwd=self.workdir,
                 env=self.env(),
                 stdin=subprocess.DEVNULL,
@@ -196,7 +202,7 @@ class RabbitMQServer(StopsOnExit):
         Raises:
             RabbitMQServerError: it failed or took longer than ``timeout`` seconds.
         """
-        argv = [str(self.bindir / "rabbitmqctl"), "-n", self.nodename, *args]
+        argv = [*_NICE, str(self.bindir / "rabbitmqctl"), "-n", self.nodename, *args]
         try:
             done = subprocess.run(
                 argv, env=self.env(), capture_output=True, text=True, timeout=timeout, check=False

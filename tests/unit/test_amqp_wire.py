@@ -92,3 +92,15 @@ def test_a_return_marks_the_earliest_pending_message_with_its_task_id() -> None:
     confirms.returned_message("NO_ROUTE", "ex", "rk", _message("zzz"))
     assert list(confirms.returned) == [2, 3]
     assert "exchange 'ex', routing key 'rk'" in confirms.returned[2]
+
+
+def test_health_names_the_amqp_wire() -> None:
+    from aceleryctl import AsyncCeleryController
+
+    app = Celery("amqp-health", broker="amqp://guest@127.0.0.1:1//", set_as_current=False)
+    ctl = AsyncCeleryController(app, dispatch_timeout=1.0)
+    try:
+        health = ctl.health()
+        assert (health["wire"], health["bounded_transport"]) == ("amqp", True)
+    finally:
+        ctl.sync.close(1.0)

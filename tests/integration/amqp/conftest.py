@@ -75,6 +75,36 @@ def amqp_worker(
         worker.remove_log()
 
 
+@pytest.fixture(scope="module")
+def fault_rabbitmq() -> Iterator[RabbitMQServer]:
+    """A RabbitMQ node of the fault tests' own, which they pause, stop, kill and
+    restart (same node name, ports and data); stopped after the module."""
+    server = RabbitMQServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def fault_worker(
+    fault_rabbitmq: RabbitMQServer, redis_server: RedisServer
+) -> Iterator[CeleryWorker]:
+    """A prefork worker consuming the fault node's ``celery`` queue."""
+    worker = CeleryWorker.start(
+        app="tests.integration.celery_app",
+        name=f"amqp-faults-{os.getpid()}",
+        queues=["celery"],
+        env=worker_env(fault_rabbitmq, redis_server),
+        cwd=REPO_ROOT,
+    )
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        worker.remove_log()
+
+
 @pytest.fixture
 def records(redis_server: RedisServer) -> Iterator[redis.Redis]:
     """The execution records (the session Redis, db 2)."""
