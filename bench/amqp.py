@@ -118,7 +118,12 @@ def run_mode(
         m = run_bare(apps["confirm_publish" in mode], mode, n)
     else:
         m = run_controller(apps[False], mode, n, callers)
-    landed = queue.count()
+    # Unconfirmed publishes return before RabbitMQ has taken them: wait (bounded)
+    # until the count settles before judging what landed.
+    landed, deadline = queue.count(), time.monotonic() + 10
+    while landed < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+        landed = queue.count()
     queue.purge()
     return Measurement(m.mode, m.n, m.wall, m.cpu, landed, m.lag_p99, m.lag_max)
 

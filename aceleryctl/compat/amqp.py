@@ -20,8 +20,10 @@ from collections.abc import Callable
 from typing import Any
 
 from amqp import spec
+from amqp.method_framing import frame_writer
+from amqp.serialization import dumps
 
-__all__ = ["count_publishes", "drain", "listen_for_confirms", "round_trip"]
+__all__ = ["FrameBuffer", "count_publishes", "drain", "listen_for_confirms", "round_trip"]
 
 
 def listen_for_confirms(
@@ -67,6 +69,52 @@ def count_publishes(channel: Any, counted: Callable[[Any], None]) -> None:
             counted(message)
 
     channel.basic_publish = publish_counted
+
+
+class FrameBuffer:
+    """The frames of several ``basic.publish`` calls on one channel, written to the
+    socket with one ``sendall``.
+
+    py-amqp writes each publish with its own ``sendall`` and, before it, reads the
+    socket without waiting in case the broker sent ``connection.blocked``: two
+    system calls and a raised ``socket.timeout`` per message, each letting the
+    event loop's thread take the GIL. This builds the same frames with py-amqp's
+    own ``method_framing.frame_writer`` (undocumented; its closure writes through
+    the object it is given, here this buffer) and ``serialization.dumps``, as
+    ``Channel._basic_publish`` does, always ``mandatory``. One per connection (the
+    writer holds a frame-sized buffer); only its publishing thread uses it. Were
+    the writer's signature to change, connecting raises and every publish fails
+    as "nothing was sent"; ``tests/unit/test_compat.py`` fails first.
+    """
+
+    __slots__ = ("_channel_id", "_chunks", "_transport", "_write_frame")
+
+    def __init__(self, channel: Any) -> None:
+        connection = channel.connection
+        self._channel_id: int = channel.channel_id
+        self._transport = connection.transport
+        self._chunks: list[bytes] = []
+        self._write_frame = frame_writer(connection, self)
+
+    def write(self, data: Any) -> None:
+        """Called by the frame writer with a view of its shared buffer: copied."""
+        self._chunks.append(bytes(data))
+
+    def publish(self, message: Any, exchange: str, routing_key: str) -> None:
+        """Add one ``mandatory`` publish of ``message`` (an ``amqp.Message``)."""
+        args = dumps("Bssbb", (0, exchange, routing_key, True, False))
+        self._write_frame(1, self._channel_id, spec.Basic.Publish, args, message)
+
+    def flush(self) -> None:
+        """Write what was added, in order, with one ``sendall``.
+
+        Raises:
+            OSError: the write failed; any of the messages may have reached the broker.
+        """
+        if self._chunks:
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+            self._transport.write(data)
 
 
 def drain(channel: Any, timeout: float) -> None:

@@ -36,7 +36,7 @@ from celery import Celery, Task
 from celery.signals import after_task_publish
 
 from aceleryctl._clock import Clock
-from aceleryctl.compat.amqp import round_trip
+from aceleryctl.compat.amqp import FrameBuffer, round_trip
 from aceleryctl.compat.celery import has_receivers
 from aceleryctl.dispatch.failures import Failures
 from aceleryctl.dispatch.listener import DispatchOutcome
@@ -164,6 +164,8 @@ class AmqpWire(Wire):
         except BaseException as exc:
             return [classify_failure(exc, self.name, a.dispatch.queue) for a in attempts]
         confirms = publisher.confirms
+        frames = publisher.frames
+        assert frames is not None  # set whenever a producer is
         direct = self.direct
         snapshot = direct.configured() if direct is not None else None
         first = confirms.published + 1
@@ -176,7 +178,7 @@ class AmqpWire(Wire):
                 continue
             start = confirms.published + 1
             try:
-                value = self._publish_one(attempt, producer, direct, snapshot)
+                value = self._publish_one(attempt, producer, frames, confirms, direct, snapshot)
             except BaseException as exc:
                 tags = range(start, confirms.published + 1)
                 failed[index] = self._failure(exc, attempt, bool(tags))
@@ -185,6 +187,12 @@ class AmqpWire(Wire):
                     publisher.discard()
                 continue
             written.append((range(start, confirms.published + 1), value))
+        if broken is None:
+            try:
+                frames.flush()  # the buffered direct messages, in one sendall
+            except BaseException as exc:
+                broken = exc
+                publisher.discard()
         batch = range(first, confirms.published + 1)
         waited: BaseException | None = broken
         if broken is None:
@@ -200,10 +208,14 @@ class AmqpWire(Wire):
         self,
         attempt: Attempt,
         producer: LeanProducer,
+        frames: FrameBuffer,
+        confirms: Confirms,
         direct: AmqpDirectPath | None,
         snapshot: Snapshot | None,
     ) -> Any:
-        # Returns the Prepared message (direct path) or what Celery returned.
+        # Returns the Prepared message (direct path: buffered, numbered now, written
+        # with the batch) or what Celery returned (written at once, after whatever
+        # is buffered, so that delivery tags follow the order of the writes).
         dispatch = attempt.dispatch
         if dispatch.kind is DispatchKind.CALLABLE:
             return attempt.run(send_with_celery, self.app, attempt, None)
@@ -213,12 +225,11 @@ class AmqpWire(Wire):
                 direct.prepare, d.target, d.args, d.kwargs, d.options, producer.channel, snapshot
             )
             if prepared is not None:
-                producer.declare_once(prepared.queue)
-                channel: Any = producer.channel
-                channel.basic_publish(
-                    prepared.payload, exchange="", routing_key=prepared.routing_key
-                )
+                producer.declare_once(prepared.queue)  # a round trip, once per connection
+                frames.publish(prepared.payload, "", prepared.routing_key)
+                confirms.count(prepared.payload)
                 return prepared
+        frames.flush()
         return attempt.run(send_with_celery, self.app, attempt, producer)
 
     def _accepts(self, direct: AmqpDirectPath, attempt: Attempt) -> bool:

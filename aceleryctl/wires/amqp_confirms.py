@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from aceleryctl.compat.amqp import count_publishes, drain, listen_for_confirms
+from aceleryctl.compat.amqp import FrameBuffer, count_publishes, drain, listen_for_confirms
 from aceleryctl.wires.connections import LeanProducer, ThreadPublisher
 
 __all__ = ["AmqpPublisher", "ConfirmTimeout", "Confirms", "collect"]
@@ -124,11 +124,13 @@ class AmqpPublisher(ThreadPublisher):
     """One publishing thread's py-amqp connection, channel in confirm mode, producer
     and :class:`Confirms`. Not thread-safe: one per thread."""
 
-    __slots__ = ("confirms",)
+    __slots__ = ("confirms", "frames")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.confirms = Confirms()
+        #: The direct path's publishes of a batch, written with one ``sendall``.
+        self.frames: FrameBuffer | None = None
 
     def _connect(self) -> LeanProducer:
         app = self._app
@@ -143,6 +145,7 @@ class AmqpPublisher(ThreadPublisher):
         confirms = self.confirms = Confirms()
         listen_for_confirms(channel, confirms.ack, confirms.nack, confirms.returned_message)
         count_publishes(channel, confirms.count)
+        self.frames = FrameBuffer(channel)
         self._producer = LeanProducer(channel)
         return self._producer
 

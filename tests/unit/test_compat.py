@@ -922,6 +922,32 @@ def test_count_publishes_makes_every_publish_mandatory_and_counts_it(amqp_channe
     assert counted == [message, message]  # a failed write may have reached the broker
 
 
+def test_frame_buffer_writes_what_basic_publish_writes_in_one_sendall(amqp_channel: Any) -> None:
+    import amqp
+
+    connection = amqp_channel.connection
+    transport = mock.MagicMock()  # what an established connection holds
+    connection._transport = transport
+    message = amqp.Message(b'{"x": 1}', content_type="application/json", correlation_id="c1")
+    # What py-amqp's own basic_publish writes, mandatory, captured from its frame writer.
+    expected: list[bytes] = []
+    connection.frame_writer = amqp.method_framing.frame_writer(
+        connection, SimpleNamespace(write=lambda data: expected.append(bytes(data)))
+    )
+    with mock.patch.object(connection, "drain_events"):
+        connection.client_properties = {}
+        amqp.Channel._basic_publish(amqp_channel, message, "", "q", mandatory=True)
+    transport.write.assert_not_called()  # py-amqp wrote through the captured writer
+    frames = camqp.FrameBuffer(amqp_channel)
+    frames.publish(message, "", "q")
+    frames.publish(message, "", "q")
+    transport.write.assert_not_called()
+    frames.flush()
+    transport.write.assert_called_once_with(b"".join(expected) * 2)
+    frames.flush()  # nothing buffered: nothing written
+    transport.write.assert_called_once()
+
+
 def test_round_trip_sends_qos_and_waits_bounded(amqp_channel: Any) -> None:
     import amqp
     from amqp import spec
