@@ -15,7 +15,7 @@ from celery import Celery
 
 from aceleryctl._clock import Clock
 from aceleryctl.wires.base import Wire, WireOutcome
-from aceleryctl.wires.connections import TransportPolicy, speaks_py_amqp, transport_driver
+from aceleryctl.wires.connections import TransportPolicy, transport_driver
 
 __all__ = ["Wire", "WireOutcome", "wire_for"]
 
@@ -31,6 +31,8 @@ def _redis(
 def _amqp(
     app: Celery, policy: TransportPolicy, direct: bool, clock: Clock, replica_acks: int
 ) -> Wire:
+    from aceleryctl.wires.amqp_confirms import speaks_py_amqp
+
     if not speaks_py_amqp(app):  # librabbitmq: no py-amqp channel to confirm on
         from aceleryctl.wires.stock import StockWire
 

@@ -24,10 +24,20 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from aceleryctl.compat.amqp import FrameBuffer, count_publishes, drain, listen_for_confirms
-from aceleryctl.wires.connections import LeanProducer, ThreadPublisher
+from celery import Celery
+from kombu.transport.pyamqp import Transport as PyAmqpTransport
 
-__all__ = ["AmqpPublisher", "ConfirmTimeout", "Confirms", "collect"]
+from aceleryctl.compat.amqp import FrameBuffer, count_publishes, drain, listen_for_confirms
+from aceleryctl.wires.connections import LeanProducer, ThreadPublisher, TransportPolicy
+
+__all__ = [
+    "AmqpPublisher",
+    "ConfirmTimeout",
+    "Confirms",
+    "amqp_transport_options",
+    "collect",
+    "speaks_py_amqp",
+]
 
 #: A message's state once the broker settled it.
 ACKED, NACKED = True, False
@@ -112,6 +122,32 @@ class Confirms:
         return any(tag in pending for tag in tags)
 
 
+def speaks_py_amqp(app: Celery) -> bool:
+    """Whether ``app``'s broker transport is kombu's py-amqp one (``amqp://``,
+    ``pyamqp://``), whose channels the AMQP wire drives. Opens no connection."""
+    connection = app.connection_for_write()
+    try:
+        return isinstance(connection.transport, PyAmqpTransport)
+    finally:
+        connection.release()
+
+
+def amqp_transport_options(policy: TransportPolicy, base: dict[str, Any]) -> dict[str, Any]:
+    """The user's ``broker_transport_options`` with ``policy``'s bounds laid over
+    them, for py-amqp: ``SO_RCVTIMEO`` / ``SO_SNDTIMEO`` on the socket (a blocking
+    read or write on a silent broker gives up), one connect attempt in kombu
+    (refusals are retried by the publisher, under the call's deadline), and
+    publisher confirms off at the connection level: the wire selects confirms on
+    its own channel and waits for them itself, within each call's deadline."""
+    return {
+        **base,
+        "read_timeout": policy.socket_timeout,
+        "write_timeout": policy.socket_timeout,
+        "max_retries": 0,
+        "confirm_publish": False,
+    }
+
+
 def collect(connection: Any) -> None:
     """Close a kombu connection's socket without a closing handshake (kombu's
     public ``Connection.collect``). Never raises: a broken connection is gone
@@ -135,7 +171,7 @@ class AmqpPublisher(ThreadPublisher):
     def _connect(self) -> LeanProducer:
         app = self._app
         policy = self._policy
-        options = policy.amqp_transport_options(dict(app.conf.broker_transport_options or {}))
+        options = amqp_transport_options(policy, dict(app.conf.broker_transport_options or {}))
         connection = app.connection_for_write(
             transport_options=options, connect_timeout=policy.connect_timeout, heartbeat=0
         )

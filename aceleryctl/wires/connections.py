@@ -49,7 +49,6 @@ __all__ = [
     "classify_failure",
     "failure_hint",
     "nothing_sent",
-    "speaks_py_amqp",
     "transport_driver",
 ]
 
@@ -183,21 +182,6 @@ class TransportPolicy:
             "max_retries": 0,
         }
 
-    def amqp_transport_options(self, base: dict[str, Any]) -> dict[str, Any]:
-        """The user's ``broker_transport_options`` with the bounds laid over them, for
-        py-amqp: ``SO_RCVTIMEO`` / ``SO_SNDTIMEO`` on the socket (a blocking read or
-        write on a silent broker gives up), one connect attempt in kombu (refusals
-        are retried here, under the call's deadline), and publisher confirms off at
-        the connection level: the AMQP wire selects confirms on its own channel and
-        waits for them itself, within each call's deadline."""
-        return {
-            **base,
-            "read_timeout": self.socket_timeout,
-            "write_timeout": self.socket_timeout,
-            "max_retries": 0,
-            "confirm_publish": False,
-        }
-
 
 #: Exceptions that mean the broker connection failed (as opposed to the caller's input).
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
@@ -240,18 +224,6 @@ def transport_driver(app: Celery) -> str:
     connection = app.connection_for_write()
     try:
         return str(connection.transport.driver_type)
-    finally:
-        connection.release()
-
-
-def speaks_py_amqp(app: Celery) -> bool:
-    """Whether ``app``'s broker transport is kombu's py-amqp one (``amqp://``,
-    ``pyamqp://``), whose channels the AMQP wire drives. Opens no connection."""
-    from kombu.transport.pyamqp import Transport
-
-    connection = app.connection_for_write()
-    try:
-        return isinstance(connection.transport, Transport)
     finally:
         connection.release()
 

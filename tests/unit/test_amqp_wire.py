@@ -12,7 +12,7 @@ from celery import Celery
 
 from aceleryctl.wires import wire_for
 from aceleryctl.wires.amqp import AmqpWire
-from aceleryctl.wires.amqp_confirms import ACKED, NACKED, Confirms
+from aceleryctl.wires.amqp_confirms import ACKED, NACKED, Confirms, amqp_transport_options
 from aceleryctl.wires.connections import TransportPolicy
 from aceleryctl.wires.stock import StockWire
 
@@ -43,7 +43,7 @@ def test_other_transports_keep_the_stock_wire() -> None:
 
 
 def test_amqp_transport_options_bound_reads_and_writes_and_leave_confirms_to_the_wire() -> None:
-    options = POLICY.amqp_transport_options({"confirm_publish": True, "max_retries": 5, "x": 1})
+    options = amqp_transport_options(POLICY, {"confirm_publish": True, "max_retries": 5, "x": 1})
     assert options == {
         "x": 1,
         "read_timeout": 2.0,
