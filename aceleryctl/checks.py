@@ -2,15 +2,18 @@
 
 * ``aceleryctl.E001``: a problem in ``settings.ACELERYCTL`` (names the key).
 * ``aceleryctl.E002``: the Celery app (``CELERY_APP``) cannot be loaded.
-* ``aceleryctl.W001``: the Celery app's broker settings let a publish hang. The
-  controller bounds its own publishes on Redis, but zero-argument callables and
-  other brokers publish through Celery's stock path, bounded only by these.
+* ``aceleryctl.W001``: the Celery app's broker settings let a publish hang (or, on
+  RabbitMQ, go unconfirmed). The controller bounds its own publishes on Redis and
+  RabbitMQ, but zero-argument callables and other brokers publish through
+  Celery's stock path, bounded only by these.
 * ``aceleryctl.W004``: ``ACELERYCTL["BREAKER"]["FORCE"]`` pins the circuit breaker
   open (every dispatch fails at once) or closed (it never trips): an operator's
   tool for maintenance or incidents that must not be forgotten in the settings.
-* ``aceleryctl.W002``: the broker is not Redis, so publishes take Celery's stock
-  path: deadlines still bound every caller, but a publishing thread can stay
-  stuck on a silent broker until the broker's own timeouts fire.
+* ``aceleryctl.W002``: the broker is neither Redis nor RabbitMQ (``amqp://``), so
+  publishes take Celery's stock path: deadlines still bound every caller, but a
+  publishing thread can stay stuck on a silent broker until the broker's own
+  timeouts fire. On RabbitMQ, ``W001`` says where a setting leaves publishes
+  outside the AMQP wire unconfirmed (``confirm_publish`` turned off) or unbounded.
 * ``aceleryctl.W005``: the outbox is on but ``OUTBOX["RELAY"]`` does not say where
   its relay runs: rows whose after-commit publish failed wait for a relay.
 * ``aceleryctl.E003``: ``OUTBOX["DATABASE"]`` is not an alias of ``DATABASES``.
@@ -133,11 +136,13 @@ def check_celery_bounds(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
     conf = app.conf
     messages: list[CheckMessage] = []
     scheme = str(conf.broker_url or "").split("://", 1)[0].split("+")[0]
+    if scheme in _AMQP_SCHEMES:
+        return _amqp_bounds(conf)
     if scheme and scheme not in {"redis", "rediss", "sentinel", "memory", "socket"}:
         messages.append(
             checks.Warning(
-                f"the Celery broker is {scheme!r}: aceleryctl bounds publishes on Redis only, "
-                "so here they take Celery's stock path",
+                f"the Celery broker is {scheme!r}: aceleryctl bounds publishes on Redis and "
+                "RabbitMQ (amqp://) only, so here they take Celery's stock path",
                 hint="Every call still fails within its dispatch deadline, but a publishing "
                 "thread can stay stuck until the broker's own timeouts fire; set them.",
                 id="aceleryctl.W002",
@@ -166,6 +171,43 @@ def check_celery_bounds(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
                 "task_publish_retry_policy has max_retries=None: Celery retries a failed "
                 "publish forever",
                 hint="Set a finite max_retries, or task_publish_retry = False.",
+                id="aceleryctl.W001",
+            )
+        )
+    return messages
+
+
+#: Broker URL schemes of kombu's py-amqp transport (the AMQP wire's).
+_AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+
+
+def _amqp_bounds(conf: Any) -> list[CheckMessage]:
+    """``W001`` for RabbitMQ: what leaves publishes outside the AMQP wire (a
+    zero-argument callable's own ``delay()``) unbounded or unconfirmed. The wire
+    itself bounds and confirms every publish whatever these say."""
+    messages: list[CheckMessage] = []
+    options = dict(conf.broker_transport_options or {})
+    if options.get("confirm_publish") is False:
+        messages.append(
+            checks.Warning(
+                "broker_transport_options sets confirm_publish=False: publishes outside "
+                "aceleryctl's AMQP wire (zero-argument callables, plain delay() calls) return "
+                "before RabbitMQ has stored the message, and a message lost on the way is "
+                "never reported",
+                hint="Remove confirm_publish, or set it to True (with a confirm_timeout).",
+                id="aceleryctl.W001",
+            )
+        )
+    unbounded = [key for key in ("read_timeout", "write_timeout") if not options.get(key)]
+    if unbounded or not conf.broker_connection_timeout:
+        missing = [*unbounded] + ([] if conf.broker_connection_timeout else ["a connect timeout"])
+        messages.append(
+            checks.Warning(
+                f"the RabbitMQ settings have no {' or '.join(missing)}: a publish outside "
+                "aceleryctl's AMQP wire (a zero-argument callable) can hang on a broker that "
+                "accepts connections but never answers",
+                hint="Set CELERY_BROKER_TRANSPORT_OPTIONS = {'read_timeout': 5, "
+                "'write_timeout': 5} and CELERY_BROKER_CONNECTION_TIMEOUT (seconds).",
                 id="aceleryctl.W001",
             )
         )

@@ -21,8 +21,16 @@ own). A child process reaches the test database with the environment
 Without the PostgreSQL server binaries those tests fail, loudly; they are
 deselected only when ``ACELERYCTL_ALLOW_SKIP=1`` is set.
 
+RabbitMQ: a test that asks for the session-scoped :func:`rabbitmq_server` fixture
+gets a real RabbitMQ node of this session's own (own node name, ports and data
+directory: :mod:`tests._support.rabbitmq_server`), started on first request (about
+ten seconds) and stopped at the end of the session; a session without such a test
+never starts it. Collection marks those tests ``rabbitmq``. Without RabbitMQ
+installed they fail, loudly; they are deselected only when
+``ACELERYCTL_ALLOW_SKIP=1`` is set.
+
 Fixtures run on pytest's main thread; server start and stop are bounded
-(:mod:`tests._support.postgres_server`).
+(:mod:`tests._support.postgres_server`, :mod:`tests._support.rabbitmq_server`).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from tests._support.postgres_server import (
     PostgresServerError,
     find_binaries,
 )
+from tests._support.rabbitmq_server import RabbitMQServer, RabbitMQServerError, find_bindir
 
 settings.register_profile("aceleryctl", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("aceleryctl")
@@ -93,6 +102,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ]
     for item in marked:
         item.add_marker(pytest.mark.postgres)
+    _mark_rabbitmq(config, items)
     if not marked or os.environ.get("ACELERYCTL_ALLOW_SKIP") != "1":
         return
     try:
@@ -104,13 +114,55 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if item not in left_out]
 
 
+def _mark_rabbitmq(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``rabbitmq`` every test that uses the RabbitMQ node; deselect them when
+    RabbitMQ is missing and ``ACELERYCTL_ALLOW_SKIP=1``."""
+    marked = [i for i in items if _RABBITMQ_FIXTURES & set(getattr(i, "fixturenames", ()))]
+    for item in marked:
+        item.add_marker(pytest.mark.rabbitmq)
+    if not marked or os.environ.get("ACELERYCTL_ALLOW_SKIP") != "1":
+        return
+    try:
+        find_bindir()
+    except RabbitMQServerError as exc:
+        config.stash[_LEFT_OUT_RABBITMQ] = str(exc)
+        left_out = set(marked)
+        config.hook.pytest_deselected(items=marked)
+        items[:] = [item for item in items if item not in left_out]
+
+
+#: Fixtures that start a RabbitMQ node (the fault suite's is a node of its own).
+_RABBITMQ_FIXTURES = {"rabbitmq_server", "fault_rabbitmq"}
+
+#: Why the ``rabbitmq`` tests were deselected, if they were.
+_LEFT_OUT_RABBITMQ = pytest.StashKey[str]()
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Say so when the ``postgres`` tests were deselected."""
-    reason = terminalreporter.config.stash.get(_LEFT_OUT, None)
-    if reason is not None:
-        terminalreporter.write_line(
-            f"postgres tests deselected (ACELERYCTL_ALLOW_SKIP=1): {reason}", yellow=True
+    """Say so when the ``postgres`` or ``rabbitmq`` tests were deselected."""
+    for name, key in (("postgres", _LEFT_OUT), ("rabbitmq", _LEFT_OUT_RABBITMQ)):
+        reason = terminalreporter.config.stash.get(key, None)
+        if reason is not None:
+            terminalreporter.write_line(
+                f"{name} tests deselected (ACELERYCTL_ALLOW_SKIP=1): {reason}", yellow=True
+            )
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> Iterator[RabbitMQServer]:
+    """A RabbitMQ node of this session's own, started on first request and stopped
+    at the end of the session (:class:`~tests._support.rabbitmq_server.RabbitMQServer`)."""
+    try:
+        server = RabbitMQServer.start()
+    except RabbitMQServerError as exc:
+        pytest.fail(
+            f"{exc}. Set ACELERYCTL_ALLOW_SKIP=1 to leave the RabbitMQ tests out instead.",
+            pytrace=False,
         )
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

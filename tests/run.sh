@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every check on a fresh machine: installs what is missing (redis-server,
-# PostgreSQL and Chromium from Debian, one virtualenv per supported Python/Django
+# PostgreSQL, RabbitMQ and Chromium from Debian, one virtualenv per supported Python/Django
 # pair and one with the lowest dependency versions pyproject.toml admits), then
 # lint, types, docs, the compose file and the benchmark smoke runs, then the test
 # suite on all three, one suite at a time by default (ACELERYCTL_SUITE_JOBS=2 or 3
@@ -36,6 +36,10 @@ command -v chromium >/dev/null || need_apt+=(chromium)
 # Debian's postgresql may also create and start a "main" cluster on port 5432: the
 # tests do not use it, they make a throwaway cluster of their own on a free port.
 have_postgres || need_apt+=(postgresql)
+# Debian's rabbitmq-server may start a node of its own: the tests do not use it, they
+# start one per session with its own node name, ports and data directory.
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || [ -n "${ACELERYCTL_RABBITMQ_BINDIR:-}" ] \
+  || need_apt+=(rabbitmq-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]} (apt)"
   if [ "$(id -u)" != 0 ]; then sudo=sudo; else sudo=; fi
@@ -211,6 +215,7 @@ ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m benc
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv312/bin/python" -m bench.tasks --smoke
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.results --smoke
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.brokers --smoke
+"$venv311/bin/python" -m bench.amqp --smoke  # a private RabbitMQ node, started and stopped by it
 ACELERYCTL_REDIS_SERVER=$(command -v redis-server) "$venv311/bin/python" -m bench.faults --smoke \
   2> >(grep -v -e '^Task dispatch failed' -e '^Traceback' -e '^  ' -e '^$' >&2 || true)
 

@@ -46,6 +46,7 @@ __all__ = [
     "prepare_publishing_thread",
     "release_thread_backend",
     "reply_to_oid",
+    "routing_keeps_none",
     "saferepr",
     "seconds_until",
     "signature_checker",
@@ -201,6 +202,25 @@ def static_route(app: Celery, name: str, queue: str | None, task: Any) -> Mappin
         return None
     routed: Mapping[str, Any] = router.route({"queue": queue} if queue else {}, name, (), {}, task)
     return routed
+
+
+def routing_keeps_none(app: Celery, name: str, queue: str | None, task: Any) -> bool:
+    """Whether Celery's router hands a ``None`` calling option on for ``name`` routed
+    with the caller's ``queue`` (for routes :func:`static_route` accepts).
+
+    ``Router.route`` merges the default queue, or a matched route, with ``lpmerge``,
+    which drops options whose value is ``None``; with an explicit queue and no
+    matching route it merges nothing, and ``priority=None`` reaches kombu's
+    ``Producer.publish`` (no priority property) instead of its default, 0. The AMQP
+    direct path reproduces that (RabbitMQ stores the property; Redis ignores the
+    difference). Asked once per (task, queue).
+    """
+    router: Any = app.amqp.router
+    options: dict[str, Any] = {"priority": None}
+    if queue:
+        options["queue"] = queue
+    routed: Mapping[str, Any] = router.route(options, name, (), {}, task)
+    return "priority" in routed
 
 
 def seconds_until(when: datetime, now: datetime) -> float:

@@ -11,6 +11,9 @@ from aceleryctl.dispatch.pool import PoolStatistics
 
 __all__ = ["ControllerStatistics", "StatisticsListener"]
 
+#: The ``path`` names of dispatches a wire wrote itself (its direct path).
+_DIRECT_PATHS = frozenset({"redis", "amqp"})
+
 
 @dataclass(frozen=True, slots=True)
 class ControllerStatistics:
@@ -24,8 +27,8 @@ class ControllerStatistics:
         rejected_open: calls refused by the open circuit breaker.
         late_completions: publishes that finished on their thread after their
             caller had already been given :class:`DispatchTimeout`.
-        direct: dispatches (among ``dispatched``) written on the Redis wire's
-            direct path; the rest went through Celery's stock ``apply_async``.
+        direct: dispatches (among ``dispatched``) written on a wire's direct path
+            (Redis, AMQP); the rest went through Celery's stock ``apply_async``.
         pool: the publish pool's own snapshot.
         breaker: the circuit breaker's own snapshot.
     """
@@ -74,7 +77,7 @@ class StatisticsListener:
                 self._late += 1
             elif error_type is None:
                 self._dispatched += 1
-                if path == "redis" and outcome is DispatchOutcome.SENT:
+                if path in _DIRECT_PATHS and outcome is DispatchOutcome.SENT:
                     self._direct += 1
             else:
                 self._failed += 1

@@ -28,6 +28,20 @@ def _redis(
     return RedisWire(app, policy, direct=direct, clock=clock, replica_acks=replica_acks)
 
 
+def _amqp(
+    app: Celery, policy: TransportPolicy, direct: bool, clock: Clock, replica_acks: int
+) -> Wire:
+    from aceleryctl.wires.amqp_confirms import speaks_py_amqp
+
+    if not speaks_py_amqp(app):  # librabbitmq: no py-amqp channel to confirm on
+        from aceleryctl.wires.stock import StockWire
+
+        return StockWire(app, None, clock=clock)
+    from aceleryctl.wires.amqp import AmqpWire
+
+    return AmqpWire(app, policy, direct=direct, clock=clock)
+
+
 def _bounded_stock(
     app: Celery, policy: TransportPolicy, direct: bool, clock: Clock, replica_acks: int
 ) -> Wire:
@@ -42,6 +56,7 @@ def _bounded_stock(
 #: the same path.
 _FAST: dict[str, Callable[[Celery, TransportPolicy, bool, Clock, int], Wire]] = {
     "redis": _redis,
+    "amqp": _amqp,
     "memory": _bounded_stock,
 }
 
@@ -59,8 +74,9 @@ def wire_for(
     Args:
         app: the controller's Celery app.
         policy: socket and connect bounds for the wires that use their own connections.
-        direct: allow a wire's direct path (Redis); ``False`` publishes everything
-            through Celery's stock ``apply_async``.
+        direct: allow a wire's direct path (Redis, AMQP); ``False`` publishes
+            everything through Celery's stock ``apply_async`` (on AMQP still on
+            the wire's own confirmed connections).
         clock: monotonic seconds, the engine's clock.
         replica_acks: replicas that must acknowledge each direct write (Redis,
             ``WAIT``); ignored by other wires.

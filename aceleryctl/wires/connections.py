@@ -407,11 +407,12 @@ class ConnectionRegistry:
         with self._lock:
             self._connections.discard(connection)
 
-    def close_all(self) -> None:
+    def close_all(self, close: Callable[[Connection], None] | None = None) -> None:
+        """Close every connection with ``close`` (default: kombu's ``release``)."""
         with self._lock:
             connections, self._connections = self._connections, set()
         for connection in connections:
-            _close_quietly(connection)
+            (close or _close_quietly)(connection)
 
 
 def _close_quietly(connection: Connection) -> None:

@@ -106,12 +106,13 @@ _PROPERTY_OPTIONS: Final = ("priority", "immediate", "mandatory")
 
 @dataclass(slots=True)
 class Prepared:
-    """A message ready to write: its Redis list key and the encoded envelope,
-    the queue to declare first, and what ``after_task_publish`` reports."""
+    """A message ready to write: its Redis list key and the encoded envelope (on
+    AMQP: no key, and the ``amqp.Message``), the queue to declare first, and what
+    ``after_task_publish`` reports."""
 
     key: str
     queue: Queue
-    payload: str
+    payload: Any
     task_id: str
     name: str
     body: Any
@@ -267,13 +268,21 @@ class DirectPath:
             isinstance(found, Broadcast)
             or exchange is None
             or exchange.type != "direct"
-            or getattr(found, "expires", None) is not None
-            or getattr(found, "message_ttl", None) is not None
-            or found.queue_arguments
+            or not self.plain_queue(found)
         ):
             return None
         mode = exchange.delivery_mode or snapshot.default_delivery_mode
         return _Destination(found, int(maybe_delivery_mode(mode) or 2))
+
+    def plain_queue(self, queue: Queue) -> bool:
+        """Whether messages for ``queue`` can be written here: on Redis, a queue
+        without expiry, message TTL or other arguments (kombu's Redis channel
+        applies some of those when it declares or reads the list)."""
+        return (
+            getattr(queue, "expires", None) is None
+            and getattr(queue, "message_ttl", None) is None
+            and not queue.queue_arguments
+        )
 
     def _origin_header(self) -> str:
         # anon_nodename() asks the OS for the hostname on every call; cache it per
@@ -357,6 +366,26 @@ class DirectPath:
         content_type, content_encoding, data = serialize(
             body, serializer=options.get("serializer") or snapshot.serializer
         )
+        key, payload = self.encode(
+            channel, data, priority, content_type, content_encoding, headers, props, routing_key
+        )
+        return Prepared(key, queue, payload, task_id, name, body, headers, "", routing_key)
+
+    def encode(
+        self,
+        channel: Any,
+        data: Any,
+        priority: Any,
+        content_type: str,
+        content_encoding: str,
+        headers: dict[str, Any],
+        properties: dict[str, Any],
+        routing_key: str,
+    ) -> tuple[str, Any]:
+        """The broker's form of one serialized message, published through the
+        anonymous exchange with ``routing_key``: here the Redis list key and the
+        JSON envelope kombu's Redis channel would push. ``properties`` may be
+        updated in place."""
         # The channel's envelope and list key, with a delivery tag cut from
         # pooled random bytes (kombu reads os.urandom for each one).
         key, envelope = redis_envelope(
@@ -366,12 +395,11 @@ class DirectPath:
             content_type,
             content_encoding,
             headers,
-            props,
+            properties,
             routing_key,
             new_task_id(),
         )
-        payload = dumps_envelope(envelope)
-        return Prepared(key, queue, payload, task_id, name, body, headers, "", routing_key)
+        return key, dumps_envelope(envelope)
 
     @staticmethod
     def announce(prepared: Sequence[Prepared]) -> None:

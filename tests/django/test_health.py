@@ -31,10 +31,24 @@ def test_unbounded_redis_settings_warn_with_the_setting_to_change() -> None:
 def test_bounded_settings_pass_and_other_brokers_warn() -> None:
     with override_settings(ACELERYCTL={"CELERY_APP": "tests.django.celery_fixture:refused"}):
         assert check_celery_bounds() == []
-    with override_settings(ACELERYCTL={"CELERY_APP": "tests.django.celery_fixture:amqp"}):
+    with override_settings(ACELERYCTL={"CELERY_APP": "tests.django.celery_fixture:other"}):
         assert ids(check_celery_bounds()) == ["aceleryctl.W002"]
     with override_settings(ACELERYCTL={"CELERY_APP": "tests.django.nowhere:app"}):
         assert ids(check_celery_bounds()) == ["aceleryctl.E002"]
+
+
+def test_rabbitmq_is_supported_and_warns_only_where_a_setting_defeats_a_promise() -> None:
+    def checked(name: str) -> list[object]:
+        with override_settings(ACELERYCTL={"CELERY_APP": f"tests.django.celery_fixture:{name}"}):
+            return check_celery_bounds()
+
+    assert checked("amqp_bounded") == []
+    [unbounded] = checked("amqp")  # Celery's defaults: no read or write timeout
+    assert unbounded.id == "aceleryctl.W001"  # type: ignore[attr-defined]
+    assert "read_timeout or write_timeout" in unbounded.msg  # type: ignore[attr-defined]
+    [unconfirmed] = checked("amqp_unconfirmed")
+    assert unconfirmed.id == "aceleryctl.W001"  # type: ignore[attr-defined]
+    assert "confirm_publish=False" in unconfirmed.msg  # type: ignore[attr-defined]
 
 
 def test_forever_publish_retry_warns() -> None:

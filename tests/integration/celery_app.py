@@ -20,8 +20,10 @@ from typing import Any
 
 import redis
 from celery import Celery, Task
+from kombu import Queue
 
 __all__ = [
+    "AMQP_QUEUES",
     "PARKED_QUEUE",
     "SPECIAL_QUEUE",
     "IntendedFailure",
@@ -54,6 +56,16 @@ _UNCONFIGURED = "redis://127.0.0.1:1/{db}"
 SPECIAL_QUEUE = "special"
 #: A queue no worker consumes: messages sent there stay in Redis to be inspected.
 PARKED_QUEUE = "aceleryctl-parked"
+#: Queues declared alike by the RabbitMQ tests' apps and workers (a queue declared
+#: with other arguments than the broker holds is refused): the two above, a quorum
+#: queue, a classic priority queue, and the parked queue.
+AMQP_QUEUES = (
+    Queue("celery"),
+    Queue(SPECIAL_QUEUE),
+    Queue("aq.quorum", queue_arguments={"x-queue-type": "quorum"}),
+    Queue("aq.priority", queue_arguments={"x-max-priority": 10}),
+    Queue(PARKED_QUEUE),
+)
 
 app = Celery("aceleryctl_tests", set_as_current=False)
 app.conf.update(
@@ -96,6 +108,8 @@ if os.environ.get(BROKER_CA_ENV):
         "ssl_cert_reqs": "required",
         "ssl_ca_certs": os.environ[BROKER_CA_ENV],
     }
+if str(app.conf.broker_url).startswith("amqp"):  # a worker on the tests' RabbitMQ
+    app.conf.task_queues = AMQP_QUEUES
 
 
 def configure(*, broker_url: str, result_backend: str, records_url: str) -> None:

