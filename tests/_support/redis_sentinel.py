@@ -228,7 +228,9 @@ class SentinelCluster(StopsOnExit):
         port = sentinel_port if sentinel_port is not None else self.sentinels[0].port
         client = self.client(port)
         try:
-            address = client.sentinel_get_master_addr_by_name(MASTER_NAME)
+            # The command itself, not sentinel_get_master_addr_by_name(): redis-py 6.4's
+            # helper hands its parser keywords it does not take (TypeError).
+            address = client.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
         except redis.RedisError:
             return None
         finally:
@@ -251,7 +253,7 @@ class SentinelCluster(StopsOnExit):
         client = self.client(sentinel_port)
         try:
             replicas = client.sentinel_slaves(MASTER_NAME)
-            master = client.sentinel_master(MASTER_NAME)
+            master = client.execute_command("SENTINEL MASTER", MASTER_NAME)  # as above
         except redis.RedisError:
             return False
         finally:
