@@ -2,10 +2,13 @@
 
 ``await controller.delay`` with no metrics listener, with the Prometheus one (its
 own registry) and with the OpenTelemetry one (an SDK meter provider with an
-in-memory reader, collected once at the end, as a periodic exporter would), in
-one process against one private Redis, 100 coroutines. Rounds rotate the order;
-figures are medians; the CPU per dispatch of each listener is printed as a ratio
-of the plain controller's (the target: under 1.05). Nothing here is asserted.
+in-memory reader), in one process against one private Redis, from 100 coroutines
+(the controller batches their dispatches) and from one (every dispatch its own
+publish). Each measured window ends with one collection (a scrape of the
+registry, a reader's collect), inside the window, as an exporter would run one.
+Rounds rotate the order; figures are medians; the CPU per dispatch of each
+listener is printed as a ratio of the plain controller's at the same
+concurrency (the target: under 1.05). Nothing here is asserted.
 """
 
 from __future__ import annotations
@@ -25,29 +28,32 @@ from bench._support import LagTicker, cpu_seconds, redis_server
 VARIANTS = ("no metrics", "Prometheus", "OpenTelemetry")
 
 
-def _listener(variant: str, controller: AsyncCeleryController) -> Any:
+def _listener(variant: str, controller: AsyncCeleryController) -> tuple[Any, Any]:
+    """The listener of ``variant`` and a callable that collects its metrics once."""
     sampler = GaugeSampler(controller.statistics)
     if variant == "Prometheus":
-        from prometheus_client import CollectorRegistry
+        from prometheus_client import CollectorRegistry, generate_latest
 
         from aceleryctl.metrics.prometheus import PrometheusMetrics
 
-        return PrometheusMetrics(sampler, registry=CollectorRegistry())
+        registry = CollectorRegistry()
+        return PrometheusMetrics(sampler, registry=registry), lambda: generate_latest(registry)
     if variant == "OpenTelemetry":
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
         from aceleryctl.metrics.otel import OpenTelemetryMetrics
 
-        provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
-        return OpenTelemetryMetrics(sampler, meter_provider=provider)
-    return None
+        reader = InMemoryMetricReader()
+        provider = MeterProvider(metric_readers=[reader])
+        return OpenTelemetryMetrics(sampler, meter_provider=provider), reader.get_metrics_data
+    return None, lambda: None
 
 
 async def _one(app: Celery, variant: str, n: int, callers: int) -> tuple[float, float, float]:
     add = app.tasks["bench.add"]
     controller = AsyncCeleryController(app, dispatch_timeout=10.0, max_pending=n + callers)
-    listener = _listener(variant, controller)
+    listener, collect = _listener(variant, controller)
     if listener is not None:
         controller.add_listener(listener)
     await controller.delay(add, 0, 0)  # warm: thread, connection, label children
@@ -61,6 +67,7 @@ async def _one(app: Celery, variant: str, n: int, callers: int) -> tuple[float, 
     ticker.start()
     cpu0, t0 = cpu_seconds(), time.perf_counter()
     await asyncio.gather(*(caller(count) for count in share))
+    collect()
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     p99, _ = await ticker.stop()
     await controller.aclose()
@@ -68,36 +75,47 @@ async def _one(app: Celery, variant: str, n: int, callers: int) -> tuple[float, 
 
 
 def run(n: int, callers: int, rounds: int) -> str:
-    """Run the comparison and return its markdown table."""
+    """Run the comparison and return its markdown table (``callers`` coroutines,
+    then one coroutine with a tenth of ``n``)."""
     from bench.dispatch import QUEUE, make_app
 
-    results: dict[str, list[tuple[float, float, float]]] = {v: [] for v in VARIANTS}
+    levels = ((callers, n), (1, max(n // 10, 100)))
+    results: dict[tuple[str, int], list[tuple[float, float, float]]] = {
+        (v, c): [] for c, _ in levels for v in VARIANTS
+    }
     with redis_server() as (url, _process):
         app = make_app(url)
         client = redis.Redis.from_url(f"{url}/0")
         for index in range(rounds):
             order = VARIANTS[index % 3 :] + VARIANTS[: index % 3]
-            for variant in order:
-                client.delete(QUEUE)
-                measured = asyncio.run(_one(app, variant, n, callers))
-                landed = int(client.llen(QUEUE))
-                if landed != n + 1:
-                    raise SystemExit(f"{variant}: {landed} of {n + 1} messages landed")
-                results[variant].append(measured)
-                print(
-                    f"round {index + 1} {variant:14s} {measured[0]:9,.0f}/s {measured[1]:6.1f} µs"
-                )
+            for level, count in levels:
+                for variant in order:
+                    client.delete(QUEUE)
+                    measured = asyncio.run(_one(app, variant, count, level))
+                    landed = int(client.llen(QUEUE))
+                    if landed != count + 1:
+                        raise SystemExit(f"{variant}: {landed} of {count + 1} messages landed")
+                    results[(variant, level)].append(measured)
+                    print(
+                        f"round {index + 1} {level:3d} {variant:14s} "
+                        f"{measured[0]:9,.0f}/s {measured[1]:6.1f} µs"
+                    )
         client.delete(QUEUE)
         client.close()
-    base_cpu = statistics.median(r[1] for r in results["no metrics"])
     lines = [
-        "| await controller.delay | dispatches/s | CPU µs/dispatch | CPU x no metrics | "
-        "loop lag p99 ms |",
-        "|---|---:|---:|---:|---:|",
+        "| await controller.delay | coroutines | dispatches/s | CPU µs/dispatch | "
+        "CPU x no metrics | loop lag p99 ms |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for variant, runs in results.items():
-        rate = statistics.median(r[0] for r in runs)
-        cpu = statistics.median(r[1] for r in runs)
-        lag = statistics.median(r[2] for r in runs)
-        lines.append(f"| {variant} | {rate:,.0f} | {cpu:.1f} | {cpu / base_cpu:.3f} | {lag:.2f} |")
+    for level, _ in levels:
+        base_cpu = statistics.median(r[1] for r in results[("no metrics", level)])
+        for variant in VARIANTS:
+            runs = results[(variant, level)]
+            rate = statistics.median(r[0] for r in runs)
+            cpu = statistics.median(r[1] for r in runs)
+            lag = statistics.median(r[2] for r in runs)
+            lines.append(
+                f"| {variant} | {level} | {rate:,.0f} | {cpu:.1f} | {cpu / base_cpu:.3f} "
+                f"| {lag:.2f} |"
+            )
     return "\n".join(lines)

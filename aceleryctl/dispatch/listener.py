@@ -58,7 +58,10 @@ class DispatchEvent:
     """One settled dispatch, as listeners see it.
 
     Times are readings of the engine's monotonic clock, in seconds; only their
-    differences mean anything.
+    differences mean anything. The dispatches a publishing thread published
+    together, in one wire operation (one pipelined batch, one confirm round), carry
+    the same ``started_at`` and ``finished_at`` readings: listeners that measure
+    operations rather than dispatches tell them apart by these two values.
 
     Attributes:
         task_name: the task's registered name (or a description of a canvas or callable).

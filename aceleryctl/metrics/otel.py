@@ -11,11 +11,16 @@ queue); aceleryctl's own facts are ``aceleryctl.*`` attributes and instruments
 (:mod:`.catalogue`). The instruments are made once per meter provider
 (:mod:`.otel_instruments`).
 
-The per-dispatch count is kept in a local table and reported through an
-observable counter when the reader collects: an SDK ``Counter.add`` costs
-several microseconds (it hashes the attributes on every call), a table
-increment a fraction of one. The duration histogram has no such form in the
-API and is recorded per dispatch.
+The per-dispatch counts are kept in local tables and reported through
+observable counters when the reader collects: an SDK ``Counter.add`` costs
+several microseconds (it cleans and hashes the attributes on every call), a
+table increment a fraction of one. The duration histogram has no observable
+form; it is recorded once per publish operation, as the messaging conventions
+define the metric: the dispatches the controller pipelines to the broker in one
+write (one confirm round on RabbitMQ) are one ``send`` operation, one record
+(:meth:`~aceleryctl.metrics.otel_instruments.Instruments.settle`). Prometheus's
+``aceleryctl_dispatch_duration_seconds`` observes the same seconds once per
+dispatch.
 """
 
 from __future__ import annotations
@@ -57,14 +62,15 @@ class OpenTelemetryMetrics:
         instruments = self._instruments
         name, outcome = task_label(event), event.outcome.value
         key = (self._system, name, event.queue or "", event.path or "", outcome, event.error_type)
-        attributes = instruments.count_sent(key)
-        duration = event.duration
-        if duration is not None:
-            instruments.duration.record(duration, attributes)
+        started, finished = event.started_at, event.finished_at
+        if started is None:
+            instruments.settle(key, None)
+        elif (attributes := instruments.settle(key, (started, finished))) is not None:
+            instruments.duration.record(max(finished - started, 0.0), attributes)
         if event.error_type == "DispatchTimeout":
-            instruments.deadline.add(1, {"aceleryctl.task.name": name})
+            instruments.deadline.add(name)
         if event.on_commit:
-            instruments.on_commit.add(1, {"aceleryctl.outcome": outcome})
+            instruments.on_commit.add(outcome)
 
     def pool_changed(self, change: PoolChange) -> None:
         """Count a saturation."""

@@ -6,14 +6,20 @@ never registers an instrument twice: every :class:`~aceleryctl.metrics.otel.
 OpenTelemetryMetrics` of a provider counts into the same instruments, and the
 observable gauges sum over every live controller's sampler (the breaker state then
 counts controllers per state). Callbacks run in the SDK reader's thread.
+
+Per-dispatch counts are kept in local tables (:class:`Tally`) and reported through
+observable counters when the reader collects: the SDK's ``Counter.add`` cleans and
+hashes the attributes on every call (several microseconds), a table increment
+costs a fraction of one. The duration histogram has no observable form; it is
+recorded once per publish operation (:meth:`Instruments.settle`).
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable
-from typing import Any, Final
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any, Final, Generic, TypeVar
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
@@ -22,11 +28,53 @@ from aceleryctl.metrics.catalogue import DURATION_BUCKETS, METRICS
 from aceleryctl.metrics.gauges import STATES, GaugeSampler, state_label
 from aceleryctl.metrics.live import DROP_REASONS, emitter_totals, live_counters
 
-__all__ = ["Instruments", "SentKey", "instruments_for"]
+__all__ = ["Instruments", "SentKey", "Tally", "instruments_for"]
 
 _SPECS: Final = {spec.key: spec for spec in METRICS}
 #: What a settled dispatch is counted under: system, task, queue, path, outcome, error.
 SentKey = tuple[str, str, str, str, str, str | None]
+#: A publish operation as its dispatches' events tell it: their shared
+#: ``started_at`` and ``finished_at`` clock readings.
+Operation = tuple[float, float]
+#: Operations remembered to record each one's duration once (a batch's events may
+#: interleave with a few other batches'; far more than ever do).
+RECENT_OPERATIONS: Final = 256
+
+K = TypeVar("K", bound=Hashable)
+
+
+class Tally(Generic[K]):
+    """Counts by key, reported as an observable counter's observations.
+
+    Args:
+        attributes: the attributes a key is reported under (called once per key).
+
+    Thread-safety: :meth:`add` from any thread; :meth:`observe` on the reader's.
+    """
+
+    def __init__(self, attributes: Callable[[K], Mapping[str, str]]) -> None:
+        self._make = attributes
+        self._lock = threading.Lock()
+        self._counts: dict[K, int] = {}
+        self._attributes: dict[K, Mapping[str, str]] = {}
+
+    def add(self, key: K) -> None:
+        """Count one under ``key``."""
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def attributes(self, key: K) -> Mapping[str, str]:
+        """The attributes of ``key``, made once."""
+        found = self._attributes.get(key)
+        if found is None:
+            found = self._attributes[key] = self._make(key)
+        return found
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        """The totals so far, one observation per key (cumulative)."""
+        with self._lock:
+            totals = list(self._counts.items())
+        return [Observation(count, self.attributes(key)) for key, count in totals]
 
 
 class Instruments:
@@ -39,10 +87,10 @@ class Instruments:
         self._meter = meter
         self.samplers: weakref.WeakSet[GaugeSampler] = weakref.WeakSet()
         self._lock = threading.Lock()
-        self._sent: dict[SentKey, int] = {}
-        self._attributes: dict[SentKey, dict[str, str]] = {}
-        self.deadline = self._counter("deadline")
-        self.on_commit = self._counter("on_commit")
+        self._recent: dict[tuple[SentKey, Operation], None] = {}
+        self.sent: Tally[SentKey] = Tally(_sent_attributes)
+        self.deadline: Tally[str] = Tally(lambda name: {"aceleryctl.task.name": name})
+        self.on_commit: Tally[str] = Tally(lambda outcome: {"aceleryctl.outcome": outcome})
         self.saturated = self._counter("saturated")
         self.transitions = self._counter("transitions")
         duration = _SPECS["duration"]
@@ -52,7 +100,9 @@ class Instruments:
             description=duration.help,
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        self._observe("dispatches", "counter", self._observe_sent)
+        self._observe("dispatches", "counter", self.sent.observe)
+        self._observe("deadline", "counter", self.deadline.observe)
+        self._observe("on_commit", "counter", self.on_commit.observe)
         for key in ("threads", "running", "waiting"):
             self._observe(key, "gauge", self._pool_reader(key))
         self._observe("breaker_state", "gauge", self._observe_state)
@@ -66,30 +116,26 @@ class Instruments:
         self._observe("events_sent", "counter", _one(lambda: emitter_totals()["sent"]))
         self._observe("events_dropped", "counter", _observe_dropped)
 
-    def count_sent(self, key: SentKey) -> dict[str, str]:
-        """Count one settled dispatch; return its attributes (for the histogram)."""
+    def settle(self, key: SentKey, operation: Operation | None) -> Mapping[str, str] | None:
+        """Count one settled dispatch under ``key``; return the attributes to record
+        its publish's duration under, or ``None`` when there is nothing to record:
+        the publish never started (``operation`` is ``None``), or another dispatch
+        of the same publish operation (a pipelined batch, one confirm round) has
+        recorded it already. OpenTelemetry's messaging conventions measure
+        ``messaging.client.operation.duration`` per operation, and one record
+        costs as much as the rest of the listener."""
+        self.sent.add(key)
+        if operation is None:
+            return None
+        seen = (key, operation)
+        recent = self._recent
         with self._lock:
-            self._sent[key] = self._sent.get(key, 0) + 1
-        return self.attributes(key)
-
-    def attributes(self, key: SentKey) -> dict[str, str]:
-        """The attributes of ``key``, made once."""
-        found = self._attributes.get(key)
-        if found is None:
-            system, name, queue, path, outcome, error_type = key
-            found = {
-                "messaging.system": system,
-                "messaging.operation.name": "send",
-                "messaging.operation.type": "send",
-                "messaging.destination.name": queue,
-                "aceleryctl.task.name": name,
-                "aceleryctl.path": path,
-                "aceleryctl.outcome": outcome,
-            }
-            if error_type is not None:
-                found["error.type"] = error_type
-            self._attributes[key] = found
-        return found
+            if seen in recent:
+                return None
+            recent[seen] = None
+            if len(recent) > RECENT_OPERATIONS:
+                del recent[next(iter(recent))]
+        return self.sent.attributes(key)
 
     def _counter(self, key: str) -> Any:
         spec = _SPECS[key]
@@ -103,11 +149,6 @@ class Instruments:
             else self._meter.create_observable_counter
         )
         create(spec.otel, callbacks=[callback], unit=spec.unit, description=spec.help)
-
-    def _observe_sent(self, options: CallbackOptions) -> Iterable[Observation]:
-        with self._lock:
-            totals = list(self._sent.items())
-        return [Observation(count, self.attributes(key)) for key, count in totals]
 
     def _pool_reader(self, field: str) -> Any:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
@@ -131,6 +172,22 @@ class Instruments:
             return [Observation(combine(getattr(o, field) for o in samples))]
 
         return observe
+
+
+def _sent_attributes(key: SentKey) -> dict[str, str]:
+    system, name, queue, path, outcome, error_type = key
+    found = {
+        "messaging.system": system,
+        "messaging.operation.name": "send",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": queue,
+        "aceleryctl.task.name": name,
+        "aceleryctl.path": path,
+        "aceleryctl.outcome": outcome,
+    }
+    if error_type is not None:
+        found["error.type"] = error_type
+    return found
 
 
 def _one(read: Any) -> Any:

@@ -8,6 +8,7 @@ fake whose calls are asserted on in order.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +36,7 @@ from aceleryctl.exceptions import (
 from aceleryctl.testing import ManualClock
 from aceleryctl.wires.base import Wire, WireOutcome
 from aceleryctl.wires.connections import classify_failure
+from tests._support.waiting import wait_until
 
 WAIT = 10.0
 
@@ -620,3 +622,48 @@ def test_run_many_sync_settles_each_dispatch_and_stops_asking_an_open_breaker(
     refused = engine.run_many_sync(calls)
     assert all(isinstance(r, CircuitOpenError) for r in refused)
     assert breaker.events().count("rejected") == before + 1
+
+
+class BatchingWire(CallingWire):
+    """The fake wire, taking several dispatches at once as the direct wires do."""
+
+    @property
+    def batches(self) -> bool:
+        return True
+
+    def connected(self) -> bool:
+        return True
+
+
+def test_dispatches_published_together_share_their_publish_times(
+    app: Celery, breaker: RecordingBreaker
+) -> None:
+    """The listener contract operation-level metrics rely on: one wire operation's
+    dispatches carry the same started_at and finished_at readings, another
+    operation's differ (the clock moves on every reading here)."""
+    ticks = itertools.count()
+    wire = BatchingWire(app)
+    engine = DispatchEngine(
+        app,
+        wire,
+        max_workers=1,
+        max_pending=2,
+        breaker=breaker,  # type: ignore[arg-type]
+        redactor=Redactor(),
+        clock=lambda: next(ticks) * 0.001,
+    )
+    heard = RecordingListener()
+    engine.add_listener(heard)
+    try:
+        _, gate = _blocking_first(engine)  # a and b wait behind it, then go together
+        engine.submit_detached(make_call(lambda: "a", task_id="a"))
+        engine.submit_detached(make_call(lambda: "b", task_id="b"))
+        gate.set()
+        wait_until(lambda: len(heard.settled) == 3, timeout=WAIT)
+    finally:
+        engine.close(WAIT)
+    assert wire.batches_seen == [["holder"], ["a", "b"]]
+    times = {e.task_id: (e.started_at, e.finished_at) for e in heard.settled}
+    assert times["a"] == times["b"]
+    assert times["holder"] != times["a"]
+    assert all(started is not None and started < finished for started, finished in times.values())

@@ -194,6 +194,56 @@ def test_opentelemetry_records_messaging_metrics(ctl: AsyncCeleryController) -> 
     assert "aceleryctl.outbox.pending" not in points  # no outbox: nothing observed
 
 
+def test_opentelemetry_times_each_publish_operation_once() -> None:
+    """A pipelined batch is one send operation: its dispatches are each counted,
+    its duration recorded once; another operation, or the same seconds under
+    other attributes, records again. Deadlines and on-commit outcomes are counted."""
+    reader = InMemoryMetricReader()
+    provider = sdk_metrics.MeterProvider(metric_readers=[reader])
+    listener = OpenTelemetryMetrics(
+        GaugeSampler(_stats_of_a_fresh_controller), meter_provider=provider
+    )
+    for task_id in ("a", "b", "c"):  # one batch: the same publish readings
+        listener.dispatch_settled(event(task_id=task_id))
+    listener.dispatch_settled(event(task_id="d", started_at=2.0, finished_at=2.5))
+    listener.dispatch_settled(event(task_id="e", queue="other"))  # the batch, another queue
+    listener.dispatch_settled(
+        event(
+            task_id="f",
+            outcome=DispatchOutcome.UNKNOWN,
+            error_type="DispatchTimeout",
+            on_commit=True,
+            started_at=3.0,
+            finished_at=5.0,
+        )
+    )
+    points = _points(reader)
+    counted = {
+        (p.attributes["messaging.destination.name"], p.attributes["aceleryctl.outcome"]): p.value
+        for p in points["messaging.client.sent.messages"]
+    }
+    assert counted == {("celery", "sent"): 4, ("other", "sent"): 1, ("celery", "unknown"): 1}
+    timed = {
+        (p.attributes["messaging.destination.name"], p.attributes["aceleryctl.outcome"]): (
+            p.count,
+            round(p.sum, 6),
+        )
+        for p in points["messaging.client.operation.duration"]
+    }
+    assert timed == {
+        ("celery", "sent"): (2, 0.503),  # the batch's 3 ms once, and d's 0.5 s
+        ("other", "sent"): (1, 0.003),
+        ("celery", "unknown"): (1, 2.0),
+    }
+    [deadline] = points["aceleryctl.dispatch.deadline_exceeded"]
+    assert (deadline.value, dict(deadline.attributes)) == (
+        1,
+        {"aceleryctl.task.name": "metrics.add"},
+    )
+    [committed] = points["aceleryctl.on_commit.dispatches"]
+    assert (committed.value, dict(committed.attributes)) == (1, {"aceleryctl.outcome": "unknown"})
+
+
 def _points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
     data = reader.get_metrics_data()
     assert data is not None
