@@ -1,7 +1,9 @@
 """``python -m bench.dispatch --metrics``: what the metrics listeners cost a dispatch.
 
 ``await controller.delay`` with no metrics listener, with the Prometheus one (its
-own registry) and with the OpenTelemetry one (an SDK meter provider with an
+own registry; and in ``prometheus_client``'s multiprocess mode, its values in
+memory-mapped files, as several server processes run it) and with the
+OpenTelemetry one (an SDK meter provider with an
 in-memory reader), in one process against one private Redis, from 100 coroutines
 (the controller batches their dispatches) and from one (every dispatch its own
 publish). Each measured window ends with one collection (a scrape of the
@@ -14,8 +16,12 @@ concurrency (the target: under 1.05). Nothing here is asserted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import statistics
+import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -25,12 +31,46 @@ from aceleryctl import AsyncCeleryController
 from aceleryctl.metrics.gauges import GaugeSampler
 from bench._support import LagTicker, cpu_seconds, redis_server
 
-VARIANTS = ("no metrics", "Prometheus", "OpenTelemetry")
+VARIANTS = ("no metrics", "Prometheus", "Prometheus, multiprocess", "OpenTelemetry")
+
+
+@contextlib.contextmanager
+def _multiprocess(variant: str) -> Iterator[None]:
+    """``prometheus_client``'s multiprocess mode for one variant: the environment
+    variable the listener reads, and the value class the client picks at import
+    (set the way the client's own tests switch it), both restored after."""
+    if variant != "Prometheus, multiprocess":
+        yield
+        return
+    from prometheus_client import values
+
+    saved = values.ValueClass
+    with tempfile.TemporaryDirectory() as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        values.ValueClass = values.MultiProcessValue()
+        try:
+            yield
+        finally:
+            values.ValueClass = saved
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def _listener(variant: str, controller: AsyncCeleryController) -> tuple[Any, Any]:
     """The listener of ``variant`` and a callable that collects its metrics once."""
     sampler = GaugeSampler(controller.statistics)
+    if variant == "Prometheus, multiprocess":
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+        from aceleryctl.metrics.prometheus import PrometheusMetrics
+
+        directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+        def scrape() -> bytes:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=directory)
+            return generate_latest(registry)
+
+        return PrometheusMetrics(sampler, registry=CollectorRegistry()), scrape
     if variant == "Prometheus":
         from prometheus_client import CollectorRegistry, generate_latest
 
@@ -87,17 +127,18 @@ def run(n: int, callers: int, rounds: int) -> str:
         app = make_app(url)
         client = redis.Redis.from_url(f"{url}/0")
         for index in range(rounds):
-            order = VARIANTS[index % 3 :] + VARIANTS[: index % 3]
+            order = VARIANTS[index % len(VARIANTS) :] + VARIANTS[: index % len(VARIANTS)]
             for level, count in levels:
                 for variant in order:
                     client.delete(QUEUE)
-                    measured = asyncio.run(_one(app, variant, count, level))
+                    with _multiprocess(variant):
+                        measured = asyncio.run(_one(app, variant, count, level))
                     landed = int(client.llen(QUEUE))
                     if landed != count + 1:
                         raise SystemExit(f"{variant}: {landed} of {count + 1} messages landed")
                     results[(variant, level)].append(measured)
                     print(
-                        f"round {index + 1} {level:3d} {variant:14s} "
+                        f"round {index + 1} {level:3d} {variant:24s} "
                         f"{measured[0]:9,.0f}/s {measured[1]:6.1f} µs"
                     )
         client.delete(QUEUE)
