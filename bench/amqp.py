@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import sys
 import time
 from pathlib import Path
@@ -38,8 +37,9 @@ import amqp
 from celery import Celery
 
 from aceleryctl import AsyncCeleryController
+from bench._cli import add_rate_options, finish, new_parser, rotated
 from bench._support import Measurement, cpu_seconds
-from bench.dispatch import _drive, environment, replace_section, table
+from bench.dispatch import _drive, rate_report, table
 from tests._support.rabbitmq_server import RabbitMQServer
 
 QUEUE = "bench"
@@ -134,14 +134,8 @@ def run_mode(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--n", type=int, default=10_000, help="dispatches per mode per round")
-    parser.add_argument("--callers", type=int, default=100, help="concurrent coroutines")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--smoke", action="store_true", help="tiny run, docs untouched")
-    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser = new_parser(__doc__)
+    add_rate_options(parser, n=10_000, n_help="dispatches per mode per round")
     args = parser.parse_args(argv)
     if args.smoke:
         args.n, args.rounds, args.callers = 200, 1, 20
@@ -153,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         version = queue.version()
         try:
             for round_index in range(args.rounds):
-                order = MODES[round_index % len(MODES) :] + MODES[: round_index % len(MODES)]
-                for mode in order:
+                for mode in rotated(MODES, round_index):
                     m = run_mode(mode, apps, queue, args.n, args.callers)
                     results[mode].append(m)
                     print(
@@ -167,29 +160,19 @@ def main(argv: list[str] | None = None) -> int:
             for app in apps.values():
                 app.close()
     text = table(results, args.n)
-    print()
-    print(text)
     mismatched = [mode for mode in results if not all(r.landed == r.n for r in results[mode])]
-    if not args.smoke:
-        write_report(args.output, text, args, version)
-    if mismatched:
-        print(f"landed-count mismatch in: {mismatched}", file=sys.stderr)
-        return 1
-    return 0
+    write = None if args.smoke else (lambda: write_report(args.output, text, args, version))
+    return finish(text, mismatched, write)
 
 
 def write_report(path: Path, text: str, args: argparse.Namespace, version: str) -> None:
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
-    body = (
-        f"\n## RabbitMQ: confirmed dispatch ({stamp})\n\n"
-        f"`python -m bench.amqp --n {args.n} --callers {args.callers} --rounds {args.rounds}`"
-        f" — {environment()}, RabbitMQ {version}. Medians over {args.rounds} "
-        f"interleaved rounds of {args.n:,} dispatches per mode to a durable queue; the "
-        f"controller's modes use {args.callers} concurrent coroutines and confirm every "
-        "message; `bare delay()` is Celery's default (unconfirmed).\n\n"
-        f"{text}\n"
+    detail = (
+        f", RabbitMQ {version}. Medians over {args.rounds} interleaved rounds of {args.n:,} "
+        f"dispatches per mode to a durable queue; the controller's modes use {args.callers} "
+        "concurrent coroutines and confirm every message; `bare delay()` is Celery's "
+        "default (unconfirmed)."
     )
-    replace_section(path, "## RabbitMQ: confirmed dispatch", body)
+    rate_report(path, "## RabbitMQ: confirmed dispatch", text, args, "amqp", detail)
 
 
 if __name__ == "__main__":

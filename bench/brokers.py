@@ -40,7 +40,7 @@ import redis
 from celery import Celery
 
 from aceleryctl import AsyncCeleryController
-from bench._support import LagTicker, Measurement, cpu_seconds
+from bench._support import LagTicker, Measurement, cpu_seconds, delay_from, shares
 from bench.dispatch import environment, replace_section
 from tests._support.redis_sentinel import SentinelCluster
 from tests._support.redis_server import RedisServer
@@ -79,18 +79,13 @@ async def measure(broker: Broker, n: int, callers: int) -> Measurement:
     ctl = AsyncCeleryController(
         app, dispatch_timeout=10.0, max_pending=n + callers, replica_acks=broker.replica_acks
     )
-    share = [n // callers + (1 if c < n % callers else 0) for c in range(callers)]
-
-    async def caller(count: int) -> None:
-        for i in range(count):
-            await ctl.delay(add, i, i)
-
+    share = shares(n, callers)
     try:
         await ctl.delay(add, 0, 0)  # connect before the clock starts
         ticker = LagTicker()
         ticker.start()
         cpu0, t0 = cpu_seconds(), time.perf_counter()
-        await asyncio.gather(*(caller(s) for s in share))
+        await delay_from(ctl, add, share)
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
         p99, worst = await ticker.stop()
         assert ctl.statistics().direct == n + 1, "a call left the direct wire"

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import platform
 import statistics
 import sys
@@ -50,7 +49,8 @@ from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from celery import Celery
 
 from aceleryctl import AsyncCeleryController
-from bench._support import LagTicker, Measurement, cpu_seconds, redis_server
+from bench._cli import add_rate_options, finish, new_parser, rotated, section, today
+from bench._support import LagTicker, Measurement, cpu_seconds, redis_server, shares
 
 QUEUE = "bench"
 
@@ -84,7 +84,7 @@ async def _drive(
     mode: str, n: int, callers: int, dispatch: Dispatch, per_caller: Any = None
 ) -> Measurement:
     ticker = LagTicker()
-    share = [n // callers + (1 if c < n % callers else 0) for c in range(callers)]
+    share = shares(n, callers)
 
     async def caller(count: int, base: int) -> None:
         async def body() -> None:
@@ -201,14 +201,8 @@ def environment() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--n", type=int, default=20_000, help="dispatches per mode per round")
-    parser.add_argument("--callers", type=int, default=100, help="concurrent coroutines")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--smoke", action="store_true", help="tiny run, docs untouched")
-    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser = new_parser(__doc__)
+    add_rate_options(parser, n=20_000, n_help="dispatches per mode per round")
     parser.add_argument(
         "--modes", default=",".join(MODES), help="comma-separated subset (docs untouched)"
     )
@@ -251,9 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         app = make_app(url)
         client = redis.Redis.from_url(f"{url}/0")
         for round_index in range(args.rounds):
-            run = list(results)
-            order = run[round_index % len(run) :] + run[: round_index % len(run)]
-            for mode in order:
+            for mode in rotated(list(results), round_index):
                 m = run_mode(mode, app, client, args.n, args.callers)
                 results[mode].append(m)
                 print(
@@ -263,33 +255,35 @@ def main(argv: list[str] | None = None) -> int:
                 )
         client.close()
     text = table(results, args.n)
-    print()
-    print(text)
     mismatched = [mode for mode in results if not all(r.landed == r.n for r in results[mode])]
-    if not args.smoke and len(results) == len(MODES):
-        write_report(args.output, text, args)
-    if mismatched:
-        print(f"landed-count mismatch in: {mismatched}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def write_report(path: Path, text: str, args: argparse.Namespace) -> None:
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
-    body = (
-        f"\n## Dispatch throughput ({stamp})\n\n"
-        f"`python -m bench.dispatch --n {args.n} --callers {args.callers} --rounds {args.rounds}`"
-        f" — {environment()}. Medians over {args.rounds} interleaved rounds of {args.n:,} "
-        f"dispatches per mode; async modes use {args.callers} concurrent coroutines.\n\n"
-        f"{text}\n"
+    if args.smoke or len(results) < len(MODES):
+        return finish(text, mismatched, None)  # docs untouched
+    detail = (
+        f". Medians over {args.rounds} interleaved rounds of {args.n:,} dispatches per mode; "
+        f"async modes use {args.callers} concurrent coroutines."
     )
-    replace_section(path, "## Dispatch throughput", body)
+    heading = "## Dispatch throughput"
+    return finish(
+        text, mismatched, lambda: rate_report(args.output, heading, text, args, "dispatch", detail)
+    )
+
+
+def rate_report(
+    path: Path, heading: str, text: str, args: argparse.Namespace, command: str, detail: str
+) -> None:
+    """Write ``text`` into ``path`` under ``heading``, after how ``python -m
+    bench.<command>`` ran (``--n``, ``--callers``, ``--rounds``), on what
+    (:func:`environment`), then ``detail``."""
+    intro = (
+        f"`python -m bench.{command} --n {args.n} --callers {args.callers} "
+        f"--rounds {args.rounds}` — {environment()}{detail}"
+    )
+    replace_section(path, heading, section(heading, intro, text))
 
 
 def write_metrics_report(path: Path, text: str, args: argparse.Namespace) -> None:
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     body = (
-        f"\n## Metrics overhead ({stamp})\n\n"
+        f"\n## Metrics overhead ({today()})\n\n"
         f"`python -m bench.dispatch --metrics --n {args.n} --callers {args.callers} "
         f"--rounds {args.rounds}` — {environment()}. `await controller.delay` from "
         f"{args.callers} coroutines ({args.n:,} dispatches) and from one "

@@ -53,11 +53,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import importlib.util
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -71,6 +69,7 @@ from pathlib import Path
 import redis
 import uvicorn
 
+from bench._cli import add_http_options, http_client, load_average, new_parser, today
 from bench._httpclient import Record, Result, get_once, run_load
 from bench._support import percentile, redis_server, uptime
 from bench.dispatch import environment, replace_section
@@ -438,36 +437,26 @@ def pause_table(figures: list[Pause]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = new_parser(__doc__)
+    add_http_options(
+        parser,
+        duration=2.0,
+        duration_help="seconds of load a run",
+        rounds=15,
+        warmup_help="seconds a view, once",
     )
-    parser.add_argument("--duration", type=float, default=2.0, help="seconds of load a run")
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
-    parser.add_argument("--connections", type=int, default=100)
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds a view, once")
-    parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--pause", type=float, default=5.0, help="seconds Redis stays paused")
     parser.add_argument("--lead", type=float, default=1.0, help="seconds of load before it")
     parser.add_argument("--tail", type=float, default=3.0, help="seconds of load after it")
     parser.add_argument("--no-pause", action="store_true", help="skip the Redis-pause figures")
-    parser.add_argument("--smoke", action="store_true", help="tiny run, docs untouched")
-    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args(argv)
     if args.smoke:
         args.duration, args.rounds, args.warmup = 2.0, 1, 1.0
         args.pause, args.lead, args.tail = 3.0, 0.5, 1.0
-    have_wrk = shutil.which("wrk") is not None
-    if args.client == "wrk" and not have_wrk:
-        print("wrk is not installed (Debian: apt-get install -y wrk)", file=sys.stderr)
+    client_choice = http_client(args.client)
+    if client_choice is None:
         return 2
-    use_wrk = have_wrk and args.client != "python"
-    if not use_wrk and args.client == "auto":
-        print(
-            "wrk not found (Debian: apt-get install -y wrk); falling back to the asyncio "
-            "client in bench/_httpclient.py, which costs more CPU: expect lower figures",
-            flush=True,
-        )
-    generator = "wrk -t1" if use_wrk else "the asyncio client (bench/_httpclient.py)"
+    use_wrk, generator = client_choice
     load_before = uptime()
     print(f"load before: {load_before}", flush=True)
     started = time.perf_counter()
@@ -498,13 +487,9 @@ def main(argv: list[str] | None = None) -> int:
 def write_report(
     args: argparse.Namespace, text: str, pause_text: str, generator: str, before: str, after: str
 ) -> None:
-    def load(line: str) -> str:
-        return line.split("load average:")[-1].strip()
-
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     body = (
-        f"\n## Through HTTP ({stamp})\n\n"
+        f"\n## Through HTTP ({today()})\n\n"
         f"`python -m bench.http --duration {args.duration:g} --rounds {args.rounds} "
         f"--pause {args.pause:g}` — {environment()}; uvicorn {uvicorn.__version__} (one "
         f"process, asyncio loop, {http}, no access log), Django's ASGI handler with no "
@@ -516,8 +501,8 @@ def write_report(
         f"requests/s move by 20-40% from round to round. "
         f"\"x trivial by server CPU\" (the trivial view's CPU per request over the view's, "
         f"user + system time of the server process) is the ratio the view would reach with "
-        f"the server CPU-bound, and moves much less. Load average before: `{load(before)}`, "
-        f"after: `{load(after)}`.\n\n"
+        f"the server CPU-bound, and moves much less. Load average before: "
+        f"`{load_average(before)}`, after: `{load_average(after)}`.\n\n"
         f"{text}\n"
     )
     if pause_text:

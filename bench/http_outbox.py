@@ -51,7 +51,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import datetime
 import json
 import math
 import shutil
@@ -66,6 +65,7 @@ from pathlib import Path
 import psycopg
 import uvicorn
 
+from bench._cli import add_http_options, http_client, load_average, new_parser, today
 from bench._http_outbox_profile import table as profile_table
 from bench._httpclient import get_once
 from bench._support import uptime
@@ -379,25 +379,23 @@ def ratio_table(slices: list[Slice]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = new_parser(__doc__)
+    add_http_options(
+        parser,
+        duration=10.0,
+        duration_help="seconds of load a slice",
+        rounds=3,
+        warmup_help="seconds a configuration, once",
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load a slice")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--pool", type=int, default=20, help="database connections a process")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds a configuration, once")
-    parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument(
         "--configs", default=",".join(BY_KEY), help="comma-separated subset (docs untouched)"
     )
-    parser.add_argument("--smoke", action="store_true", help="tiny run, docs untouched")
     parser.add_argument(
         "--py-spy", type=Path, default=None, metavar="DIR",
         help="record py-spy profiles of the server during each slice into DIR (collapsed "
         "stacks of the thread holding the GIL; docs untouched)",
     )  # fmt: skip
-    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args(argv)
     if args.smoke:
         args.duration, args.rounds, args.warmup, args.connections = 1.0, 1, 0.5, 20
@@ -408,16 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     if not pool_available():
         print("psycopg_pool is not installed (pip install 'psycopg[pool]')", file=sys.stderr)
         return 2
-    have_wrk = shutil.which("wrk") is not None
-    if args.client == "wrk" and not have_wrk:
-        print("wrk is not installed (Debian: apt-get install -y wrk)", file=sys.stderr)
+    client_choice = http_client(args.client)
+    if client_choice is None:
         return 2
-    use_wrk = have_wrk and args.client != "python"
-    if not use_wrk and args.client == "auto":
-        print("wrk not found (apt-get install -y wrk): the asyncio client stands in", flush=True)
+    use_wrk, generator = client_choice
     if args.py_spy is not None:
         args.py_spy.mkdir(parents=True, exist_ok=True)
-    generator = "wrk -t1" if use_wrk else "the asyncio client (bench/_httpclient.py)"
     load_before = uptime()
     print(f"load before: {load_before}", flush=True)
     slices: list[Slice] = []
@@ -460,8 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         units = {f"{s.key}-r{s.round + 1}": s.units for s in slices}
         print(f"\n{profile_table(args.py_spy, units, {c.key: c.short for c in configs})}")
     if not args.smoke and args.py_spy is None and len(configs) == len(CONFIGS):
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
-        replace_section(args.output, HEADING, f"\n{HEADING} ({stamp})\n\n{text}\n")
+        replace_section(args.output, HEADING, f"\n{HEADING} ({today()})\n\n{text}\n")
     bad = [s for s in slices if s.problems]
     if bad:
         print(f"{len(bad)} slices lost or duplicated dispatches", file=sys.stderr)
@@ -473,9 +466,6 @@ def report(
     args: argparse.Namespace, slices: list[Slice], generator: str, pg_version: str,
     before: str, after: str,
 ) -> str:  # fmt: skip
-    def load(line: str) -> str:
-        return line.split("load average:")[-1].strip()
-
     intro = (
         f"`python -m bench.http_outbox --duration {args.duration:g} --rounds {args.rounds} "
         f"--pool {args.pool}` — {environment()}; PostgreSQL {pg_version} (a throwaway "
@@ -490,7 +480,8 @@ def report(
         f"view writing the row without dispatch in the same process; server CPU counts "
         f"the uvicorn process until every publish and delete is done, per committed "
         f"row. Every process (wrk, uvicorn, PostgreSQL, Redis) shares the 2 cores with "
-        f"other jobs. Load average before: `{load(before)}`, after: `{load(after)}`."
+        f"other jobs. Load average before: `{load_average(before)}`, "
+        f"after: `{load_average(after)}`."
     )
     return "\n\n".join([intro, result_table(slices), ratio_table(slices)])
 

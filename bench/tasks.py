@@ -23,18 +23,15 @@ the table goes to docs/benchmarks.md ("Django Tasks enqueue").
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import datetime
 import statistics
 import sys
-import time
-from pathlib import Path
-from typing import Any
 
 import redis
 
-from bench._support import LagTicker, Measurement, cpu_seconds, redis_server
+from bench._cli import add_rate_options, finish, new_parser, rotated
+from bench._support import Measurement, redis_server
+from bench.dispatch import _drive
 
 MODES = [
     "await controller.delay",
@@ -43,23 +40,6 @@ MODES = [
     "django-vtasks aenqueue",
 ]
 PEER_OF_MODE = {"django-tasks-celery aenqueue": "dtc", "django-vtasks aenqueue": "vtasks"}
-
-
-async def _drive(mode: str, n: int, callers: int, call: Any) -> Measurement:
-    ticker = LagTicker()
-    share = [n // callers + (1 if c < n % callers else 0) for c in range(callers)]
-
-    async def caller(count: int, base: int) -> None:
-        for i in range(count):
-            await call(base + i)
-
-    bases = [sum(share[:c]) for c in range(callers)]
-    ticker.start()
-    cpu0, t0 = cpu_seconds(), time.perf_counter()
-    await asyncio.gather(*(caller(share[c], bases[c]) for c in range(callers)))
-    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-    p99, worst = await ticker.stop()
-    return Measurement(mode, n, wall, cpu, 0, p99, worst)
 
 
 def run_mode(mode: str, n: int, callers: int, client: redis.Redis) -> Measurement:
@@ -112,14 +92,8 @@ def table(results: dict[tuple[str, int], list[Measurement]], n: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--n", type=int, default=10_000, help="enqueues per mode per round")
-    parser.add_argument("--callers", type=int, default=100, help="concurrent coroutines")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--smoke", action="store_true", help="tiny run, docs untouched")
-    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser = new_parser(__doc__)
+    add_rate_options(parser, n=10_000, n_help="enqueues per mode per round")
     args = parser.parse_args(argv)
     if args.smoke:
         args.n, args.rounds, args.callers = 200, 1, 20
@@ -145,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[tuple[str, int], list[Measurement]] = {k: [] for k in keys}
         client = redis.Redis.from_url(f"{url}/0")
         for round_index in range(args.rounds):
-            order = keys[round_index % len(keys) :] + keys[: round_index % len(keys)]
-            for mode, callers in order:
+            for mode, callers in rotated(keys, round_index):
                 n = args.n if callers > 1 else max(1, args.n // 5)
                 m = run_mode(mode, n, callers, client)
                 results[(mode, callers)].append(m)
@@ -158,32 +131,22 @@ def main(argv: list[str] | None = None) -> int:
         client.close()
         _tasks_site.controller.sync.close()
     text = table(results, args.n)
-    print()
-    print(text)
     mismatched = [
         k for k, runs in results.items()
         if k[0] != "django-vtasks aenqueue" and not all(r.landed == r.n for r in runs)
     ]  # fmt: skip
-    if not args.smoke and len(modes) == len(MODES):
-        write_report(args.output, text, args)
-    if mismatched:
-        print(f"landed-count mismatch in: {mismatched}", file=sys.stderr)
-        return 1
-    return 0
+    if args.smoke or len(modes) < len(MODES):
+        return finish(text, mismatched, None)  # docs untouched
+    from bench.dispatch import rate_report
 
-
-def write_report(path: Path, text: str, args: argparse.Namespace) -> None:
-    from bench.dispatch import environment, replace_section
-
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
-    body = (
-        f"\n## Django Tasks enqueue ({stamp})\n\n"
-        f"`python -m bench.tasks --n {args.n} --callers {args.callers} --rounds {args.rounds}`"
-        f" — {environment()}. Medians over {args.rounds} interleaved rounds; "
-        f"{args.n:,} enqueues per mode with {args.callers} coroutines, "
-        f"{max(1, args.n // 5):,} with one.\n\n{text}\n"
+    detail = (
+        f". Medians over {args.rounds} interleaved rounds; {args.n:,} enqueues per mode "
+        f"with {args.callers} coroutines, {max(1, args.n // 5):,} with one."
     )
-    replace_section(path, "## Django Tasks enqueue", body)
+    heading = "## Django Tasks enqueue"
+    return finish(
+        text, mismatched, lambda: rate_report(args.output, heading, text, args, "tasks", detail)
+    )
 
 
 if __name__ == "__main__":

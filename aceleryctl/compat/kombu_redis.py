@@ -35,15 +35,7 @@ __all__ = [
 
 
 def redis_envelope(
-    channel: Any,
-    data: Any,
-    priority: Any,
-    content_type: str,
-    content_encoding: str,
-    headers: dict[str, Any],
-    properties: dict[str, Any],
-    routing_key: str,
-    delivery_tag: str,
+    channel: Any, routing_key: str, delivery_tag: str, *message: Any
 ) -> tuple[str, dict[str, Any]]:
     """The Redis list key and the envelope kombu's Redis channel would push for a
     message published through the anonymous exchange.
@@ -53,18 +45,17 @@ def redis_envelope(
     interface), ``encode_body`` with the channel's ``body_encoding`` and the
     ``delivery_info`` augmentation (kombu's virtual channel), then the list key
     from the private ``_get_message_priority`` and ``_q_for_pri`` (the Redis
-    channel's priority lists). ``properties`` becomes the envelope's properties
-    and is updated in place. The delivery tag is the caller's (kombu draws one
-    from ``os.urandom`` per message).
+    channel's priority lists). ``message`` is what ``prepare_message`` takes: body,
+    priority, content type, content encoding, headers and properties; the
+    properties become the envelope's and are updated in place. The delivery tag is
+    the caller's (kombu draws one from ``os.urandom`` per message).
 
     Runs per message on the direct path: one call instead of the same calls
     inline. Were any of these renamed, the direct path raises ``AttributeError``
     for the messages it builds (their callers get the error, nothing is sent);
     ``tests/unit/test_compat.py`` fails first.
     """
-    envelope: dict[str, Any] = channel.prepare_message(
-        data, priority, content_type, content_encoding, headers, properties
-    )
+    envelope: dict[str, Any] = channel.prepare_message(*message)
     envelope["body"], body_encoding = channel.encode_body(envelope["body"], channel.body_encoding)
     props = envelope["properties"]
     props.update(body_encoding=body_encoding, delivery_tag=delivery_tag)

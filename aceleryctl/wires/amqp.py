@@ -26,13 +26,12 @@ deadline (nothing can have been sent), nothing else is.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import amqp.exceptions
-from celery import Celery, Task
+from celery import Celery
 from celery.signals import after_task_publish
 
 from aceleryctl._clock import Clock
@@ -50,15 +49,15 @@ from aceleryctl.wires.amqp_confirms import (
     collect,
 )
 from aceleryctl.wires.amqp_message import AmqpDirectPath
-from aceleryctl.wires.base import Wire, WireOutcome
+from aceleryctl.wires.base import WireOutcome
 from aceleryctl.wires.connections import (
     BROKER_ERRORS,
     SERIALIZATION_ERRORS,
-    ConnectionRegistry,
     LeanProducer,
     TransportPolicy,
     classify_failure,
 )
+from aceleryctl.wires.per_thread import PerThreadWire
 from aceleryctl.wires.redis_message import DirectPath, Prepared, Snapshot
 from aceleryctl.wires.stock import send_with_celery
 
@@ -78,7 +77,7 @@ class PublishNacked(Exception):
     """The broker answered ``basic.nack``: it did not store the message."""
 
 
-class AmqpWire(Wire):
+class AmqpWire(PerThreadWire[AmqpPublisher]):
     """Confirmed, pipelined publishes on RabbitMQ (any AMQP 0-9-1 broker with
     publisher confirms).
 
@@ -100,11 +99,7 @@ class AmqpWire(Wire):
         direct: bool = True,
         clock: Clock = time.monotonic,
     ) -> None:
-        super().__init__(app)
-        self._policy = policy
-        self._clock = clock
-        self._registry = ConnectionRegistry()
-        self._local = threading.local()
+        super().__init__(app, policy, clock=clock)
         #: The message builder, or ``None`` when the direct path is turned off.
         self.direct = AmqpDirectPath(app) if direct else None
 
@@ -112,22 +107,10 @@ class AmqpWire(Wire):
     def batches(self) -> bool:
         return True
 
-    def publisher(self) -> AmqpPublisher:
-        """This publishing thread's connection, channel and confirms."""
-        publisher: AmqpPublisher | None = getattr(self._local, "publisher", None)
-        if publisher is None:
-            publisher = AmqpPublisher(self.app, self._policy, self._registry, clock=self._clock)
-            self._local.publisher = publisher
-        return publisher
-
-    def connected(self) -> bool:
-        publisher: AmqpPublisher | None = getattr(self._local, "publisher", None)
-        return publisher is not None and publisher.connected
-
-    def release_thread(self) -> None:
-        publisher: AmqpPublisher | None = getattr(self._local, "publisher", None)
-        if publisher is not None:
-            publisher.discard()
+    def new_publisher(self) -> AmqpPublisher:
+        """A connection, channel and confirms for this publishing thread."""
+        assert self._policy is not None  # always given (see __init__)
+        return AmqpPublisher(self.app, self._policy, self._registry, clock=self._clock)
 
     def close(self) -> None:
         self._registry.close_all(collect)
@@ -219,7 +202,7 @@ class AmqpWire(Wire):
         dispatch = attempt.dispatch
         if dispatch.kind is DispatchKind.CALLABLE:
             return attempt.run(send_with_celery, self.app, attempt, None)
-        if direct is not None and snapshot is not None and self._accepts(direct, attempt):
+        if direct is not None and snapshot is not None and direct.takes(attempt):
             d = dispatch
             prepared = attempt.run(
                 direct.prepare, d.target, d.args, d.kwargs, d.options, producer.channel, snapshot
@@ -231,17 +214,6 @@ class AmqpWire(Wire):
                 return prepared
         frames.flush()
         return attempt.run(send_with_celery, self.app, attempt, producer)
-
-    def _accepts(self, direct: AmqpDirectPath, attempt: Attempt) -> bool:
-        dispatch = attempt.dispatch
-        task = dispatch.target
-        return (
-            dispatch.kind is DispatchKind.TASK
-            and not dispatch.by_name
-            and isinstance(task, Task)
-            and task.app is self.app
-            and direct.accepts(task, dispatch.options)
-        )
 
     def _failure(self, exc: BaseException, attempt: Attempt, wrote: bool) -> WireOutcome:
         # A publish raised. Nothing of it was written: its own failure (a broker

@@ -73,19 +73,6 @@ class AmqpDirectPath(DirectPath):
         """Every direct-exchange queue: its arguments are declared with it."""
         return True
 
-    def encode(
-        self,
-        channel: Any,
-        data: Any,
-        priority: Any,
-        content_type: str,
-        content_encoding: str,
-        headers: dict[str, Any],
-        properties: dict[str, Any],
-        routing_key: str,
-    ) -> tuple[str, Any]:
+    def encode(self, channel: Any, routing_key: str, *message: Any) -> tuple[str, Any]:
         """The ``amqp.Message`` kombu's ``Producer.publish`` would hand py-amqp."""
-        message = channel.prepare_message(
-            data, priority, content_type, content_encoding, headers, properties
-        )
-        return "", message
+        return "", channel.prepare_message(*message)

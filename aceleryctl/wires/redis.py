@@ -14,14 +14,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery
 from celery.signals import after_task_publish
 
 from aceleryctl._clock import Clock
 from aceleryctl.compat.celery import has_receivers
 from aceleryctl.compat.kombu_redis import ping_channel, send_lpushes, wait_for_replicas
 from aceleryctl.dispatch.listener import DispatchOutcome
-from aceleryctl.dispatch.record import Attempt, DispatchKind
+from aceleryctl.dispatch.record import Attempt
 from aceleryctl.wires.base import Wire, WireOutcome
 from aceleryctl.wires.connections import (
     LeanProducer,
@@ -124,7 +124,7 @@ class RedisWire(Wire):
         """Write the direct calls in one round trip, the rest through the stock wire.
         Never raises."""
         direct = self.direct
-        chosen = [] if direct is None else [a for a in attempts if self._accepts(direct, a)]
+        chosen = [] if direct is None else [a for a in attempts if direct.takes(a)]
         # The app's settings are read once per batch, and only when needed.
         snapshot = direct.configured() if direct is not None and chosen else None
         if direct is None or snapshot is None:
@@ -135,17 +135,6 @@ class RedisWire(Wire):
         rest = [a for a in attempts if id(a) not in written]
         stocked = iter(self.stock.publish_batch(rest, deadline))
         return [written[id(a)] if id(a) in written else next(stocked) for a in attempts]
-
-    def _accepts(self, direct: DirectPath, attempt: Attempt) -> bool:
-        dispatch = attempt.dispatch
-        task = dispatch.target
-        return (
-            dispatch.kind is DispatchKind.TASK
-            and not dispatch.by_name
-            and isinstance(task, Task)
-            and task.app is self.app
-            and direct.accepts(task, dispatch.options)
-        )
 
     def _write_direct(
         self,

@@ -67,6 +67,7 @@ from aceleryctl.compat.celery import (
 )
 from aceleryctl.compat.kombu_redis import redis_envelope
 from aceleryctl.dispatch.ids import new_task_id
+from aceleryctl.dispatch.record import Attempt, DispatchKind
 from aceleryctl.wires.fast_repr import fast_repr
 
 __all__ = ["DIRECT_OPTIONS", "DirectPath", "Prepared", "Snapshot", "fast_repr"]
@@ -177,6 +178,19 @@ class DirectPath:
                 return False
         queue = options.get("queue")
         return queue is None or isinstance(queue, str)
+
+    def takes(self, attempt: Attempt) -> bool:
+        """Whether ``attempt`` may take the direct path: a plain call of a task of this
+        app (not by name) that :meth:`accepts`. Runs on any thread."""
+        dispatch = attempt.dispatch
+        task = dispatch.target
+        return (
+            dispatch.kind is DispatchKind.TASK
+            and not dispatch.by_name
+            and isinstance(task, Task)
+            and task.app is self._app
+            and self.accepts(task, dispatch.options)
+        )
 
     def configured(self) -> Snapshot | None:
         """The configuration one batch is built with, or ``None`` when the app's
@@ -367,38 +381,18 @@ class DirectPath:
             body, serializer=options.get("serializer") or snapshot.serializer
         )
         key, payload = self.encode(
-            channel, data, priority, content_type, content_encoding, headers, props, routing_key
+            channel, routing_key, data, priority, content_type, content_encoding, headers, props
         )
         return Prepared(key, queue, payload, task_id, name, body, headers, "", routing_key)
 
-    def encode(
-        self,
-        channel: Any,
-        data: Any,
-        priority: Any,
-        content_type: str,
-        content_encoding: str,
-        headers: dict[str, Any],
-        properties: dict[str, Any],
-        routing_key: str,
-    ) -> tuple[str, Any]:
+    def encode(self, channel: Any, routing_key: str, *message: Any) -> tuple[str, Any]:
         """The broker's form of one serialized message, published through the
         anonymous exchange with ``routing_key``: here the Redis list key and the
-        JSON envelope kombu's Redis channel would push. ``properties`` may be
-        updated in place."""
-        # The channel's envelope and list key, with a delivery tag cut from
-        # pooled random bytes (kombu reads os.urandom for each one).
-        key, envelope = redis_envelope(
-            channel,
-            data,
-            priority,
-            content_type,
-            content_encoding,
-            headers,
-            properties,
-            routing_key,
-            new_task_id(),
-        )
+        JSON envelope kombu's Redis channel would push. ``message`` is what the
+        channel's ``prepare_message`` takes (body, priority, content type and
+        encoding, headers, properties); the properties may be updated in place."""
+        # A delivery tag cut from pooled random bytes (kombu reads os.urandom for each one).
+        key, envelope = redis_envelope(channel, routing_key, new_task_id(), *message)
         return key, dumps_envelope(envelope)
 
     @staticmethod

@@ -12,8 +12,6 @@ publish batch. On other transports Celery publishes through its own pool.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,14 +20,9 @@ from celery import Celery
 from aceleryctl.compat.kombu_redis import ping_channel, publish_batch
 from aceleryctl.dispatch.listener import DispatchOutcome
 from aceleryctl.dispatch.record import Attempt, Dispatch, DispatchKind
-from aceleryctl.wires.base import Wire, WireOutcome
-from aceleryctl.wires.connections import (
-    ConnectionRegistry,
-    LeanProducer,
-    ThreadPublisher,
-    TransportPolicy,
-    classify_failure,
-)
+from aceleryctl.wires.base import WireOutcome
+from aceleryctl.wires.connections import LeanProducer, ThreadPublisher, classify_failure
+from aceleryctl.wires.per_thread import PerThreadWire
 
 __all__ = ["StockWire", "send_with_celery"]
 
@@ -80,7 +73,7 @@ def _task_of(app: Celery, dispatch: Dispatch) -> Any:
     return app.tasks.get(dispatch.task_name)
 
 
-class StockWire(Wire):
+class StockWire(PerThreadWire[ThreadPublisher]):
     """Celery's stock publish, bounded per thread where the transport allows it.
 
     Args:
@@ -92,19 +85,6 @@ class StockWire(Wire):
 
     name = "stock"
 
-    def __init__(
-        self,
-        app: Celery,
-        policy: TransportPolicy | None,
-        *,
-        clock: Any = time.monotonic,
-    ) -> None:
-        super().__init__(app)
-        self._policy = policy
-        self._clock = clock
-        self._registry = ConnectionRegistry()
-        self._local = threading.local()
-
     @property
     def bounded(self) -> bool:
         """Whether publishes use this wire's own bounded connections."""
@@ -114,25 +94,10 @@ class StockWire(Wire):
     def batches(self) -> bool:
         return self._policy is not None
 
-    # -- per-thread connection ---------------------------------------------------
-
-    def publisher(self) -> ThreadPublisher:
-        """This publishing thread's connection and producer (bounded transports only)."""
-        publisher: ThreadPublisher | None = getattr(self._local, "publisher", None)
-        if publisher is None:
-            assert self._policy is not None
-            publisher = ThreadPublisher(self.app, self._policy, self._registry, clock=self._clock)
-            self._local.publisher = publisher
-        return publisher
-
-    def connected(self) -> bool:
-        publisher: ThreadPublisher | None = getattr(self._local, "publisher", None)
-        return publisher is not None and publisher.connected
-
-    def release_thread(self) -> None:
-        publisher: ThreadPublisher | None = getattr(self._local, "publisher", None)
-        if publisher is not None:
-            publisher.discard()
+    def new_publisher(self) -> ThreadPublisher:
+        """A bounded connection and producer for this thread (bounded transports only)."""
+        assert self._policy is not None
+        return ThreadPublisher(self.app, self._policy, self._registry, clock=self._clock)
 
     def close(self) -> None:
         self._registry.close_all()

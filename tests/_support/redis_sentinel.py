@@ -24,6 +24,7 @@ from pathlib import Path
 import redis
 
 from ._process import StopsOnExit, free_port, read_log, stop_process, tail
+from .redis_server import answers_ping
 from .waiting import WaitTimeout, wait_until
 
 __all__ = ["MASTER_NAME", "SentinelCluster", "SentinelClusterError", "sentinel_executable"]
@@ -58,21 +59,11 @@ class _Node:
         return self.process.poll() is None
 
 
-def _answers(port: int) -> bool:
-    client = redis.Redis(host=HOST, port=port, socket_connect_timeout=0.5, socket_timeout=1.0)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
 def _came_up(node: _Node, timeout: float = 10.0) -> bool:
     """Wait (bounded) until ``node`` answers PING; False when it exited or stayed silent."""
     with contextlib.suppress(WaitTimeout):
-        wait_until(lambda: not node.alive() or _answers(node.port), timeout=timeout)
-    return node.alive() and _answers(node.port)
+        wait_until(lambda: not node.alive() or answers_ping(node.port), timeout=timeout)
+    return node.alive() and answers_ping(node.port)
 
 
 class SentinelCluster(StopsOnExit):

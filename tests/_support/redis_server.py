@@ -18,9 +18,20 @@ import redis
 from ._process import StopsOnExit, free_port, read_log, stop_process, tail
 from .waiting import WaitTimeout, wait_until
 
-__all__ = ["RedisServer", "RedisServerError"]
+__all__ = ["RedisServer", "RedisServerError", "answers_ping"]
 
 HOST = "127.0.0.1"
+
+
+def answers_ping(port: int) -> bool:
+    """True when the Redis on 127.0.0.1:``port`` answers PING within a second."""
+    client = redis.Redis(host=HOST, port=port, socket_connect_timeout=0.5, socket_timeout=1.0)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
 
 
 class RedisServerError(RuntimeError):
@@ -114,15 +125,7 @@ class RedisServer(StopsOnExit):
 
     def ping(self) -> bool:
         """True when the server answers PING within a second."""
-        client = redis.Redis(
-            host=HOST, port=self.port, socket_connect_timeout=0.5, socket_timeout=1.0
-        )
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
+        return answers_ping(self.port)
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections stay open, nothing is answered."""

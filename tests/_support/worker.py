@@ -10,7 +10,7 @@ import contextlib
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from ._process import LoggedProcess, spawn
@@ -90,6 +90,16 @@ class CeleryWorker(LoggedProcess):
         ]  # fmt: skip
         child = spawn(command, env=env, cwd=cwd, log_prefix=f"aceleryctl-worker-{name}-")
         return cls(child.process, hostname, child.log_path)
+
+    @contextlib.contextmanager
+    def scoped(self) -> Iterator[CeleryWorker]:
+        """This worker for a ``with`` block (a fixture's body): on the way out,
+        :meth:`stop` it and remove its log."""
+        try:
+            yield self
+        finally:
+            self.stop()
+            self.remove_log()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait up to ``timeout`` seconds until the worker logs "<hostname> ready.".

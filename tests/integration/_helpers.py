@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import redis
 from celery import Celery, Task
 
 from tests._support.broker_messages import BrokerMessage, queue_keys, read_queue
+from tests._support.redis_server import RedisServer
 from tests._support.waiting import wait_until, wait_until_async
+from tests._support.worker import CeleryWorker
 
+from . import celery_app as shared
 from .celery_app import record_key
 
-__all__ = ["Broker", "Records", "isolated_app", "new_marker", "release_thread_backend"]
+__all__ = [
+    "Broker",
+    "Records",
+    "isolated_app",
+    "new_marker",
+    "release_thread_backend",
+    "shared_app_worker",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def new_marker(prefix: str = "m") -> str:
@@ -49,6 +64,33 @@ def isolated_app(name: str, broker_url: str, result_backend: str) -> Celery:
 
     app.finalize()
     return app
+
+
+@contextlib.contextmanager
+def shared_app_worker(
+    name: str,
+    broker_url: str,
+    redis_server: RedisServer,
+    *,
+    queues: Sequence[str] = ("celery",),
+    env: Mapping[str, str] | None = None,
+) -> Iterator[CeleryWorker]:
+    """A prefork worker of the shared test app (``tests.integration.celery_app``)
+    consuming ``queues`` on ``broker_url``, its results and execution records in
+    ``redis_server`` (dbs 1 and 2, where they outlive a broker the test breaks);
+    ``env`` adds to its environment. Stopped, its log removed, when the block ends.
+    """
+    worker_env = {
+        shared.BROKER_ENV: broker_url,
+        shared.BACKEND_ENV: redis_server.url(1),
+        shared.RECORDS_ENV: redis_server.url(2),
+        **(env or {}),
+    }
+    worker = CeleryWorker.start(
+        app="tests.integration.celery_app", name=name, queues=queues, env=worker_env, cwd=REPO_ROOT
+    )
+    with worker.scoped():
+        yield worker
 
 
 def release_thread_backend(app: Celery) -> None:

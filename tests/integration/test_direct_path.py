@@ -123,17 +123,27 @@ def comparable(raw: bytes) -> tuple[dict[str, Any], dict[str, float | None]]:
     envelope = json.loads(raw)
     headers = dict(envelope.pop("headers"))
     properties = dict(envelope.pop("properties"))
-    body = base64.b64decode(envelope.pop("body"))
-    decoded = (
-        msgpack.unpackb(body)
-        if envelope["content-type"] == "application/x-msgpack"
-        else json.loads(body)
+    decoded = decode(base64.b64decode(envelope.pop("body")), envelope["content-type"])
+    uuid.UUID(properties.pop("delivery_tag"))  # present, and a UUID
+    timed = mask_ids(headers, properties)
+    return {"envelope": envelope, "headers": headers, "properties": properties, "body": decoded}, (
+        timed
     )
+
+
+def decode(body: bytes, content_type: str) -> Any:
+    """A message body of the cases' serializers (JSON, msgpack)."""
+    return msgpack.unpackb(body) if content_type == "application/x-msgpack" else json.loads(body)
+
+
+def mask_ids(headers: dict[str, Any], properties: dict[str, Any]) -> dict[str, float | None]:
+    """Mask the task id where it repeats (in place), check and drop the publishing
+    thread's ``reply_to``, and take the timestamps out: ``eta``, ``expires`` and
+    ``expiration`` in epoch seconds (``None`` when absent)."""
     task_id = headers.pop("id")
     for mapping, key in ((headers, "root_id"), (properties, "correlation_id")):
         if mapping.get(key) == task_id:
             mapping[key] = "<task id>"
-    uuid.UUID(properties.pop("delivery_tag"))  # present, and a UUID
     assert properties.pop("reply_to")  # the publishing thread's oid
     timed: dict[str, float | None] = {}
     for key in ("eta", "expires"):
@@ -141,9 +151,19 @@ def comparable(raw: bytes) -> tuple[dict[str, Any], dict[str, float | None]]:
         timed[key] = None if value is None else datetime.fromisoformat(value).timestamp()
     expiration = properties.pop("expiration", None)
     timed["expiration"] = None if expiration is None else int(expiration) / 1000
-    return {"envelope": envelope, "headers": headers, "properties": properties, "body": decoded}, (
-        timed
-    )
+    return timed
+
+
+def assert_same_times(
+    case: str, expected: dict[str, float | None], got: dict[str, float | None]
+) -> None:
+    """Each timestamp present on both messages or on neither, and within
+    :data:`TIMING_SLACK` of the other."""
+    for name, when in expected.items():
+        other = got[name]
+        assert (when is None) == (other is None), (case, name)
+        if when is not None and other is not None:
+            assert abs(when - other) <= TIMING_SLACK, (case, name)
 
 
 async def publish_all(app: Celery, direct: bool) -> tuple[list[str], int]:
@@ -177,11 +197,7 @@ async def test_direct_and_stock_messages_are_equal_field_by_field(
         expected, expected_times = comparable(stock_raw)
         got, got_times = comparable(direct_raw)
         assert got == expected, case
-        for name, when in expected_times.items():
-            other = got_times[name]
-            assert (when is None) == (other is None), (case, name)
-            if when is not None and other is not None:
-                assert abs(when - other) <= TIMING_SLACK, (case, name)
+        assert_same_times(case, expected_times, got_times)
 
 
 async def test_publish_signals_fire_alike_and_may_change_the_message(

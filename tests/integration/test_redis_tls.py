@@ -33,10 +33,9 @@ from tests._support.tarpit import Tarpit
 from tests._support.waiting import wait_until_async
 from tests._support.worker import CeleryWorker
 from tests.integration import celery_app as shared
-from tests.integration._helpers import isolated_app, new_marker
+from tests.integration._helpers import isolated_app, new_marker, shared_app_worker
 from tests.integration.celery_app import record_key
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEADLINE = 1.0  # seconds
 SLACK = 0.35  # seconds of scheduling allowed past a deadline on 2 busy cores
 RECORD = "aceleryctl_tests.record"
@@ -52,23 +51,10 @@ def tls_redis() -> Iterator[TlsRedis]:
 @pytest.fixture(scope="module")
 def tls_worker(tls_redis: TlsRedis, redis_server: RedisServer) -> Iterator[CeleryWorker]:
     """A prefork worker consuming over TLS as the ACL user; records go to the session Redis."""
-    worker = CeleryWorker.start(
-        app="tests.integration.celery_app",
-        name=f"tls-{new_marker()}",
-        queues=["celery"],
-        env={
-            shared.BROKER_ENV: tls_redis.url(0),
-            shared.BROKER_CA_ENV: str(tls_redis.ca),
-            shared.BACKEND_ENV: redis_server.url(1),
-            shared.RECORDS_ENV: redis_server.url(2),
-        },
-        cwd=REPO_ROOT,
-    )
-    try:
+    env = {shared.BROKER_CA_ENV: str(tls_redis.ca)}
+    name = f"tls-{new_marker()}"
+    with shared_app_worker(name, tls_redis.url(0), redis_server, env=env) as worker:
         yield worker
-    finally:
-        worker.stop()
-        worker.remove_log()
 
 
 class Recorder:
@@ -106,6 +92,13 @@ async def closing() -> AsyncIterator[list[AsyncCeleryController]]:
         await ctl.aclose(timeout=DEADLINE * 3)
 
 
+@pytest.fixture
+def debug_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """``caplog``, capturing from DEBUG up: no record of any level may hold a secret."""
+    caplog.set_level(logging.DEBUG)
+    return caplog
+
+
 def exception_texts(exc: BaseException) -> str:
     """Every link of the chain: messages, reprs and the formatted traceback."""
     parts: list[str] = ["".join(traceback.format_exception(exc))]
@@ -140,9 +133,8 @@ async def test_round_trip_over_tls_with_an_acl_user(
     tls_worker: CeleryWorker,
     redis_server: RedisServer,
     closing: list[AsyncCeleryController],
-    caplog: pytest.LogCaptureFixture,
+    debug_log: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG)
     ctl, recorder = make_controller(tls_redis.url(0), redis_server.url(1), tls_redis.ssl_options())
     closing.append(ctl)
     records = redis_server.client(2)
@@ -161,16 +153,15 @@ async def test_round_trip_over_tls_with_an_acl_user(
         records.close()
     assert ctl.health()["wire"] == "redis"
     assert ctl.statistics().direct == 1
-    assert_secret_absent(tls_redis.password, caplog, None, ctl, recorder)
+    assert_secret_absent(tls_redis.password, debug_log, None, ctl, recorder)
 
 
 async def test_a_certificate_from_another_authority_is_refused(
     tls_redis: TlsRedis,
     redis_server: RedisServer,
     closing: list[AsyncCeleryController],
-    caplog: pytest.LogCaptureFixture,
+    debug_log: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG)
     options = tls_redis.ssl_options(tls_redis.wrong_ca)
     ctl, recorder = make_controller(tls_redis.url(0), redis_server.url(1), options)
     closing.append(ctl)
@@ -182,16 +173,15 @@ async def test_a_certificate_from_another_authority_is_refused(
     assert "nothing was sent" in str(caught.value)
     assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
     assert "broker_use_ssl" in str(caught.value)  # what to change
-    assert_secret_absent(tls_redis.password, caplog, caught.value, ctl, recorder)
+    assert_secret_absent(tls_redis.password, debug_log, caught.value, ctl, recorder)
 
 
 async def test_a_wrong_password_is_refused_and_never_shown(
     tls_redis: TlsRedis,
     redis_server: RedisServer,
     closing: list[AsyncCeleryController],
-    caplog: pytest.LogCaptureFixture,
+    debug_log: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG)
     wrong = "wrong-" + new_marker()
     url = tls_redis.url(0, password=wrong)
     ctl, recorder = make_controller(url, redis_server.url(1), tls_redis.ssl_options())
@@ -208,7 +198,7 @@ async def test_a_wrong_password_is_refused_and_never_shown(
         assert error.message_may_exist is False, str(error)
         assert "username-password" in str(error), str(error)
         assert "check the user and password in the broker URL" in str(error)
-        assert_secret_absent(wrong, caplog, error, ctl, recorder)
+        assert_secret_absent(wrong, debug_log, error, ctl, recorder)
     assert {e.outcome.value for e in recorder.events} == {"not_sent"}
 
 

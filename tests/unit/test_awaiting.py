@@ -116,6 +116,16 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+async def _subscribed(subscriber: Subscriber, pubsub: FakePubSub, key: bytes) -> RecordingListener:
+    """A listener on ``key`` whose subscription the fake has confirmed."""
+    listener = RecordingListener()
+    listen = asyncio.ensure_future(subscriber.listen(key, listener))
+    await _settle()
+    pubsub.confirm(key)
+    await listen
+    return listener
+
+
 async def test_waits_of_one_turn_share_one_subscribe_and_see_their_messages(
     fake: tuple[Subscriber, FakePubSub],
 ) -> None:
@@ -183,11 +193,7 @@ async def test_a_second_confirmation_asks_listeners_to_read_again(
     fake: tuple[Subscriber, FakePubSub],
 ) -> None:
     subscriber, pubsub = fake
-    a = RecordingListener()
-    listen = asyncio.ensure_future(subscriber.listen(b"k", a))
-    await _settle()
-    pubsub.confirm(b"k")
-    await listen
+    a = await _subscribed(subscriber, pubsub, b"k")
 
     pubsub.confirm(b"k")  # redis-py resubscribed after a reconnect
     await _settle()
@@ -200,11 +206,7 @@ async def test_a_lost_connection_tells_every_listener_and_closes(
     fake: tuple[Subscriber, FakePubSub],
 ) -> None:
     subscriber, pubsub = fake
-    a = RecordingListener()
-    listen = asyncio.ensure_future(subscriber.listen(b"k", a))
-    await _settle()
-    pubsub.confirm(b"k")
-    await listen
+    a = await _subscribed(subscriber, pubsub, b"k")
 
     pubsub.inbox.put_nowait(ConnectionError("reset by peer"))
     await _settle()

@@ -732,7 +732,7 @@ def test_redis_envelope_is_what_the_channel_pushes(channel: Any, priority: int |
     stock_key, stock_payload = _stock_push(
         channel, channel.prepare_message(*message_args()), "work", "tag-1"
     )
-    key, envelope = ckr.redis_envelope(channel, *message_args(), "work", "tag-1")
+    key, envelope = ckr.redis_envelope(channel, "work", "tag-1", *message_args())
     assert isinstance(key, str)
     assert key == stock_key
     assert json.loads(kombu_json_dumps(envelope)) == json.loads(stock_payload)
@@ -740,8 +740,8 @@ def test_redis_envelope_is_what_the_channel_pushes(channel: Any, priority: int |
 
 def test_message_copy_is_the_delivery_tag_redis_keeps_when_it_restores(channel: Any) -> None:
     _, envelope = ckr.redis_envelope(
-        channel, "[[1, 2], {}, {}]", None, "application/json", "utf-8", {"id": "tid"}, {},
-        "work", "tag-of-the-publish",
+        channel, "work", "tag-of-the-publish",
+        "[[1, 2], {}, {}]", None, "application/json", "utf-8", {"id": "tid"}, {},
     )  # fmt: skip
     first = channel.message_to_python(json.loads(kombu_json_dumps(envelope)))
     assert ckr.message_copy(first, "redis") == ("tag-of-the-publish", False)

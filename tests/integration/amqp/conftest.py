@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,9 +21,7 @@ from tests._support.rabbitmq_server import RabbitMQServer
 from tests._support.redis_server import RedisServer
 from tests._support.worker import CeleryWorker
 from tests.integration import celery_app as shared
-from tests.integration._helpers import isolated_app
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
+from tests.integration._helpers import isolated_app, shared_app_worker
 
 #: The queues the session's AMQP worker consumes.
 CONSUMED = ["celery", shared.SPECIAL_QUEUE, "aq.quorum", "aq.priority"]
@@ -47,32 +44,14 @@ def amqp_app(name: str, broker_url: str, results_url: str) -> Celery:
     return app
 
 
-def worker_env(rabbitmq: RabbitMQServer, redis_server: RedisServer) -> dict[str, str]:
-    """The environment of a worker consuming ``rabbitmq``."""
-    return {
-        shared.BROKER_ENV: rabbitmq.url(),
-        shared.BACKEND_ENV: redis_server.url(1),
-        shared.RECORDS_ENV: redis_server.url(2),
-    }
-
-
 @pytest.fixture(scope="session")
 def amqp_worker(
     rabbitmq_server: RabbitMQServer, redis_server: RedisServer
 ) -> Iterator[CeleryWorker]:
     """A prefork worker consuming the session's RabbitMQ."""
-    worker = CeleryWorker.start(
-        app="tests.integration.celery_app",
-        name=f"amqp-{os.getpid()}",
-        queues=CONSUMED,
-        env=worker_env(rabbitmq_server, redis_server),
-        cwd=REPO_ROOT,
-    )
-    try:
+    name = f"amqp-{os.getpid()}"
+    with shared_app_worker(name, rabbitmq_server.url(), redis_server, queues=CONSUMED) as worker:
         yield worker
-    finally:
-        worker.stop()
-        worker.remove_log()
 
 
 @pytest.fixture(scope="module")
@@ -91,18 +70,9 @@ def fault_worker(
     fault_rabbitmq: RabbitMQServer, redis_server: RedisServer
 ) -> Iterator[CeleryWorker]:
     """A prefork worker consuming the fault node's ``celery`` queue."""
-    worker = CeleryWorker.start(
-        app="tests.integration.celery_app",
-        name=f"amqp-faults-{os.getpid()}",
-        queues=["celery"],
-        env=worker_env(fault_rabbitmq, redis_server),
-        cwd=REPO_ROOT,
-    )
-    try:
+    name = f"amqp-faults-{os.getpid()}"
+    with shared_app_worker(name, fault_rabbitmq.url(), redis_server) as worker:
         yield worker
-    finally:
-        worker.stop()
-        worker.remove_log()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterator
 
 import amqp
 import kombu.exceptions
@@ -36,23 +35,15 @@ from tests.integration.faults.test_faults import (
     MAX_STALL,
     PATHS,
     Storm,
-    _made,
+    _close_leftover_controllers,  # noqa: F401  (autouse: closes what a failed test left open)
     check_outcomes,
     close_and_check_no_leaks,
+    closed_port_fails_fast,
     fault_persists,
     make_controller,
     sentinel_ok,
+    silent_broker_fails_in_time,
 )
-
-
-@pytest.fixture(autouse=True)
-def _close_leftover_controllers() -> Iterator[None]:
-    """Close what a failed test left open, so its threads cannot fail the next test."""
-    yield
-    while _made:
-        ctl, _ = _made.pop()
-        asyncio.run(ctl.aclose(timeout=DEADLINE * 3))
-
 
 #: The loop-stall bound while a RabbitMQ node boots (``start_app``, a restart): the
 #: node keeps both cores busy for seconds while the worker reconnects beside it;
@@ -93,26 +84,7 @@ def connections(server: RabbitMQServer) -> int:
 async def test_closed_port_fails_fast_and_opens_the_breaker(
     records: redis.Redis, redis_server: RedisServer
 ) -> None:
-    ctl = make_controller(amqp_url(1), redis_server.url(1))
-    storm = Storm(ctl, callers=20, max_calls=40)
-
-    async def scenario() -> None:
-        await wait_until_async(lambda: ctl.breaker.state is BreakerState.OPEN, timeout=10)
-        before = ctl.statistics()
-        await fault_persists(ctl, rejections=100, timeout=20)
-        after = ctl.statistics()
-        rejected = after.rejected_open - before.rejected_open
-        submitted = after.pool.submitted - before.pool.submitted
-        assert rejected >= 10 * max(submitted, 1), (rejected, submitted)
-
-    await storm.run(scenario)
-    check_outcomes(storm, records, expect_ok=False)
-    kinds = storm.kinds()
-    assert kinds.get("BrokerError", 0) >= 5
-    assert kinds.get("CircuitOpenError", 0) > 0
-    assert not [o for o in storm.outcomes if o.kind == "BrokerError" and o.may_exist]
-    assert storm.max_lag() < MAX_STALL, f"event loop stalled {storm.max_lag():.3f} s"
-    await close_and_check_no_leaks(ctl)
+    await closed_port_fails_fast(make_controller(amqp_url(1), redis_server.url(1)), records)
 
 
 @PATHS
@@ -121,18 +93,7 @@ async def test_silent_broker_fails_every_caller_within_its_deadline(
 ) -> None:
     with Tarpit() as tarpit:
         ctl = make_controller(amqp_url(tarpit.port), redis_server.url(1))
-        storm = Storm(ctl, callers=100, max_calls=3, direct=direct)
-
-        async def scenario() -> None:
-            await wait_until_async(lambda: len(storm.outcomes) >= 100, timeout=DEADLINE * 10)
-            await wait_until_async(lambda: ctl.breaker.state is BreakerState.OPEN, timeout=10)
-
-        await storm.run(scenario)
-        check_outcomes(storm, records, expect_ok=False)
-        assert "ok" not in storm.kinds()
-        assert ctl.statistics().pool.threads <= 2
-        assert storm.max_lag() < MAX_STALL, f"event loop stalled {storm.max_lag():.3f} s"
-        await close_and_check_no_leaks(ctl)
+        await silent_broker_fails_in_time(ctl, records, direct, until_open=True)
 
 
 #: Open: after stop_app/start_app with Celery-built messages (the stock path on the

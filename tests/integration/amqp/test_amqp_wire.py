@@ -16,14 +16,12 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import amqp
-import msgpack
 import pytest
 from celery import Celery, chain, chord, group
 from kombu import Queue
@@ -34,7 +32,14 @@ from tests._support.rabbitmq_server import RabbitMQServer
 from tests._support.redis_server import RedisServer
 from tests._support.worker import CeleryWorker
 from tests.integration._helpers import new_marker
-from tests.integration.test_direct_path import CASES, TIMING_SLACK, capture_app
+from tests.integration.test_direct_path import (
+    CASES,
+    assert_same_times,
+    capture_app,
+    decode,
+    mask_ids,
+    publish_all,
+)
 
 from .conftest import amqp_app
 
@@ -168,37 +173,11 @@ def comparable(message: amqp.Message) -> tuple[dict[str, Any], dict[str, float |
     """The message with ids masked, and its timestamps apart (epoch seconds)."""
     properties = dict(message.properties)
     headers = dict(properties.pop("application_headers"))
-    body = message.body
-    decoded = (
-        msgpack.unpackb(body)
-        if properties["content_type"] == "application/x-msgpack"
-        else json.loads(body)
-    )
-    task_id = headers.pop("id")
-    for mapping, key in ((headers, "root_id"), (properties, "correlation_id")):
-        if mapping.get(key) == task_id:
-            mapping[key] = "<task id>"
-    assert properties.pop("reply_to")  # the publishing thread's oid
-    timed: dict[str, float | None] = {}
-    for key in ("eta", "expires"):
-        value = headers.pop(key)
-        timed[key] = None if value is None else datetime.fromisoformat(value).timestamp()
-    expiration = properties.pop("expiration", None)
-    timed["expiration"] = None if expiration is None else int(expiration) / 1000
+    decoded = decode(message.body, properties["content_type"])
+    timed = mask_ids(headers, properties)
     info = message.delivery_info
     route = {"exchange": info["exchange"], "routing_key": info["routing_key"]}
     return {"route": route, "headers": headers, "properties": properties, "body": decoded}, timed
-
-
-async def publish_all(app: Celery, direct: bool) -> tuple[list[str], int]:
-    ids: list[str] = []
-    async with AsyncCeleryController(app, direct_publish=direct, dispatch_timeout=5.0) as ctl:
-        for _, name, args, kwargs, options in CASES:
-            result = await ctl.apply_async(app.tasks[name], args, kwargs, **dict(options))
-            ids.append(result.id)
-        stats = ctl.statistics()
-    assert stats.dispatched == len(CASES)
-    return ids, stats.direct
 
 
 async def test_direct_and_stock_messages_are_equal_field_by_field(
@@ -216,11 +195,7 @@ async def test_direct_and_stock_messages_are_equal_field_by_field(
         expected, expected_times = comparable(stock[stock_id])
         got, got_times = comparable(direct[direct_id])
         assert got == expected, case
-        for name, when in expected_times.items():
-            other = got_times[name]
-            assert (when is None) == (other is None), (case, name)
-            if when is not None and other is not None:
-                assert abs(when - other) <= TIMING_SLACK, (case, name)
+        assert_same_times(case, expected_times, got_times)
 
 
 # -- what the broker refuses ---------------------------------------------------------------

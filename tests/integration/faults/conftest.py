@@ -21,9 +21,7 @@ import pytest
 from tests._support._process import free_port
 from tests._support.redis_server import RedisServer
 from tests._support.worker import CeleryWorker
-from tests.integration import celery_app as shared
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
+from tests.integration._helpers import shared_app_worker
 
 
 def launch_persistent_redis(port: int, workdir: Path) -> RedisServer:
@@ -83,19 +81,5 @@ def fault_broker() -> Iterator[FaultBroker]:
 @pytest.fixture(scope="module")
 def fault_worker(fault_broker: FaultBroker, redis_server: RedisServer) -> Iterator[CeleryWorker]:
     """A prefork worker consuming the fault broker; records go to the session Redis."""
-    worker = CeleryWorker.start(
-        app="tests.integration.celery_app",
-        name=f"faults-{os.getpid()}",
-        queues=["celery"],
-        env={
-            shared.BROKER_ENV: fault_broker.url(0),
-            shared.BACKEND_ENV: redis_server.url(1),
-            shared.RECORDS_ENV: redis_server.url(2),
-        },
-        cwd=REPO_ROOT,
-    )
-    try:
+    with shared_app_worker(f"faults-{os.getpid()}", fault_broker.url(0), redis_server) as worker:
         yield worker
-    finally:
-        worker.stop()
-        worker.remove_log()

@@ -283,7 +283,15 @@ def records(redis_server: RedisServer) -> Iterator[redis.Redis]:
 async def test_closed_port_fails_fast_and_opens_the_breaker(
     records: redis.Redis, redis_server: RedisServer
 ) -> None:
-    ctl = make_controller("redis://127.0.0.1:1/0", redis_server.url(1))
+    await closed_port_fails_fast(
+        make_controller("redis://127.0.0.1:1/0", redis_server.url(1)), records
+    )
+
+
+async def closed_port_fails_fast(ctl: AsyncCeleryController, records: redis.Redis) -> None:
+    """A storm on ``ctl``, whose broker URL names a port nobody listens on: the
+    breaker opens, rejects without touching the pool, no refused call is reported as
+    a message that may exist; then ``ctl`` is closed and checked for leaks."""
     storm = Storm(ctl, callers=20, max_calls=40)
 
     async def scenario() -> None:
@@ -316,17 +324,30 @@ async def test_silent_broker_fails_every_caller_within_its_deadline(
 ) -> None:
     with Tarpit() as tarpit:
         ctl = make_controller(tarpit.url, redis_server.url(1))
-        storm = Storm(ctl, callers=100, max_calls=3, direct=direct)
+        await silent_broker_fails_in_time(ctl, records, direct)
 
-        async def scenario() -> None:
-            await wait_until_async(lambda: len(storm.outcomes) >= 100, timeout=DEADLINE * 10)
 
-        await storm.run(scenario)
-        check_outcomes(storm, records, expect_ok=False)
-        assert "ok" not in storm.kinds()
-        assert ctl.statistics().pool.threads <= 2
-        assert storm.max_lag() < MAX_STALL, f"event loop stalled {storm.max_lag():.3f} s"
-        await close_and_check_no_leaks(ctl)
+async def silent_broker_fails_in_time(
+    ctl: AsyncCeleryController, records: redis.Redis, direct: bool, *, until_open: bool = False
+) -> None:
+    """A storm of 100 callers on ``ctl``, whose broker accepts connections and never
+    answers (a tarpit), on the ``direct`` path or not; ``until_open``: the storm also
+    lasts until the breaker is open. Every call fails within its deadline, on at most
+    two publishing threads, the loop keeps ticking; then ``ctl`` is closed and checked
+    for leaks."""
+    storm = Storm(ctl, callers=100, max_calls=3, direct=direct)
+
+    async def scenario() -> None:
+        await wait_until_async(lambda: len(storm.outcomes) >= 100, timeout=DEADLINE * 10)
+        if until_open:
+            await wait_until_async(lambda: ctl.breaker.state is BreakerState.OPEN, timeout=10)
+
+    await storm.run(scenario)
+    check_outcomes(storm, records, expect_ok=False)
+    assert "ok" not in storm.kinds()
+    assert ctl.statistics().pool.threads <= 2
+    assert storm.max_lag() < MAX_STALL, f"event loop stalled {storm.max_lag():.3f} s"
+    await close_and_check_no_leaks(ctl)
 
 
 @PATHS

@@ -37,9 +37,8 @@ from tests._support.redis_server import RedisServer
 from tests._support.waiting import wait_until, wait_until_async
 from tests._support.worker import CeleryWorker
 from tests.integration import celery_app as shared
-from tests.integration._helpers import isolated_app, new_marker
+from tests.integration._helpers import isolated_app, new_marker, shared_app_worker
 
-from .conftest import REPO_ROOT
 from .test_faults import (  # the autouse fixture closes what a failed test left open
     DEADLINE,
     SLACK,
@@ -74,23 +73,10 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[SentinelCluster]:
 @pytest.fixture
 def sentinel_worker(cluster: SentinelCluster, redis_server: RedisServer) -> Iterator[CeleryWorker]:
     """A prefork worker on the Sentinel URL; records go to the session Redis."""
-    worker = CeleryWorker.start(
-        app="tests.integration.celery_app",
-        name=f"sentinel-{new_marker()}",
-        queues=["celery"],
-        env={
-            shared.BROKER_ENV: cluster.url(0),
-            shared.MASTER_NAME_ENV: MASTER_NAME,
-            shared.BACKEND_ENV: redis_server.url(1),
-            shared.RECORDS_ENV: redis_server.url(2),
-        },
-        cwd=REPO_ROOT,
-    )
-    try:
+    env = {shared.MASTER_NAME_ENV: MASTER_NAME}
+    name = f"sentinel-{new_marker()}"
+    with shared_app_worker(name, cluster.url(0), redis_server, env=env) as worker:
         yield worker
-    finally:
-        worker.stop()
-        worker.remove_log()
 
 
 def sentinel_controller(

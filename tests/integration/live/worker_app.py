@@ -26,7 +26,7 @@ if not apps.ready:
     django.setup()
 
 from aceleryctl import signals  # after Django is set up
-from tests._support.celery_apps import worker_app
+from tests._support.celery_apps import configure_env_app, env_worker_app
 
 __all__ = [
     "BrokenPromise",
@@ -43,23 +43,14 @@ __all__ = [
 
 BROKER_ENV = "ACELERYCTL_LIVE_BROKER_URL"
 BACKEND_ENV = "ACELERYCTL_LIVE_RESULT_BACKEND"
-_UNCONFIGURED = "redis://127.0.0.1:1/{db}"
+ENV = {"broker_env": BROKER_ENV, "backend_env": BACKEND_ENV}
 
-app = worker_app(
-    "aceleryctl_live",
-    broker_url=os.environ.get(BROKER_ENV, _UNCONFIGURED.format(db=3)),
-    result_backend=os.environ.get(BACKEND_ENV, _UNCONFIGURED.format(db=4)),
-    result_backend_transport_options={
-        "retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.1}
-    },
-)
+app = env_worker_app("aceleryctl_live", **ENV, dbs=(3, 4))
 
 
 def configure(*, broker_url: str, result_backend: str) -> None:
     """Point the app at the session's Redis; call before the app is first used."""
-    os.environ[BROKER_ENV] = broker_url
-    os.environ[BACKEND_ENV] = result_backend
-    app.conf.update(broker_url=broker_url, result_backend=result_backend)
+    configure_env_app(app, **ENV, broker_url=broker_url, result_backend=result_backend)
 
 
 class Flaky(Exception):

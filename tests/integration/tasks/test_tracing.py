@@ -19,27 +19,15 @@ from tests._support.waiting import wait_until
 from . import functions
 
 pytest.importorskip("opentelemetry.instrumentation.celery")
-from opentelemetry.instrumentation.celery import CeleryInstrumentor
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
-    InMemorySpanExporter,
-)
+from tests._support.otel import InMemorySpanExporter, celery_instrumented, producer_spans
 
 pytestmark = pytest.mark.usefixtures("tasks_controller")
 
 
 @pytest.fixture
 def traced() -> Iterator[tuple[InMemorySpanExporter, Any]]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    instrumentor = CeleryInstrumentor()
-    instrumentor.instrument(tracer_provider=provider)
-    try:
-        yield exporter, provider.get_tracer("tests")
-    finally:
-        instrumentor.uninstrument()
+    with celery_instrumented() as instrumented:
+        yield instrumented
 
 
 @pytest.mark.parametrize("call", ["aenqueue", "enqueue"])
@@ -56,15 +44,7 @@ async def test_a_backend_enqueue_is_a_child_of_the_callers_span(
             result = await asyncio.to_thread(functions.add.enqueue, 2, 3)
 
     def producer() -> Any:
-        return next(
-            (
-                s
-                for s in exporter.get_finished_spans()
-                if s.name.startswith("apply_async/")
-                and (s.attributes or {}).get("messaging.message.id") == result.id
-            ),
-            None,
-        )
+        return next(iter(producer_spans(exporter, result.id)), None)
 
     span = wait_until(producer, timeout=30.0, message="the producer span")
     assert span.parent is not None

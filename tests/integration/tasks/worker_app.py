@@ -19,33 +19,28 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.integration.tasks.worker_
 if not apps.ready:
     django.setup()
 
-from tests._support.celery_apps import worker_app
+from tests._support.celery_apps import configure_env_app, env_worker_app
 from tests.integration.tasks.site import DEFAULT_QUEUE
 
 __all__ = ["BACKEND_ENV", "BROKER_ENV", "app", "configure"]
 
 BROKER_ENV = "ACELERYCTL_TASKS_BROKER_URL"
 BACKEND_ENV = "ACELERYCTL_TASKS_RESULT_BACKEND"
-_UNCONFIGURED = "redis://127.0.0.1:1/{db}"
+ENV = {"broker_env": BROKER_ENV, "backend_env": BACKEND_ENV}
 
-app = worker_app(
+app = env_worker_app(
     "aceleryctl_tasks",
-    broker_url=os.environ.get(BROKER_ENV, _UNCONFIGURED.format(db=7)),
-    result_backend=os.environ.get(BACKEND_ENV, _UNCONFIGURED.format(db=14)),
+    **ENV,
+    dbs=(7, 14),
     result_extended=True,
     task_default_queue=DEFAULT_QUEUE,
     imports=["tests.integration.tasks.functions"],
-    result_backend_transport_options={
-        "retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.1}
-    },
 )
 
 
 def configure(*, broker_url: str, result_backend: str) -> None:
     """Point the app at the session's Redis; call before the app is first used."""
-    os.environ[BROKER_ENV] = broker_url
-    os.environ[BACKEND_ENV] = result_backend
-    app.conf.update(broker_url=broker_url, result_backend=result_backend)
+    configure_env_app(app, **ENV, broker_url=broker_url, result_backend=result_backend)
 
 
 def _connect_signal_records() -> None:

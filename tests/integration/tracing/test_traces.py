@@ -26,14 +26,8 @@ from tests._support.worker import CeleryWorker
 from . import trace_app
 
 pytest.importorskip("opentelemetry.instrumentation.celery")
-from opentelemetry.instrumentation.celery import CeleryInstrumentor
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
-    InMemorySpanExporter,
-)
-
 from aceleryctl import AsyncCeleryController
+from tests._support.otel import InMemorySpanExporter, celery_instrumented, producer_spans
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 WAIT = 30.0
@@ -55,24 +49,24 @@ def trace_worker(redis_server: RedisServer, spans_file: Path) -> Iterator[Celery
         env=env,
         cwd=REPO_ROOT,
     )
-    try:
+    with worker.scoped():
         yield worker
-    finally:
-        worker.stop()
-        worker.remove_log()
 
 
 @pytest.fixture
 def exporter(trace_worker: CeleryWorker) -> Iterator[tuple[InMemorySpanExporter, Any]]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    instrumentor = CeleryInstrumentor()
-    instrumentor.instrument(tracer_provider=provider)
+    with celery_instrumented() as traced:
+        yield traced
+
+
+@pytest.fixture
+def sync_ctl() -> Iterator[AsyncCeleryController]:
+    """A controller on the tracing app for a test that uses its sync facade."""
+    ctl = AsyncCeleryController(trace_app.app, dispatch_timeout=5.0)
     try:
-        yield exporter, provider.get_tracer("tests")
+        yield ctl
     finally:
-        instrumentor.uninstrument()
+        ctl.sync.close(10)
 
 
 def worker_spans(path: Path) -> list[dict[str, Any]]:
@@ -102,12 +96,7 @@ def producer_span(exporter: InMemorySpanExporter, task_id: str) -> Any:
     ends on a publishing thread after the call returned)."""
 
     def found() -> list[Any]:
-        return [
-            s
-            for s in exporter.get_finished_spans()
-            if s.name.startswith("apply_async/")
-            and (s.attributes or {}).get("messaging.message.id") == task_id
-        ]
+        return producer_spans(exporter, task_id)
 
     wait_until(lambda: found() or None, timeout=WAIT, message=f"producer span of {task_id}")
     [span] = found()
@@ -131,81 +120,66 @@ async def test_a_dispatch_continues_the_callers_trace(
     exporter: tuple[InMemorySpanExporter, Any], spans_file: Path, direct: bool
 ) -> None:
     memory, tracer = exporter
-    ctl = AsyncCeleryController(trace_app.app, direct_publish=direct, dispatch_timeout=5.0)
-    try:
+    async with AsyncCeleryController(
+        trace_app.app, direct_publish=direct, dispatch_timeout=5.0
+    ) as ctl:
         with tracer.start_as_current_span("request") as request:
             result = await ctl.delay(trace_app.add, 1, 2)
         assert_continuous(memory, spans_file, request, result.id)
         path = producer_span(memory, result.id).attributes
         assert path.get("celery.action") == "apply_async"
-    finally:
-        await ctl.aclose()
 
 
 async def test_concurrent_calls_batched_together_keep_their_own_traces(
     exporter: tuple[InMemorySpanExporter, Any], spans_file: Path
 ) -> None:
     memory, tracer = exporter
-    ctl = AsyncCeleryController(trace_app.app, dispatch_timeout=5.0)
 
-    async def one(i: int) -> tuple[Any, str]:
+    async def one(ctl: AsyncCeleryController, i: int) -> tuple[Any, str]:
         with tracer.start_as_current_span(f"request-{i}") as request:
             result = await ctl.delay(trace_app.add, i, i)
         return request, result.id
 
-    try:
-        calls = await asyncio.gather(*(one(i) for i in range(20)))
+    async with AsyncCeleryController(trace_app.app, dispatch_timeout=5.0) as ctl:
+        calls = await asyncio.gather(*(one(ctl, i) for i in range(20)))
         stats = ctl.statistics()
         assert stats.dispatched == 20
         for request, task_id in calls:
             assert_continuous(memory, spans_file, request, task_id)
-    finally:
-        await ctl.aclose()
 
 
 async def test_a_chain_stays_in_one_trace(
     exporter: tuple[InMemorySpanExporter, Any], spans_file: Path
 ) -> None:
     memory, tracer = exporter
-    ctl = AsyncCeleryController(trace_app.app, dispatch_timeout=5.0)
-    try:
+    async with AsyncCeleryController(trace_app.app, dispatch_timeout=5.0) as ctl:
         with tracer.start_as_current_span("request") as request:
             last = await ctl.delay(chain(trace_app.add.s(2, 3), trace_app.double.s()))
         first_id = last.parent.id
         assert_continuous(memory, spans_file, request, first_id)
         second = run_span(spans_file, last.id)  # published by the worker, same trace
         assert second["trace_id"] == format(request.context.trace_id, "032x")
-    finally:
-        await ctl.aclose()
 
 
 def test_the_sync_facade_continues_the_callers_trace(
-    exporter: tuple[InMemorySpanExporter, Any], spans_file: Path
+    exporter: tuple[InMemorySpanExporter, Any], spans_file: Path, sync_ctl: AsyncCeleryController
 ) -> None:
     memory, tracer = exporter
-    ctl = AsyncCeleryController(trace_app.app, dispatch_timeout=5.0)
-    try:
-        with tracer.start_as_current_span("request") as request:
-            result = ctl.sync.delay(trace_app.add, 4, 5)
-        assert_continuous(memory, spans_file, request, result.id)
-    finally:
-        ctl.sync.close(10)
+    with tracer.start_as_current_span("request") as request:
+        result = sync_ctl.sync.delay(trace_app.add, 4, 5)
+    assert_continuous(memory, spans_file, request, result.id)
 
 
 @pytest.mark.django_db(transaction=True)
 def test_an_on_commit_dispatch_continues_the_committing_callers_trace(
-    exporter: tuple[InMemorySpanExporter, Any], spans_file: Path
+    exporter: tuple[InMemorySpanExporter, Any], spans_file: Path, sync_ctl: AsyncCeleryController
 ) -> None:
     from django.db import transaction
 
     memory, tracer = exporter
-    ctl = AsyncCeleryController(trace_app.app, dispatch_timeout=5.0)
-    try:
-        with tracer.start_as_current_span("request") as request, transaction.atomic():
-            result = ctl.sync.delay_on_commit(trace_app.add, 6, 7)
-        assert_continuous(memory, spans_file, request, result.id)
-    finally:
-        ctl.sync.close(10)
+    with tracer.start_as_current_span("request") as request, transaction.atomic():
+        result = sync_ctl.sync.delay_on_commit(trace_app.add, 6, 7)
+    assert_continuous(memory, spans_file, request, result.id)
 
 
 @pytest.mark.django_db(transaction=True)
