@@ -38,8 +38,7 @@ from aceleryctl.compat.django_tasks import (
     AnyTaskResult,
     BaseTaskBackend,
     InvalidTask,
-    TaskResult,
-    TaskResultStatus,
+    new_ready_result,
     task_enqueued,
 )
 from aceleryctl.dispatch.ids import new_task_id
@@ -212,20 +211,7 @@ class CeleryBackend(BaseTaskBackend):
         if plan is None or plan.task is not task or plan.app is not controller.app:
             plan = self._plan(task)
         now = timezone.now()
-        result: AnyTaskResult = TaskResult(
-            task=task,
-            id=new_task_id(),
-            status=TaskResultStatus.READY,
-            enqueued_at=now,
-            started_at=None,
-            finished_at=None,
-            last_attempted_at=None,
-            args=args,
-            kwargs=kwargs,
-            backend=self.alias,
-            errors=[],
-            worker_ids=[],
-        )
+        result = new_ready_result(task, new_task_id(), now, args, kwargs, self.alias)
         return result, plan, message_args(plan.path, self.alias, result.args, now), controller
 
     def _enqueued(self, result: AnyTaskResult) -> AnyTaskResult:
