@@ -38,6 +38,7 @@ from aceleryctl.compat.django_tasks import (
     AnyTaskResult,
     BaseTaskBackend,
     InvalidTask,
+    asend_from_loop,
     new_ready_result,
     task_enqueued,
 )
@@ -248,7 +249,10 @@ class CeleryBackend(BaseTaskBackend):
         result, plan, call, controller = self._prepare(task, args, kwargs)
         publish = controller.apply_async_on_commit if self._on_commit else controller.apply_async
         await publish(plan.runner, call, result.kwargs, task_id=result.id, **plan.options)
-        return self._enqueued(result)
+        self._recent.add(result)
+        # Not Signal.send: async receivers would raise here (async_to_sync on the loop).
+        await asend_from_loop(task_enqueued, type(self), task_result=result)
+        return result
 
     # -- results -----------------------------------------------------------
 

@@ -1158,6 +1158,39 @@ def test_new_ready_result_raises_what_the_constructor_raises(bad: Any) -> None:
         dt.new_ready_result(functions.add, "x", None, (), {"k": bad}, "default")
 
 
+def test_asend_from_loop_calls_sync_receivers_here_and_awaits_async_ones() -> None:
+    from django.dispatch import Signal
+
+    from aceleryctl.compat import django_tasks as dt
+
+    signal = Signal()
+    seen: list[Any] = []
+    threads: set[int] = set()
+
+    def first(sender: Any, **kwargs: Any) -> None:
+        seen.append(("first", sender, kwargs["value"]))
+        threads.add(threading.get_ident())
+
+    def second(sender: Any, **kwargs: Any) -> None:
+        seen.append(("second", sender, kwargs["value"]))
+        threads.add(threading.get_ident())
+
+    async def pending(sender: Any, **kwargs: Any) -> None:
+        seen.append(("async", sender, kwargs["value"]))
+
+    signal.connect(first)
+    signal.connect(second)
+    sync, async_ = signal._live_receivers("s")
+    assert (sync, async_) == ([first, second], [])
+    asyncio.run(dt.asend_from_loop(signal, "s", value=1))
+    assert seen == [("first", "s", 1), ("second", "s", 1)]
+    assert threads == {threading.get_ident()}  # no thread hop without async receivers
+    signal.connect(pending)
+    seen.clear()
+    asyncio.run(dt.asend_from_loop(signal, "s", value=2))
+    assert sorted(seen) == [("async", "s", 2), ("first", "s", 2), ("second", "s", 2)]
+
+
 # -- Celery: the result backend, awaited on the event loop (aceleryctl.awaiting) -----
 
 
