@@ -38,8 +38,8 @@ from aceleryctl.compat.django_tasks import (
     AnyTaskResult,
     BaseTaskBackend,
     InvalidTask,
-    asend_from_loop,
     new_ready_result,
+    send_from_loop,
     task_enqueued,
 )
 from aceleryctl.dispatch.ids import new_task_id
@@ -251,7 +251,9 @@ class CeleryBackend(BaseTaskBackend):
         await publish(plan.runner, call, result.kwargs, task_id=result.id, **plan.options)
         self._recent.add(result)
         # Not Signal.send: async receivers would raise here (async_to_sync on the loop).
-        await asend_from_loop(task_enqueued, type(self), task_result=result)
+        pending = send_from_loop(task_enqueued, type(self), task_result=result)
+        if pending is not None:
+            await pending
         return result
 
     # -- results -----------------------------------------------------------

@@ -7,7 +7,7 @@ backport otherwise, and re-exports what :mod:`aceleryctl.backends` uses under
 Django's names. Importing it without either raises ``ImportError`` naming the
 package to install.
 
-Private members used: ``Signal._live_receivers`` (see :func:`asend_from_loop`),
+Private members used: ``Signal._live_receivers`` (see :func:`send_from_loop`),
 and ``TaskResult._return_value``, the field Django's
 own backends fill (its ``return_value`` property reads it); see
 :func:`set_return_value`. :func:`new_ready_result` fills ``TaskResult``'s
@@ -17,6 +17,7 @@ fields itself for plain arguments, when they are the fields it knows.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
@@ -35,7 +36,7 @@ __all__ = [
     "TaskResultDoesNotExist",
     "TaskResultMismatch",
     "TaskResultStatus",
-    "asend_from_loop",
+    "send_from_loop",
     "new_ready_result",
     "normalize_json",
     "set_return_value",
@@ -191,26 +192,28 @@ def new_ready_result(
     )
 
 
-async def asend_from_loop(signal: Any, sender: Any, **named: Any) -> None:
-    """Send Django ``signal`` from a coroutine on the event loop's thread.
+def send_from_loop(signal: Any, sender: Any, **named: Any) -> Awaitable[Any] | None:
+    """Send Django ``signal`` from the event loop's thread; await what it returns.
 
     ``Signal.send`` runs async receivers through ``async_to_sync``, which raises
     ``RuntimeError`` on a loop's thread, and ``Signal.asend`` runs sync receivers
     through ``sync_to_async`` (a thread hop per send). So: with no async receiver
     connected (Django's own debug-log receiver is sync), the sync receivers are
-    called here, in order, as ``send`` calls them; with one, ``asend`` sends it.
-    The receivers come from ``Signal._live_receivers(sender)`` (private; a pair
-    ``(sync, async)`` in Django 5.0 and later).
+    called here and now, in order, as ``send`` calls them, and ``None`` is
+    returned; with one, nothing is called yet and ``Signal.asend``'s coroutine is
+    returned, to be awaited. The receivers come from
+    ``Signal._live_receivers(sender)`` (private; a pair ``(sync, async)`` in
+    Django 5.0 and later).
 
     Raises:
-        Exception: whatever a receiver raises (the remaining ones are not called).
+        Exception: whatever a sync receiver raises (the remaining ones are not called).
     """
     sync, pending = signal._live_receivers(sender)
     if pending:
-        await signal.asend(sender, **named)
-        return
+        return signal.asend(sender, **named)  # type: ignore[no-any-return]
     for receiver in sync:
         receiver(signal=signal, sender=sender, **named)
+    return None
 
 
 def set_return_value(result: AnyTaskResult, value: Any) -> None:

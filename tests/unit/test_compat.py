@@ -1158,7 +1158,7 @@ def test_new_ready_result_raises_what_the_constructor_raises(bad: Any) -> None:
         dt.new_ready_result(functions.add, "x", None, (), {"k": bad}, "default")
 
 
-def test_asend_from_loop_calls_sync_receivers_here_and_awaits_async_ones() -> None:
+def test_send_from_loop_calls_sync_receivers_here_and_returns_asend_for_async_ones() -> None:
     from django.dispatch import Signal
 
     from aceleryctl.compat import django_tasks as dt
@@ -1182,12 +1182,15 @@ def test_asend_from_loop_calls_sync_receivers_here_and_awaits_async_ones() -> No
     signal.connect(second)
     sync, async_ = signal._live_receivers("s")
     assert (sync, async_) == ([first, second], [])
-    asyncio.run(dt.asend_from_loop(signal, "s", value=1))
+    assert dt.send_from_loop(signal, "s", value=1) is None
     assert seen == [("first", "s", 1), ("second", "s", 1)]
     assert threads == {threading.get_ident()}  # no thread hop without async receivers
     signal.connect(pending)
     seen.clear()
-    asyncio.run(dt.asend_from_loop(signal, "s", value=2))
+    pending_send = dt.send_from_loop(signal, "s", value=2)
+    assert pending_send is not None
+    assert seen == []  # nothing called until awaited
+    asyncio.run(pending_send)  # type: ignore[arg-type]
     assert sorted(seen) == [("async", "s", 2), ("first", "s", 2), ("second", "s", 2)]
 
 
