@@ -207,9 +207,12 @@ class CeleryBackend(BaseTaskBackend):
     ) -> tuple[AnyTaskResult, _Plan, list[Any], AsyncCeleryController]:
         # The result, and the message: the runner with the function's path and
         # arguments (see records); its options are the plan's and the result's id.
+        # A task not seen yet is validated before the controller is looked up.
         plan = self._plans.get(id(task))
+        if plan is None or plan.task is not task:
+            plan = self._plan(task)
         controller = self.controller()
-        if plan is None or plan.task is not task or plan.app is not controller.app:
+        if plan.app is not controller.app:
             plan = self._plan(task)
         now = timezone.now()
         result = new_ready_result(task, new_task_id(), now, args, kwargs, self.alias)
