@@ -20,7 +20,7 @@ docs/django-tasks.md for what maps to what.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.core import checks
 from django.utils import timezone
@@ -38,15 +38,13 @@ from aceleryctl.compat.django_tasks import (
     AnyTaskResult,
     BaseTaskBackend,
     InvalidTask,
-    TaskResult,
-    TaskResultStatus,
+    new_ready_result,
+    send_from_loop,
     task_enqueued,
 )
 from aceleryctl.dispatch.ids import new_task_id
 
 if TYPE_CHECKING:
-    from celery import Celery
-
     from aceleryctl.dispatch.controller import AsyncCeleryController
 
 __all__ = ["CeleryBackend"]
@@ -54,6 +52,20 @@ __all__ = ["CeleryBackend"]
 #: The keys of a backend's OPTIONS.
 OPTION_KEYS = frozenset({"CONTROLLER", "QUEUE_MAP", "CELERY_OPTIONS", "ON_COMMIT"})
 DEFAULT_QUEUE = "default"
+
+
+#: Tasks whose validation and plan are kept, at most (then forgotten, and redone).
+_MAX_TASKS = 10_000
+
+
+class _Plan(NamedTuple):
+    """What every enqueue of one task shares (see ``CeleryBackend._plan``)."""
+
+    task: Any
+    app: Any
+    runner: Any
+    path: str
+    options: dict[str, Any]  # the Celery options but task_id; never mutated
 
 
 def _config_error(alias: str, message: str) -> InvalidTask:
@@ -124,7 +136,7 @@ class CeleryBackend(BaseTaskBackend):
         self._on_commit = on_commit
         self._controller_option = options.get("CONTROLLER")
         self._recent = RecentEnqueues()
-        self._runner_cache: tuple[Any, Any, bool, int] | None = None
+        self._plans: dict[int, _Plan] = {}
         self._valid: set[Any] = set()
         from aceleryctl.backends import runner  # registers the Celery task on every app
 
@@ -146,15 +158,35 @@ class CeleryBackend(BaseTaskBackend):
             self._controller_option = option
         return option  # type: ignore[no-any-return]
 
-    def _runner(self, app: Celery) -> tuple[Any, bool, int]:
-        cached = self._runner_cache
-        if cached is not None and cached[0] is app:
-            return cached[1], cached[2], cached[3]
-        runner = app.tasks[RUNNER_NAME]
+    def _plan(self, task: Any) -> _Plan:
+        # What every enqueue of ``task`` through ``app`` shares: the runner, the
+        # function's path and the Celery options but ``task_id`` (a Task is frozen,
+        # so they cannot change). Kept by the task's identity, with the task itself
+        # (its id cannot be reused while it is held); equal tasks (``using()``
+        # copies) are validated once.
+        valid = self._valid
+        if task not in valid:  # checked again here, as Django's own backends do
+            self.validate_task(task)
+            if len(valid) > _MAX_TASKS:
+                valid.clear()
+            valid.add(task)
+        app = self.controller().app
         redis = str(app.conf.broker_url or "").startswith(("redis", "rediss"))
         max_priority = int(app.conf.task_queue_max_priority or 0)
-        self._runner_cache = (app, runner, redis, max_priority)
-        return runner, redis, max_priority
+        queue = self._queue_map.get(task.queue_name, task.queue_name)
+        priority = celery_priority(task.priority, redis, max_priority)
+        plan = _Plan(
+            task,
+            app,
+            app.tasks[RUNNER_NAME],
+            task.module_path,
+            message_options(task, self._defaults, queue, priority),
+        )
+        plans = self._plans
+        if len(plans) > _MAX_TASKS:
+            plans.clear()
+        plans[id(task)] = plan
+        return plan
 
     # -- validation --------------------------------------------------------
 
@@ -172,37 +204,19 @@ class CeleryBackend(BaseTaskBackend):
 
     def _prepare(
         self, task: Any, args: Any, kwargs: Any
-    ) -> tuple[AnyTaskResult, Any, list[Any], dict[str, Any]]:
-        # The message: the runner with the function's path and arguments (see records).
-        valid = self._valid
-        if task not in valid:  # checked again here, as Django's own backends do
-            self.validate_task(task)
-            if len(valid) > 10_000:
-                valid.clear()
-            valid.add(task)
+    ) -> tuple[AnyTaskResult, _Plan, list[Any], AsyncCeleryController]:
+        # The result, and the message: the runner with the function's path and
+        # arguments (see records); its options are the plan's and the result's id.
+        # A task not seen yet is validated before the controller is looked up.
+        plan = self._plans.get(id(task))
+        if plan is None or plan.task is not task:
+            plan = self._plan(task)
         controller = self.controller()
-        runner, redis, max_priority = self._runner(controller.app)
+        if plan.app is not controller.app:
+            plan = self._plan(task)
         now = timezone.now()
-        result: AnyTaskResult = TaskResult(
-            task=task,
-            id=new_task_id(),
-            status=TaskResultStatus.READY,
-            enqueued_at=now,
-            started_at=None,
-            finished_at=None,
-            last_attempted_at=None,
-            args=args,
-            kwargs=kwargs,
-            backend=self.alias,
-            errors=[],
-            worker_ids=[],
-        )
-        queue = self._queue_map.get(task.queue_name, task.queue_name)
-        priority = celery_priority(task.priority, redis, max_priority)
-        options = message_options(task, self._defaults, queue, priority)
-        options["task_id"] = result.id
-        call = message_args(task.module_path, self.alias, result.args, now)
-        return result, runner, call, options
+        result = new_ready_result(task, new_task_id(), now, args, kwargs, self.alias)
+        return result, plan, message_args(plan.path, self.alias, result.args, now), controller
 
     def _enqueued(self, result: AnyTaskResult) -> AnyTaskResult:
         self._recent.add(result)
@@ -220,12 +234,10 @@ class CeleryBackend(BaseTaskBackend):
             TypeError, ValueError: the arguments are not JSON values.
             AsyncContextError: on an event loop's thread: ``await aenqueue`` there.
         """
-        result, runner, call, options = self._prepare(task, args, kwargs)
-        sync = self.controller().sync
-        if self._on_commit:
-            sync.apply_async_on_commit(runner, call, result.kwargs, **options)
-        else:
-            sync.apply_async(runner, call, result.kwargs, **options)
+        result, plan, call, controller = self._prepare(task, args, kwargs)
+        sync = controller.sync
+        publish = sync.apply_async_on_commit if self._on_commit else sync.apply_async
+        publish(plan.runner, call, result.kwargs, task_id=result.id, **plan.options)
         return self._enqueued(result)
 
     async def aenqueue(self, task: Any, args: Any, kwargs: Any) -> AnyTaskResult:
@@ -237,13 +249,15 @@ class CeleryBackend(BaseTaskBackend):
             TaskDispatchError: a subclass; see :mod:`aceleryctl.exceptions`.
             TypeError, ValueError: the arguments are not JSON values.
         """
-        result, runner, call, options = self._prepare(task, args, kwargs)
-        controller = self.controller()
-        if self._on_commit:
-            await controller.apply_async_on_commit(runner, call, result.kwargs, **options)
-        else:
-            await controller.apply_async(runner, call, result.kwargs, **options)
-        return self._enqueued(result)
+        result, plan, call, controller = self._prepare(task, args, kwargs)
+        publish = controller.apply_async_on_commit if self._on_commit else controller.apply_async
+        await publish(plan.runner, call, result.kwargs, task_id=result.id, **plan.options)
+        self._recent.add(result)
+        # Not Signal.send: async receivers would raise here (async_to_sync on the loop).
+        pending = send_from_loop(task_enqueued, type(self), task_result=result)
+        if pending is not None:
+            await pending
+        return result
 
     # -- results -----------------------------------------------------------
 

@@ -1102,6 +1102,98 @@ def test_set_return_value_fills_what_return_value_reads() -> None:
     assert "_return_value" in dt.TaskResult.__dataclass_fields__
 
 
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((1, 2), {}),
+        ([1, "a", 2.5, True, None], {"x": 1, "y": "z", "n": None}),
+        ((), {}),
+        # Not plain: these take the constructor (normalize_json's own results).
+        (((1, 2), [3]), {"nested": {"a": (1,)}}),
+        ((b"bytes",), {"k": b"v"}),
+        ((), {1: "int key"}),
+    ],
+)
+def test_new_ready_result_is_what_the_constructor_makes(args: Any, kwargs: Any) -> None:
+    from aceleryctl.compat import django_tasks as dt
+    from tests.integration.tasks import functions
+
+    assert dt._FILL_DIRECTLY, "TaskResult's fields changed: new_ready_result must follow"
+    now = datetime.now(UTC)
+    made = dt.new_ready_result(functions.add, "x", now, args, kwargs, "default")
+    expected = dt.TaskResult(
+        task=functions.add,
+        id="x",
+        status=dt.TaskResultStatus.READY,
+        enqueued_at=now,
+        started_at=None,
+        finished_at=None,
+        last_attempted_at=None,
+        args=args,
+        kwargs=kwargs,
+        backend="default",
+        errors=[],
+        worker_ids=[],
+    )
+    assert type(made) is dt.TaskResult
+    assert made == expected
+    assert repr(made) == repr(expected)
+    assert [type(getattr(made, f)) for f in dt.RESULT_FIELDS] == [
+        type(getattr(expected, f)) for f in dt.RESULT_FIELDS
+    ]
+    assert made.args is not args  # copies, as normalising makes
+    assert made.kwargs is not kwargs
+    with pytest.raises(ValueError, match="not finished"):
+        made.return_value  # noqa: B018
+
+
+@pytest.mark.parametrize("bad", [object(), {1, 2}])
+def test_new_ready_result_raises_what_the_constructor_raises(bad: Any) -> None:
+    from aceleryctl.compat import django_tasks as dt
+    from tests.integration.tasks import functions
+
+    with pytest.raises(TypeError, match="Unsupported type"):
+        dt.new_ready_result(functions.add, "x", None, (bad,), {}, "default")
+    with pytest.raises(TypeError, match="Unsupported type"):
+        dt.new_ready_result(functions.add, "x", None, (), {"k": bad}, "default")
+
+
+def test_send_from_loop_calls_sync_receivers_here_and_returns_asend_for_async_ones() -> None:
+    from django.dispatch import Signal
+
+    from aceleryctl.compat import django_tasks as dt
+
+    signal = Signal()
+    seen: list[Any] = []
+    threads: set[int] = set()
+
+    def first(sender: Any, **kwargs: Any) -> None:
+        seen.append(("first", sender, kwargs["value"]))
+        threads.add(threading.get_ident())
+
+    def second(sender: Any, **kwargs: Any) -> None:
+        seen.append(("second", sender, kwargs["value"]))
+        threads.add(threading.get_ident())
+
+    async def pending(sender: Any, **kwargs: Any) -> None:
+        seen.append(("async", sender, kwargs["value"]))
+
+    signal.connect(first)
+    signal.connect(second)
+    sync, async_ = signal._live_receivers("s")
+    assert (sync, async_) == ([first, second], [])
+    assert dt.send_from_loop(signal, "s", value=1) is None
+    assert seen == [("first", "s", 1), ("second", "s", 1)]
+    assert threads == {threading.get_ident()}  # no thread hop without async receivers
+    signal.connect(pending)
+    seen.clear()
+    pending_send = dt.send_from_loop(signal, "s", value=2)
+    assert pending_send is not None
+    assert seen == []  # nothing called until awaited
+    asyncio.run(pending_send)  # type: ignore[arg-type]
+    assert sorted(seen) == [("async", "s", 2), ("first", "s", 2), ("second", "s", 2)]
+
+
 # -- Celery: the result backend, awaited on the event loop (aceleryctl.awaiting) -----
 
 

@@ -179,6 +179,31 @@ def test_signals_fire_on_the_web_side_and_on_the_worker(tasks_records: redis.Red
     assert failed[1]["errors"] == ["builtins.ValueError"]
 
 
+async def test_aenqueue_sends_task_enqueued_to_sync_and_async_receivers() -> None:
+    # Signal.send would raise on the loop's thread for the async receiver (after
+    # the message was published); aenqueue awaits it instead.
+    seen: list[Any] = []
+
+    def on_sync(sender: Any, task_result: Any, **kwargs: Any) -> None:
+        seen.append(("sync", sender, task_result.id))
+
+    async def on_async(sender: Any, task_result: Any, **kwargs: Any) -> None:
+        seen.append(("async", sender, task_result.id))
+
+    task_enqueued.connect(on_sync)
+    try:
+        only_sync = await functions.add.aenqueue(1, 2)
+        task_enqueued.connect(on_async)
+        both = await functions.add.aenqueue(3, 4)
+    finally:
+        task_enqueued.disconnect(on_sync)
+        task_enqueued.disconnect(on_async)
+    assert seen[0] == ("sync", CeleryBackend, only_sync.id)
+    # Signal.asend's order of sync and async receivers differs among Django versions.
+    assert sorted(seen[1:]) == [("async", CeleryBackend, both.id), ("sync", CeleryBackend, both.id)]
+    assert len(seen) == 3
+
+
 async def test_a_forged_function_path_is_rejected_never_imported(
     tasks_controller: Any, tasks_records: redis.Redis, tasks_workers: dict[str, Any]
 ) -> None:
