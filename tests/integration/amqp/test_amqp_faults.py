@@ -47,11 +47,15 @@ from tests.integration.faults.test_faults import (
     silent_broker_fails_in_time,
 )
 
-#: The loop-stall bound while a RabbitMQ node boots (``start_app``, a restart): the
-#: node keeps both cores busy for seconds while the worker reconnects beside it;
-#: measured, a bare asyncio ticker then stalls up to 0.14 s and the storm's loop up
-#: to 0.55 s (the Redis suite's bound is half the deadline). A publish that blocked
-#: the loop would hold it for the whole fault, several seconds.
+#: The loop-stall bound while a RabbitMQ node boots from nothing (a restart after
+#: SIGKILL): the node keeps both cores busy for seconds while the worker reconnects
+#: beside it, and the process, starved of CPU, loses it while one of its threads
+#: holds the GIL. ``stop_app``/``start_app`` is held to the Redis suite's bound (half
+#: the deadline): its extra stalls were a thread started on the loop's thread (the
+#: recovery probe's, now readied on a publishing thread) and CPU starvation (the
+#: loop thread's run-queue wait, ``/proc/self/task/<tid>/schedstat``, accounted for
+#: most of each remaining gap). A publish that blocked the loop would hold it for
+#: the whole fault, several seconds.
 MAX_STALL_BOOT = DEADLINE
 
 
@@ -155,8 +159,7 @@ async def test_broker_fault_mid_storm_never_duplicates_and_recovers(
         check_outcomes(storm, records)
         assert ctl.breaker.state is BreakerState.CLOSED
         assert (ctl.statistics().direct > 0) is direct
-        stall = MAX_STALL_BOOT if fault == "stop-app" else MAX_STALL
-        assert storm.max_lag() < stall, f"event loop stalled {storm.max_lag():.3f} s"
+        assert storm.max_lag() < MAX_STALL, f"event loop stalled {storm.max_lag():.3f} s"
         await close_and_check_no_leaks(ctl)
         wait_until(
             lambda: connections(fault_rabbitmq) <= baseline,
