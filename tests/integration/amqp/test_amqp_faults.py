@@ -249,21 +249,28 @@ def close_control_pools(app: Celery) -> None:
 
 
 def _add_consumer(ctl: AsyncCeleryController, worker: CeleryWorker, queue: str) -> None:
-    """Ask ``worker`` (control command ``add_consumer``) until it answers."""
+    """Ask ``worker`` (control command ``add_consumer``) until it reports consuming
+    ``queue`` (``active_queues``): a reply alone does not prove it, as a consumer
+    that restarts after its own reconnection may come back without the queue."""
 
     def consuming() -> bool:
         try:
             with ctl.app.connection_for_write() as connection:  # closed: no leak to count
-                replies = ctl.app.control.add_consumer(
+                control = ctl.app.control
+                control.add_consumer(
                     queue,
                     destination=[worker.hostname],
                     reply=True,
                     timeout=2,
                     connection=connection,
                 )
+                active = control.inspect(
+                    destination=[worker.hostname], timeout=2, connection=connection
+                ).active_queues()
         except (OSError, kombu.exceptions.OperationalError, amqp.exceptions.AMQPError):
             return False  # the app's control connection predates the fault: ask again
-        return bool(replies)
+        queues = (active or {}).get(worker.hostname) or []
+        return any(q.get("name") == queue for q in queues)
 
     wait_until(consuming, timeout=30, interval=0.5, message="the worker never took the queue")
 
