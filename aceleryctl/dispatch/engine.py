@@ -91,7 +91,9 @@ class DispatchEngine:
         self._stats = StatisticsListener()
         self._listeners = Listeners(listeners)
         self._failures = Failures(app, redactor)
-        self._runner = BatchRunner(wire, clock, admit=self._admit)
+        # A broker fault readies the probe's thread on the publishing thread (not the loop's).
+        recovery = self.recovery = RecoveryProbe(wire, breaker, clock=clock)
+        self._runner = BatchRunner(wire, clock, admit=self._admit, broker_fault=recovery.prepare)
         self.pool = PublishPool(
             max_workers=max_workers,
             max_pending=max_pending,
@@ -103,7 +105,6 @@ class DispatchEngine:
             batch_ready=wire.connected,
             clock=clock,
         )
-        self.recovery = RecoveryProbe(wire, breaker, clock=clock)
         breaker.add_listener(self)
 
     # -- listeners ---------------------------------------------------------

@@ -48,19 +48,23 @@ class BatchRunner:
         clock: monotonic seconds, the engine's clock.
         admit: asked about each attempt as its batch starts; an outcome it
             returns settles the attempt without publishing it (``None``: publish).
+        broker_fault: called (on the publishing thread, before the outcomes are
+            handed back) when a batch had an outcome that counts against the breaker.
     """
 
-    __slots__ = ("_admit", "_clock", "_wire")
+    __slots__ = ("_admit", "_broker_fault", "_clock", "_wire")
 
     def __init__(
         self,
         wire: Wire,
         clock: Clock,
         admit: Callable[[Attempt], WireOutcome | None] | None = None,
+        broker_fault: Callable[[], None] | None = None,
     ) -> None:
         self._wire = wire
         self._clock = clock
         self._admit = admit
+        self._broker_fault = broker_fault
 
     def __call__(self, jobs: Sequence[BatchJob]) -> None:
         """Publish ``jobs`` and settle every one of their futures. Never raises."""
@@ -107,10 +111,14 @@ class BatchRunner:
         else:
             outcomes = self._publish(attempts, started)
         finished = self._clock()
+        faulted = False
         for attempt, outcome in zip(attempts, outcomes, strict=True):
             attempt.finished_at = finished
             attempt.path = outcome.path or None
             attempt.queue = outcome.queue
+            faulted = faulted or outcome.broker_fault
+        if faulted and self._broker_fault is not None:
+            self._broker_fault()  # must not raise (RecoveryProbe.prepare does not)
         return outcomes
 
     def _publish(self, attempts: Sequence[Attempt], started: float) -> list[WireOutcome]:

@@ -79,6 +79,22 @@ def find_bindir() -> Path:
     raise RabbitMQServerError(f"RabbitMQ not found: {INSTALL_HINT}")
 
 
+def _all_stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is stopped (Linux ``/proc``)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True  # gone: nothing runs
+    for tid in tasks:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # that thread ended
+        if stat[stat.rindex(")") + 2] not in "Tt":
+            return False
+    return True
+
+
 class RabbitMQServer(StopsOnExit):
     """One RabbitMQ node (and its ``epmd``) started by this process."""
 
@@ -228,9 +244,19 @@ class RabbitMQServer(StopsOnExit):
         wait_until(self.ready, timeout=30, interval=0.05, message="AMQP port did not reopen")
 
     def pause(self) -> None:
-        """Freeze the node (SIGSTOP): connections stay open, nothing is answered."""
-        os.kill(self.beam_pid(), signal.SIGSTOP)
+        """Freeze the node (SIGSTOP): connections stay open, nothing is answered.
+
+        Returns once every thread of the VM is stopped: ``kill`` only queues the
+        signal, and a scheduler thread busy on the other core can still answer a
+        request sent right after it (seen once: a probe sent after ``pause()``
+        was answered).
+        """
+        pid = self.beam_pid()
+        os.kill(pid, signal.SIGSTOP)
         self._paused = True
+        wait_until(
+            lambda: _all_stopped(pid), timeout=10, interval=0.01, message="the VM did not stop"
+        )
 
     def resume(self) -> None:
         """Undo :meth:`pause` (SIGCONT)."""

@@ -11,8 +11,9 @@ from celery import Celery
 
 from aceleryctl.breaker import BreakerState, CircuitBreaker, StateChange
 from aceleryctl.dispatch.listener import DispatchOutcome
-from aceleryctl.dispatch.record import Attempt
+from aceleryctl.dispatch.record import Attempt, Dispatch, DispatchKind
 from aceleryctl.dispatch.recovery import RecoveryProbe
+from aceleryctl.dispatch.runner import BatchRunner
 from aceleryctl.wires.base import Wire, WireOutcome
 from tests._support.waiting import wait_until
 
@@ -145,3 +146,119 @@ def test_a_wire_that_raises_does_not_kill_the_probe(breaker: CircuitBreaker) -> 
     open_breaker(breaker)
     wait_until(lambda: breaker.state is BreakerState.HALF_OPEN, timeout=WAIT, message="half-open")
     assert probe.statistics()["last_error"] == "OSError: wire bug"
+
+
+def probe_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "aceleryctl-recovery-probe"]
+
+
+def test_a_prepared_thread_is_woken_by_the_opening_not_started_by_it(
+    breaker: CircuitBreaker,
+) -> None:
+    # Starting a thread waits until it runs: on a loaded machine that held the
+    # event loop (where the breaker opens) for up to 75 ms. A publishing thread
+    # readies it first; the opening then starts nothing.
+    wire = RecordingWire([False, True])
+    probe = RecoveryProbe(wire, breaker, interval=0.01, linger=WAIT)
+    breaker.add_listener(probe)
+    try:
+        before = set(probe_threads())
+        probe.prepare()
+        prepared = set(probe_threads()) - before
+        assert len(prepared) == 1
+        assert probe.statistics()["running"] is False  # ready, not probing
+        assert wire.probes == []
+        started = threading.Thread.start
+        starts: list[str] = []
+
+        def recording_start(thread: threading.Thread) -> None:
+            starts.append(thread.name)
+            started(thread)
+
+        threading.Thread.start = recording_start  # type: ignore[method-assign]
+        try:
+            open_breaker(breaker)
+        finally:
+            threading.Thread.start = started  # type: ignore[method-assign]
+        assert starts == []
+        wait_until(
+            lambda: breaker.state is BreakerState.HALF_OPEN, timeout=WAIT, message="half-open"
+        )
+        assert {name for name, _ in wire.probes} == {"aceleryctl-recovery-probe"}
+        assert set(probe_threads()) - before == prepared  # the same thread probed
+        wait_until(lambda: not probe.statistics()["running"], timeout=WAIT, message="stopped")
+        assert wire.released == ["aceleryctl-recovery-probe"]
+    finally:
+        probe.close()
+    wait_until(lambda: not set(probe_threads()) - before, timeout=WAIT, message="thread ended")
+
+
+def test_an_idle_thread_ends_after_its_linger_and_a_later_opening_starts_one(
+    breaker: CircuitBreaker,
+) -> None:
+    wire = RecordingWire([True])
+    probe = RecoveryProbe(wire, breaker, interval=0.01, linger=0.05)
+    breaker.add_listener(probe)
+    before = set(probe_threads())
+    probe.prepare()
+    wait_until(lambda: not set(probe_threads()) - before, timeout=WAIT, message="thread ended")
+    assert wire.probes == []  # the breaker never opened
+    open_breaker(breaker)  # no prepared thread: the opening starts one
+    wait_until(lambda: breaker.state is BreakerState.HALF_OPEN, timeout=WAIT, message="half-open")
+    wait_until(lambda: not set(probe_threads()) - before, timeout=WAIT, message="thread ended")
+    probe.close()
+
+
+def test_a_failed_trial_opens_again_and_the_same_thread_probes_again(
+    breaker: CircuitBreaker,
+) -> None:
+    wire = RecordingWire([True, True])
+    probe = RecoveryProbe(wire, breaker, interval=0.01, linger=WAIT)
+    breaker.add_listener(probe)
+    before = set(probe_threads())
+    try:
+        open_breaker(breaker)
+        wait_until(lambda: breaker.state is BreakerState.HALF_OPEN, timeout=WAIT, message="1st")
+        threads = set(probe_threads()) - before
+        permit = breaker.acquire()  # the trial call fails: open again
+        permit.record_failure(0.01)
+        assert breaker.state is BreakerState.OPEN
+        wait_until(lambda: breaker.state is BreakerState.HALF_OPEN, timeout=WAIT, message="2nd")
+        assert set(probe_threads()) - before == threads
+        assert len(wire.probes) == 2
+    finally:
+        probe.close()
+    wait_until(lambda: not set(probe_threads()) - before, timeout=WAIT, message="thread ended")
+
+
+def test_the_batch_runner_reports_a_broker_fault_on_the_publishing_thread() -> None:
+    class Failing(RecordingWire):
+        def publish_batch(self, attempts: Sequence[Attempt], deadline: float) -> list[WireOutcome]:
+            error = OSError("reset")
+            faulted = WireOutcome(DispatchOutcome.UNKNOWN, error=error, broker_fault=True)
+            return [
+                faulted if a.task_id == "bad" else WireOutcome(DispatchOutcome.SENT)
+                for a in attempts
+            ]
+
+    calls: list[str] = []
+    runner = BatchRunner(Failing([]), lambda: 0.0, broker_fault=lambda: calls.append("fault"))
+    runner.publish([attempt("ok")])
+    assert calls == []
+    runner.publish([attempt("ok"), attempt("bad")])
+    assert calls == ["fault"]  # once per batch
+
+
+def attempt(task_id: str) -> Attempt:
+    dispatch = Dispatch(
+        DispatchKind.TASK,
+        task_name="proj.t",
+        task_id=task_id,
+        args=(),
+        kwargs={},
+        options={},
+        timeout=1.0,
+        method="delay",
+        by_name=True,
+    )
+    return Attempt(dispatch, deadline=1.0, queued_at=0.0, task_id=task_id)
