@@ -55,9 +55,11 @@ METRICS: Final = (
         "stored, dead_lettered).",
     ),
     MetricSpec(
-        "duration", "aceleryctl_dispatch_duration_seconds",
+        "duration", "aceleryctl_publish_duration_seconds",
         "messaging.client.operation.duration", "histogram", "s", ("name", "path", "outcome"),
-        "Seconds one publish took on its publishing thread (dispatches that started).",
+        "Seconds one publish operation took on its publishing thread: the dispatches "
+        "published together in one write (one confirm round) are one operation, observed "
+        "once per label set.",
     ),
     MetricSpec(
         "deadline", "aceleryctl_dispatch_deadline_exceeded",

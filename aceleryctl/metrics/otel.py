@@ -18,9 +18,8 @@ table increment a fraction of one. The duration histogram has no observable
 form; it is recorded once per publish operation, as the messaging conventions
 define the metric: the dispatches the controller pipelines to the broker in one
 write (one confirm round on RabbitMQ) are one ``send`` operation, one record
-(:meth:`~aceleryctl.metrics.otel_instruments.Instruments.settle`). Prometheus's
-``aceleryctl_dispatch_duration_seconds`` observes the same seconds once per
-dispatch.
+(:mod:`.operations`). Prometheus's ``aceleryctl_publish_duration_seconds`` is
+observed the same way.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from aceleryctl.metrics.catalogue import DURATION_BUCKETS, METRICS
 from aceleryctl.metrics.gauges import STATES, GaugeSampler, state_label
 from aceleryctl.metrics.live import DROP_REASONS, emitter_totals, live_counters
+from aceleryctl.metrics.operations import RecentOperations
 
 __all__ = ["Instruments", "SentKey", "Tally", "instruments_for"]
 
@@ -34,11 +35,8 @@ _SPECS: Final = {spec.key: spec for spec in METRICS}
 #: What a settled dispatch is counted under: system, task, queue, path, outcome, error.
 SentKey = tuple[str, str, str, str, str, str | None]
 #: A publish operation as its dispatches' events tell it: their shared
-#: ``started_at`` and ``finished_at`` clock readings.
+#: ``started_at`` and ``finished_at`` clock readings (:mod:`.operations`).
 Operation = tuple[float, float]
-#: Operations remembered to record each one's duration once (a batch's events may
-#: interleave with a few other batches'; far more than ever do).
-RECENT_OPERATIONS: Final = 256
 
 K = TypeVar("K", bound=Hashable)
 
@@ -87,7 +85,7 @@ class Instruments:
         self._meter = meter
         self.samplers: weakref.WeakSet[GaugeSampler] = weakref.WeakSet()
         self._lock = threading.Lock()
-        self._recent: dict[tuple[SentKey, Operation], None] = {}
+        self._operations = RecentOperations()
         self.sent: Tally[SentKey] = Tally(_sent_attributes)
         self.deadline: Tally[str] = Tally(lambda name: {"aceleryctl.task.name": name})
         self.on_commit: Tally[str] = Tally(lambda outcome: {"aceleryctl.outcome": outcome})
@@ -125,16 +123,8 @@ class Instruments:
         ``messaging.client.operation.duration`` per operation, and one record
         costs as much as the rest of the listener."""
         self.sent.add(key)
-        if operation is None:
+        if operation is None or not self._operations.first(key, *operation):
             return None
-        seen = (key, operation)
-        recent = self._recent
-        with self._lock:
-            if seen in recent:
-                return None
-            recent[seen] = None
-            if len(recent) > RECENT_OPERATIONS:
-                del recent[next(iter(recent))]
         return self.sent.attributes(key)
 
     def _counter(self, key: str) -> Any:

@@ -1,8 +1,9 @@
 """Prometheus metrics of the dispatch path (``pip install prometheus-client``).
 
-:class:`PrometheusMetrics` is a dispatch listener: counters and the duration
-histogram are counted as dispatches settle (a dictionary lookup and one or two
-increments per dispatch, on the settling thread); gauges are read at scrape time
+:class:`PrometheusMetrics` is a dispatch listener: counters are counted as
+dispatches settle (a dictionary lookup and an increment per dispatch, on the
+settling thread), the publish duration histogram once per publish operation
+(:mod:`.operations`); gauges are read at scrape time
 from every controller instrumented in the process (:mod:`.gauges`). The metric
 families are made once per registry, so instrumenting a rebuilt controller (the
 default one, after a settings change) or several controllers is safe: counters
@@ -35,6 +36,7 @@ from aceleryctl.breaker import StateChange
 from aceleryctl.dispatch.listener import DispatchEvent, PoolChange
 from aceleryctl.metrics.catalogue import DURATION_BUCKETS, METRICS, MetricSpec, task_label
 from aceleryctl.metrics.gauges import STATES, GaugeSampler, state_label
+from aceleryctl.metrics.operations import RecentOperations
 
 __all__ = ["PrometheusMetrics", "register_live"]
 
@@ -224,6 +226,7 @@ class PrometheusMetrics:
         self._next_refresh = 0.0
         self._counts: dict[tuple[str, str, str, str], Any] = {}
         self._durations: dict[tuple[str, str, str], Any] = {}
+        self._operations = RecentOperations()
         if families.multiprocess:
             families.refresh()
 
@@ -236,13 +239,13 @@ class PrometheusMetrics:
         if child is None:
             child = self._counts[key] = families.dispatches.labels(*key)
         child.inc()
-        duration = event.duration
-        if duration is not None:
-            timed = (name, path, outcome)
+        started, finished = event.started_at, event.finished_at
+        timed = (name, path, outcome)
+        if started is not None and self._operations.first(timed, started, finished):
             histogram = self._durations.get(timed)
             if histogram is None:
                 histogram = self._durations[timed] = families.duration.labels(*timed)
-            histogram.observe(duration)
+            histogram.observe(max(finished - started, 0.0))
         if event.error_type == "DispatchTimeout":
             families.deadline.labels(name).inc()
         if event.on_commit:

@@ -21,6 +21,7 @@ from aceleryctl.dispatch.listener import DispatchEvent, DispatchOutcome, PoolCha
 from aceleryctl.metrics.catalogue import METRICS, task_label
 from aceleryctl.metrics.gauges import GaugeSampler, OutboxSample, broker_system
 from aceleryctl.metrics.install import instrument
+from aceleryctl.metrics.operations import RecentOperations
 
 prometheus_client = pytest.importorskip("prometheus_client")
 sdk_metrics = pytest.importorskip("opentelemetry.sdk.metrics")
@@ -91,7 +92,7 @@ def test_prometheus_counts_a_real_controllers_dispatches(ctl: AsyncCeleryControl
     labels = {"name": "metrics.add", "queue_name": "", "path": "stock", "outcome": "sent"}
     assert registry.get_sample_value("aceleryctl_dispatches_total", labels) == 3.0
     timed = {"name": "metrics.add", "path": "stock", "outcome": "sent"}
-    assert registry.get_sample_value("aceleryctl_dispatch_duration_seconds_count", timed) == 3.0
+    assert registry.get_sample_value("aceleryctl_publish_duration_seconds_count", timed) == 3.0
     # Gauges are read at scrape time from the controller itself.
     assert registry.get_sample_value("aceleryctl_pool_threads") == 1.0
     assert registry.get_sample_value("aceleryctl_pool_running") == 0.0
@@ -120,7 +121,7 @@ def test_prometheus_counts_the_rarer_outcomes() -> None:
     assert get("aceleryctl_on_commit_dispatches_total", {"outcome": "unknown"}) == 1.0
     stored = {"name": "metrics.add", "queue_name": "celery", "path": "", "outcome": "stored"}
     assert get("aceleryctl_dispatches_total", stored) == 1.0
-    assert get("aceleryctl_dispatch_duration_seconds_count", {**_timed("stored")}) is None
+    assert get("aceleryctl_publish_duration_seconds_count", {**_timed("stored")}) is None
     assert get("aceleryctl_pool_saturated_total") == 1.0
     assert get("aceleryctl_outbox_pending") == 4.0
     assert get("aceleryctl_outbox_dead_lettered") == 1.0
@@ -192,6 +193,31 @@ def test_opentelemetry_records_messaging_metrics(ctl: AsyncCeleryController) -> 
         "aceleryctl.breaker.to_state": "open",
     }
     assert "aceleryctl.outbox.pending" not in points  # no outbox: nothing observed
+
+
+def test_prometheus_times_each_publish_operation_once() -> None:
+    registry = prometheus_client.CollectorRegistry()
+    metrics = PrometheusMetrics(GaugeSampler(_stats_of_a_fresh_controller), registry=registry)
+    for task_id in ("a", "b", "c"):  # one batch: the same publish readings
+        metrics.dispatch_settled(event(task_id=task_id))
+    metrics.dispatch_settled(event(task_id="d", started_at=2.0, finished_at=2.5))
+    get = registry.get_sample_value
+    sent = {"name": "metrics.add", "queue_name": "celery", "path": "redis", "outcome": "sent"}
+    assert get("aceleryctl_dispatches_total", sent) == 4.0
+    timed = {"name": "metrics.add", "path": "redis", "outcome": "sent"}
+    assert get("aceleryctl_publish_duration_seconds_count", timed) == 2.0
+    assert get("aceleryctl_publish_duration_seconds_sum", timed) == pytest.approx(0.503)
+
+
+def test_recent_operations_remember_a_bounded_number() -> None:
+    recent = RecentOperations(size=2)
+    assert recent.first("x", 1.0, 2.0)
+    assert not recent.first("x", 1.0, 2.0)
+    assert recent.first("y", 1.0, 2.0)  # other labels: observed again
+    assert recent.first("x", 3.0, 4.0)  # evicts the oldest, ("x", 1.0, 2.0)
+    assert recent.first("x", 1.0, 2.0)
+    with pytest.raises(ValueError, match="at least 1"):
+        RecentOperations(size=0)
 
 
 def test_opentelemetry_times_each_publish_operation_once() -> None:
