@@ -86,6 +86,7 @@ class Instruments:
         self.samplers: weakref.WeakSet[GaugeSampler] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._operations = RecentOperations()
+        self._timed: dict[SentKey, Mapping[str, str]] = {}
         self.sent: Tally[SentKey] = Tally(_sent_attributes)
         self.deadline: Tally[str] = Tally(lambda name: {"aceleryctl.task.name": name})
         self.on_commit: Tally[str] = Tally(lambda outcome: {"aceleryctl.outcome": outcome})
@@ -125,7 +126,10 @@ class Instruments:
         self.sent.add(key)
         if operation is None or not self._operations.first(key, *operation):
             return None
-        return self.sent.attributes(key)
+        found = self._timed.get(key)
+        if found is None:
+            found = self._timed[key] = _timed_attributes(key)
+        return found
 
     def _counter(self, key: str) -> Any:
         spec = _SPECS[key]
@@ -177,6 +181,16 @@ def _sent_attributes(key: SentKey) -> dict[str, str]:
     }
     if error_type is not None:
         found["error.type"] = error_type
+    return found
+
+
+def _timed_attributes(key: SentKey) -> dict[str, str]:
+    """The duration histogram's attributes: the counter's but ``aceleryctl.outcome``
+    (``error.type`` marks a failed operation, as the conventions do; every
+    attribute costs the SDK about a microsecond per record, and a histogram series
+    a set of buckets in the backend)."""
+    found = _sent_attributes(key)
+    del found["aceleryctl.outcome"]
     return found
 
 
