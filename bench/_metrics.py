@@ -15,9 +15,9 @@ target: under 1.05), beside a listener that does nothing (what the engine's
 event and call cost by themselves). With one coroutine a dispatch's CPU is
 mostly thread wake-ups and moves by about 10% from round to round, more than the
 listeners cost, so each listener is also timed directly: the thread CPU of
-building the event and calling ``dispatch_settled`` on it, per call, for a batch
-(the events of one publish operation) and for dispatches that are each their own
-publish, printed as a share of the plain controller's CPU per dispatch. Nothing
+building the event and calling ``dispatch_settled`` on it, per call, with as many
+dispatches per publish operation as the controller made in the run, printed as a
+share of the plain controller's CPU per dispatch. Nothing
 here is asserted.
 """
 
@@ -139,10 +139,33 @@ async def _one(app: Celery, variant: str, n: int, callers: int) -> tuple[float, 
     return n / wall, 1e6 * cpu / n, 1000 * p99
 
 
-def _direct(app: Celery, variant: str, own_publish: bool, count: int = 20_000) -> float:
+class _BatchCounter(_NothingListener):
+    """Counts dispatches and the publish operations they came in (outside timing)."""
+
+    def __init__(self) -> None:
+        self.dispatches = 0
+        self.operations: set[tuple[float | None, float]] = set()
+
+    def dispatch_settled(self, event: DispatchEvent) -> None:
+        """Count ``event`` and its operation."""
+        self.dispatches += 1
+        self.operations.add((event.started_at, event.finished_at))
+
+
+async def _mean_batch(app: Celery, n: int, callers: int) -> float:
+    """Dispatches per publish operation when ``callers`` coroutines dispatch ``n``."""
+    add = app.tasks["bench.add"]
+    async with AsyncCeleryController(app, dispatch_timeout=10.0, max_pending=n + callers) as ctl:
+        counter = _BatchCounter()
+        ctl.add_listener(counter)
+        await delay_from(ctl, add, shares(n, callers))
+    return counter.dispatches / max(len(counter.operations), 1)
+
+
+def _direct(app: Celery, variant: str, batch: float, count: int = 20_000) -> float:
     """Thread CPU µs per settled dispatch spent building its event and in the
-    listener of ``variant`` (0 without one); ``own_publish``: each event its own
-    publish operation, else all of one."""
+    listener of ``variant`` (0 without one), for dispatches published ``batch``
+    to an operation on average (as measured in the run)."""
     controller = AsyncCeleryController(app)
     try:
         listener, _ = _listener(variant, controller)
@@ -152,7 +175,7 @@ def _direct(app: Celery, variant: str, own_publish: bool, count: int = 20_000) -
         sent = DispatchOutcome.SENT
         cpu0 = time.thread_time()
         for i in range(count):
-            at = float(i) if own_publish else 0.0
+            at = float(int(i / batch))
             settle(
                 DispatchEvent(
                     "bench.add", "id", "delay", "task", "bench", "redis", sent, None, None,
@@ -192,10 +215,11 @@ def run(n: int, callers: int, rounds: int) -> str:
                         f"{measured[0]:9,.0f}/s {measured[1]:6.1f} µs"
                     )
         direct: dict[tuple[str, int], float] = {}
+        batches = {level: asyncio.run(_mean_batch(app, count, level)) for level, count in levels}
         for variant in VARIANTS:
             for level, _ in levels:
                 with _multiprocess(variant):
-                    direct[(variant, level)] = _direct(app, variant, own_publish=level == 1)
+                    direct[(variant, level)] = _direct(app, variant, batches[level])
         client.delete(QUEUE)
         client.close()
     lines = [
@@ -219,4 +243,6 @@ def run(n: int, callers: int, rounds: int) -> str:
                 f"{statistics.median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f}) "
                 f"| {own:.1f} | {100 * own / base_cpu:.1f}% | {lag:.2f} |"
             )
+    sizes = ", ".join(f"{level} coroutines {batches[level]:.1f}" for level, _ in levels)
+    lines.append(f"\nDispatches per publish operation (timed directly as such): {sizes}.")
     return "\n".join(lines)
