@@ -119,7 +119,7 @@ class RecentDispatches:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[str, list[tuple[float, Entry]]] = {}
+        self._entries: dict[str, tuple[tuple[float, Entry], ...]] = {}
         self._etas: dict[str, object] = {}
         self._size = size
         self._ttl = ttl
@@ -142,21 +142,29 @@ class RecentDispatches:
         with self._lock:
             return self._etas.pop(task_id, None)
 
-    def keep(self, entry: Entry) -> None:
-        """Keep ``entry`` for a late subscriber (emitter thread)."""
+    def keep(self, *entries: Entry) -> None:
+        """Keep ``entries`` for a late subscriber (emitter thread): one lock and one
+        clock reading for a whole batch; an entry is a tuple in a tuple (a second
+        entry of the same task, stored then relayed, is rare)."""
+        now = self._clock()
+        stored = self._entries
+        size = self._size
         with self._lock:
-            kept = self._entries.get(entry[0])
-            if kept is None:
-                kept = self._entries[entry[0]] = []
-                if len(self._entries) > self._size:
-                    del self._entries[next(iter(self._entries))]
-            kept.append((self._clock(), entry))
+            for entry in entries:
+                task_id = entry[0]
+                kept = stored.get(task_id)
+                if kept is None:
+                    stored[task_id] = ((now, entry),)
+                    if len(stored) > size:
+                        del stored[next(iter(stored))]
+                else:
+                    stored[task_id] = (*kept, (now, entry))
 
     def events(self, task_id: str) -> list[TaskEvent]:
         """The events of ``task_id``'s entries kept no longer than the ttl ago, oldest
         first (an entry that cannot make an event is left out)."""
         with self._lock:
-            kept = list(self._entries.get(task_id, ()))
+            kept = self._entries.get(task_id, ())
         horizon = self._clock() - self._ttl
         found = []
         for at, entry in kept:

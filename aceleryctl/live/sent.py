@@ -226,9 +226,9 @@ class SentEvents:
         self._counts["unwatched"] += sum(len(groups[g]) for g in groups) - sum(
             len(groups[g]) for g in watched
         )
-        for group in groups.keys() - set(watched):
-            for entry in groups[group]:
-                _recent.keep(entry)  # for a subscriber that comes later
+        unwatched = groups.keys() - set(watched)
+        if unwatched:  # for a subscriber that comes later
+            _recent.keep(*(entry for group in unwatched for entry in groups[group]))
         for group in watched:
             for entry in groups[group]:
                 await self._send_one(layer, group, entry, timeout)
