@@ -5,6 +5,7 @@
     python -m bench.dispatch --smoke        # tiny: CI checks that it runs, nothing more
     python -m bench.dispatch --documented --n 5000   # the docs' configuration, events on/off
     python -m bench.dispatch --metrics       # the metrics listeners' cost (docs updated)
+    python -m bench.dispatch --loop-prototype   # publishing from the loop thread (prototype)
 
 Modes, all against one private Redis on 127.0.0.1, publishing ``add(i, i)`` to a
 queue nobody consumes (the landed count is then checked exactly):
@@ -216,7 +217,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the documented configuration, live events on against off (docs untouched)",
     )
+    parser.add_argument(
+        "--loop-prototype",
+        action="store_true",
+        help="publishing from the event-loop thread (a prototype) against the controller",
+    )
     args = parser.parse_args(argv)
+    if args.loop_prototype:
+        from bench import _loop_rate
+
+        if args.smoke:
+            args.n, args.rounds, args.callers = 200, 1, 20
+        print(_loop_rate.run(args.n, args.callers, args.rounds))
+        return 0
     if args.documented:
         from bench import _documented
 

@@ -55,12 +55,17 @@ class LpushWriter(asyncio.Protocol):
             ConnectionError: the connection was lost first.
             RuntimeError: Redis answered with an error.
         """
+        await self.queue(key, value)
+
+    def queue(self, key: str, value: str) -> asyncio.Future[None]:
+        """Queue ``value`` for ``key`` without waiting: the future settles as
+        :meth:`push` returns or raises."""
         future: asyncio.Future[None] = self._loop.create_future()
         self._pending.setdefault(key.encode(), []).append((value.encode(), future))
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush)
-        await future
+        return future
 
     def _flush(self) -> None:
         self._scheduled = False

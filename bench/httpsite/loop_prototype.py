@@ -39,23 +39,25 @@ class _Publisher:
     """What one event loop needs: a kombu channel for the envelope functions, the
     direct path with its settings snapshot, and the two ways to write."""
 
-    def __init__(self) -> None:
-        connection: Any = app.connection_for_write()
+    def __init__(self, celery_app: Any = None, task: Any = None) -> None:
+        self.app = app if celery_app is None else celery_app
+        self.task = add if task is None else task
+        connection: Any = self.app.connection_for_write()
         connection.ensure_connection(max_retries=1)
         self.channel = connection.default_channel
-        self.direct = DirectPath(app)
+        self.direct = DirectPath(self.app)
         snapshot: Snapshot | None = self.direct.configured()
         if snapshot is None:
             raise RuntimeError("the benchmark app does not qualify for the direct path")
         self.snapshot = snapshot
         self.declared = False
-        self.client = redis.asyncio.Redis.from_url(app.conf.broker_url)
+        self.client = redis.asyncio.Redis.from_url(self.app.conf.broker_url)
         self.writer: LpushWriter | None = None
         self.connecting: asyncio.Future[LpushWriter] | None = None
 
     def build(self, x: int, y: int) -> Prepared:
         options = {"task_id": new_task_id()}
-        prepared = self.direct.prepare(add, (x, y), {}, options, self.channel, self.snapshot)
+        prepared = self.direct.prepare(self.task, (x, y), {}, options, self.channel, self.snapshot)
         if prepared is None:
             raise RuntimeError("the benchmark task does not qualify for the direct path")
         if not self.declared:
@@ -106,7 +108,7 @@ async def publish_add_minimal(x: int, y: int) -> str:
     writer = publisher.writer
     if writer is None:
         if publisher.connecting is None:  # the first callers share one connect
-            url = urlsplit(app.conf.broker_url)  # redis://HOST:PORT/DB
+            url = urlsplit(publisher.app.conf.broker_url)  # redis://HOST:PORT/DB
             db = int(url.path.strip("/") or 0)
             connect = LpushWriter.connect(url.hostname or "127.0.0.1", url.port or 6379, db)
             publisher.connecting = asyncio.ensure_future(connect)
