@@ -48,7 +48,10 @@ def redis_envelope(
     channel's priority lists). ``message`` is what ``prepare_message`` takes: body,
     priority, content type, content encoding, headers and properties; the
     properties become the envelope's and are updated in place. The delivery tag is
-    the caller's (kombu draws one from ``os.urandom`` per message).
+    the caller's (kombu draws one from ``os.urandom`` per message). The key
+    carries the channel's ``global_keyprefix`` (a transport option; kombu's
+    prefixed client adds it to every key it writes), so that workers reading the
+    prefixed lists find the message.
 
     Runs per message on the direct path: one call instead of the same calls
     inline. Were any of these renamed, the direct path raises ``AttributeError``
@@ -61,7 +64,8 @@ def redis_envelope(
     props.update(body_encoding=body_encoding, delivery_tag=delivery_tag)
     props["delivery_info"].update(exchange="", routing_key=routing_key)
     key: str = channel._q_for_pri(routing_key, channel._get_message_priority(envelope))
-    return key, envelope
+    prefix = channel.global_keyprefix
+    return (prefix + key if prefix else key), envelope
 
 
 def channel_pool(channel: Any) -> Any:

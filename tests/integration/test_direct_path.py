@@ -200,6 +200,42 @@ async def test_direct_and_stock_messages_are_equal_field_by_field(
         assert_same_times(case, expected_times, got_times)
 
 
+async def test_a_global_keyprefix_is_honoured_like_celerys_own(
+    capture: tuple[Celery, redis.Redis], redis_server: RedisServer
+) -> None:
+    # broker_transport_options["global_keyprefix"]: kombu prefixes every key it
+    # writes, and workers read the prefixed lists. A direct write to the bare key
+    # would be stored where no worker looks.
+    _, client = capture
+    app = capture_app(redis_server.url(CAPTURE_DB))
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "global_keyprefix": "tenant-a:",
+    }
+    cases = [c for c in CASES if c[0] in ("plain", "priority", "queue", "task_routes")]
+    keys: dict[bool, list[str]] = {}
+    bodies: dict[bool, list[dict[str, Any]]] = {}
+    for direct in (False, True):
+        client.flushdb()
+        async with AsyncCeleryController(app, direct_publish=direct) as ctl:
+            ids = [
+                (await ctl.apply_async(app.tasks[name], args, kwargs, **dict(options))).id
+                for _, name, args, kwargs, options in cases
+            ]
+            assert ctl.statistics().direct == (len(cases) if direct else 0)
+        found = {}
+        for raw_key in client.scan_iter(match="*"):
+            key = raw_key.decode()
+            if client.type(key) == b"list":
+                for raw in client.lrange(key, 0, -1):
+                    found[json.loads(raw)["headers"]["id"]] = (key, raw)
+        keys[direct] = [found[i][0] for i in ids]
+        bodies[direct] = [comparable(found[i][1])[0] for i in ids]
+    assert all(key.startswith("tenant-a:") for key in keys[False])
+    assert keys[True] == keys[False]
+    assert bodies[True] == bodies[False]
+
+
 async def test_publish_signals_fire_alike_and_may_change_the_message(
     capture: tuple[Celery, redis.Redis],
 ) -> None:

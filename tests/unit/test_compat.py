@@ -738,6 +738,31 @@ def test_redis_envelope_is_what_the_channel_pushes(channel: Any, priority: int |
     assert json.loads(kombu_json_dumps(envelope)) == json.loads(stock_payload)
 
 
+@pytest.mark.parametrize(("priority", "suffix"), [(None, ""), (9, "\x06\x169")])
+def test_redis_envelope_key_carries_the_global_keyprefix(priority: int | None, suffix: str) -> None:
+    # kombu's prefixed client adds the prefix to the key of every LPUSH it sends;
+    # the direct path writes below that client, so the key must already carry it.
+    connection = kombu.Connection(
+        "redis://127.0.0.1:1/0", transport_options={"global_keyprefix": "tenant-a:"}
+    )
+    with mock.patch.object(redis.Redis, "ping", return_value=True):
+        prefixed = connection.channel()
+    try:
+        assert prefixed.global_keyprefix == "tenant-a:"
+        props = {"delivery_mode": 2}
+        key, _ = ckr.redis_envelope(
+            prefixed, "work", "tag-1", "[]", priority, "application/json", "utf-8", {}, props
+        )
+        assert key == "tenant-a:work" + suffix
+        sent: list[Any] = []
+        with mock.patch.object(redis.Redis, "execute_command", lambda _, *a, **k: sent.append(a)):
+            bare = prefixed._q_for_pri("work", prefixed.priority(priority or 0))
+            prefixed.client.lpush(bare, "x")
+        assert sent == [("LPUSH", key, "x")]  # what kombu's own client would write
+    finally:
+        connection.release()
+
+
 def test_message_copy_is_the_delivery_tag_redis_keeps_when_it_restores(channel: Any) -> None:
     _, envelope = ckr.redis_envelope(
         channel, "work", "tag-of-the-publish",

@@ -120,7 +120,8 @@ def subscriber_address(app: Celery) -> str:
     endpoint = endpoint_for(app.backend)
     assert endpoint is not None
     connection = endpoint.subscriber._pubsub.connection
-    assert connection is not None and connection._writer is not None
+    assert connection is not None
+    assert connection._writer is not None
     host, port = connection._writer.get_extra_info("sockname")[:2]
     return f"{host}:{port}"
 
