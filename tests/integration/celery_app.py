@@ -49,6 +49,8 @@ RECORDS_ENV = "ACELERYCTL_TEST_RECORDS_URL"
 MASTER_NAME_ENV = "ACELERYCTL_TEST_BROKER_MASTER_NAME"
 #: Set for a worker on a ``rediss://`` broker: the CA file to verify the server with.
 BROKER_CA_ENV = "ACELERYCTL_TEST_BROKER_CA"
+#: Set for a worker whose broker lists carry a ``global_keyprefix`` (this value).
+BROKER_KEYPREFIX_ENV = "ACELERYCTL_TEST_BROKER_KEYPREFIX"
 # Nothing listens here: an unconfigured app fails fast instead of reaching a real Redis.
 _UNCONFIGURED = "redis://127.0.0.1:1/{db}"
 
@@ -102,6 +104,11 @@ if os.environ.get(MASTER_NAME_ENV):
     app.conf.broker_transport_options = {
         **app.conf.broker_transport_options,
         "master_name": os.environ[MASTER_NAME_ENV],
+    }
+if os.environ.get(BROKER_KEYPREFIX_ENV):
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "global_keyprefix": os.environ[BROKER_KEYPREFIX_ENV],
     }
 if os.environ.get(BROKER_CA_ENV):
     app.conf.broker_use_ssl = {

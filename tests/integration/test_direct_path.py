@@ -32,6 +32,8 @@ from aceleryctl.exceptions import TaskDispatchError
 from tests._support.broker_messages import queue_keys
 from tests._support.redis_server import RedisServer
 
+from . import celery_app as shared
+from ._helpers import Records, new_marker, shared_app_worker
 from .celery_app import echo_request
 
 CAPTURE_DB = 3
@@ -234,6 +236,40 @@ async def test_a_global_keyprefix_is_honoured_like_celerys_own(
     assert all(key.startswith("tenant-a:") for key in keys[False])
     assert keys[True] == keys[False]
     assert bodies[True] == bodies[False]
+
+
+#: A broker database of its own for the worker reading prefixed lists.
+PREFIXED_BROKER_DB = 4
+
+
+async def test_a_worker_reading_prefixed_lists_runs_what_the_direct_path_sent(
+    redis_server: RedisServer, records: Records
+) -> None:
+    url = redis_server.url(PREFIXED_BROKER_DB)
+    app = Celery("prefixed-sender", set_as_current=False)
+    app.conf.update(
+        broker_url=url,
+        task_default_queue="celery",
+        broker_transport_options={
+            "socket_timeout": 10.0,
+            "socket_connect_timeout": 2.0,
+            "global_keyprefix": "tenant-a:",
+        },
+    )
+
+    @app.task(shared=False, name="aceleryctl_tests.record")
+    def record(marker: str, payload: Any = None) -> str:  # the worker runs its own
+        return marker
+
+    env = {shared.BROKER_KEYPREFIX_ENV: "tenant-a:"}
+    with shared_app_worker("prefixed", url, redis_server, env=env):
+        async with AsyncCeleryController(app) as ctl:
+            markers = [new_marker("prefixed") for _ in range(3)]
+            for marker in markers:
+                await ctl.delay(record, marker)
+            assert ctl.statistics().direct == len(markers)
+            for marker in markers:
+                await records.wait_for_async(marker)
 
 
 async def test_publish_signals_fire_alike_and_may_change_the_message(
