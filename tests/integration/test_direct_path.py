@@ -238,6 +238,58 @@ async def test_a_global_keyprefix_is_honoured_like_celerys_own(
     assert bodies[True] == bodies[False]
 
 
+#: App settings that shape a message or its list key: (id, settings, whether the
+#: direct path takes the call). Each must leave the two paths' messages equal.
+SETTING_CASES: list[tuple[str, dict[str, Any], bool]] = [
+    ("time limits", {"task_time_limit": 30, "task_soft_time_limit": 20}, True),
+    ("default priority", {"task_default_priority": 7}, True),
+    ("transient delivery", {"task_default_delivery_mode": "transient"}, True),
+    ("acks late, rate limit", {"task_acks_late": True, "task_default_rate_limit": "9/s"}, True),
+    (
+        "list separator",
+        {"broker_transport_options": {"sep": "::"}, "task_default_priority": 7},
+        True,
+    ),
+    ("priority steps", {"broker_transport_options": {"priority_steps": [0, 5, 9]}}, True),
+    ("key prefix", {"broker_transport_options": {"global_keyprefix": "p:"}}, True),
+    ("queue max priority (declared queue arguments)", {"task_queue_max_priority": 10}, False),
+    (
+        "key prefix and priority",
+        {"broker_transport_options": {"global_keyprefix": "p:"}, "task_default_priority": 7},
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "settings", "direct"), SETTING_CASES, ids=[c[0] for c in SETTING_CASES]
+)
+async def test_settings_shape_both_paths_messages_alike(
+    capture: tuple[Celery, redis.Redis],
+    redis_server: RedisServer,
+    case: str,
+    settings: dict[str, Any],
+    direct: bool,
+) -> None:
+    _, client = capture
+    seen: dict[bool, tuple[str, dict[str, Any]]] = {}
+    for on in (False, True):
+        client.flushdb()
+        app = capture_app(redis_server.url(CAPTURE_DB))
+        options = {
+            **app.conf.broker_transport_options,
+            **settings.get("broker_transport_options", {}),
+        }
+        app.conf.update({**settings, "broker_transport_options": options})
+        async with AsyncCeleryController(app, direct_publish=on) as ctl:
+            await ctl.delay(app.tasks["t.add"], 1, 2)
+            assert ctl.statistics().direct == int(on and direct), case
+        [key] = [k.decode() for k in client.scan_iter(match="*") if client.type(k) == b"list"]
+        [raw] = client.lrange(key, 0, -1)
+        seen[on] = key, comparable(raw)[0]
+    assert seen[True] == seen[False], case
+
+
 #: A broker database of its own for the worker reading prefixed lists.
 PREFIXED_BROKER_DB = 4
 
