@@ -228,6 +228,22 @@ class SentinelCluster(StopsOnExit):
             client.close()
         return int(address[1]) if address else None
 
+    def failovers(self) -> int:
+        """How many failovers the sentinels have made: the highest ``config-epoch``
+        any of them reports for the primary (each failover raises it by one; 0
+        before the first). A sentinel that does not answer is left out."""
+        epochs = [0]
+        for sentinel in self.sentinels:
+            client = self.client(sentinel.port)
+            try:
+                master = client.execute_command("SENTINEL MASTER", MASTER_NAME)  # as above
+                epochs.append(int(master.get("config-epoch", 0)))
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        return max(epochs)
+
     def _replica_synced(self, port: int) -> bool:
         client = self.client(port)
         try:
