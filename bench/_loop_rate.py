@@ -22,7 +22,6 @@ import asyncio
 import collections
 import statistics
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 from celery import Celery
@@ -31,7 +30,7 @@ from aceleryctl import AsyncCeleryController
 from bench._cli import rotated
 from bench._support import Measurement, redis_server
 from bench.httpsite.loop_protocol import LpushWriter
-from bench.httpsite.loop_prototype import _Publisher
+from bench.httpsite.loop_prototype import _Publisher, connect_writer
 
 __all__ = ["run"]
 
@@ -70,13 +69,6 @@ class _Capped:
             self._scheduled = False
 
 
-async def _writer(app: Celery) -> LpushWriter:
-    url = urlsplit(app.conf.broker_url)
-    return await LpushWriter.connect(
-        url.hostname or "127.0.0.1", url.port or 6379, int(url.path.strip("/") or 0)
-    )
-
-
 def _clear(app: Celery) -> None:
     from bench.dispatch import QUEUE
 
@@ -103,7 +95,7 @@ def _mode(mode: str, app: Celery, n: int, callers: int) -> Measurement:
                 await ctl.aclose()
         publisher = await asyncio.to_thread(_Publisher, app, add)
         publisher.build(0, 0)  # declares the queue once, off the clock
-        writer = await _writer(app)
+        writer = await connect_writer(app)
         if mode == "loop prototype":
 
             async def publish(i: int) -> None:

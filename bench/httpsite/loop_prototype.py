@@ -66,6 +66,18 @@ class _Publisher:
         return prepared
 
 
+async def connect_writer(celery_app: Any) -> LpushWriter:
+    """A :class:`LpushWriter` on ``celery_app``'s broker (``redis://HOST:PORT/DB``).
+
+    Raises:
+        OSError: the connection failed.
+        RuntimeError: ``SELECT`` was refused.
+    """
+    url = urlsplit(celery_app.conf.broker_url)
+    db = int(url.path.strip("/") or 0)
+    return await LpushWriter.connect(url.hostname or "127.0.0.1", url.port or 6379, db)
+
+
 _publishers: dict[asyncio.AbstractEventLoop, _Publisher] = {}
 
 
@@ -108,10 +120,7 @@ async def publish_add_minimal(x: int, y: int) -> str:
     writer = publisher.writer
     if writer is None:
         if publisher.connecting is None:  # the first callers share one connect
-            url = urlsplit(publisher.app.conf.broker_url)  # redis://HOST:PORT/DB
-            db = int(url.path.strip("/") or 0)
-            connect = LpushWriter.connect(url.hostname or "127.0.0.1", url.port or 6379, db)
-            publisher.connecting = asyncio.ensure_future(connect)
+            publisher.connecting = asyncio.ensure_future(connect_writer(publisher.app))
         writer = publisher.writer = await publisher.connecting
     await writer.push(prepared.key, prepared.payload)
     return prepared.task_id
