@@ -70,9 +70,13 @@ def sync_ctl() -> Iterator[AsyncCeleryController]:
 
 
 def worker_spans(path: Path) -> list[dict[str, Any]]:
+    """The spans the worker has finished writing: a read can overlap a worker's write
+    and end inside a line, so only newline-terminated lines count."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def run_span(path: Path, task_id: str) -> dict[str, Any]:
