@@ -33,6 +33,7 @@ from aceleryctl.dispatch.listener import (
     DispatchListener,
     DispatchOutcome,
     PoolChange,
+    mark_loop_safe,
 )
 from aceleryctl.dispatch.pool import PoolStatistics
 from aceleryctl.dispatch.protocol import Controller
@@ -83,6 +84,7 @@ __all__ = [
     "aget",
     "controller",
     "make_subscription_token",
+    "mark_loop_safe",
     "report_progress",
 ]
 

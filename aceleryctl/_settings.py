@@ -58,6 +58,7 @@ class ControllerSettings:
     max_workers: int = 1
     max_batch: int = 16
     direct_publish: bool = True
+    loop_publish: bool = False
     replica_acks: int = 0
     max_pending: int = 10_000
     drain_timeout: float = 5.0
@@ -188,6 +189,7 @@ def settings_problems(raw: object) -> list[str]:
         "MAX_WORKERS",
         "MAX_BATCH",
         "DIRECT_PUBLISH",
+        "LOOP_PUBLISH",
         "REPLICA_ACKS",
         "MAX_PENDING",
         "DRAIN_TIMEOUT",
@@ -221,10 +223,9 @@ def settings_problems(raw: object) -> list[str]:
             "ACELERYCTL['PROGRESS_MAX_RATE'] must be a finite number of events a second > 0, "
             f"got {rate!r}"
         )
-    if not isinstance(raw.get("DIRECT_PUBLISH", True), bool):
-        problems.append(
-            f"ACELERYCTL['DIRECT_PUBLISH'] must be True or False, got {raw['DIRECT_PUBLISH']!r}"
-        )
+    for key in ("DIRECT_PUBLISH", "LOOP_PUBLISH"):
+        if key in raw and not isinstance(raw[key], bool):
+            problems.append(f"ACELERYCTL[{key!r}] must be True or False, got {raw[key]!r}")
     acks = raw.get("REPLICA_ACKS", 0)
     if isinstance(acks, bool) or not isinstance(acks, int) or not 0 <= acks <= 16:
         problems.append(
@@ -316,6 +317,7 @@ def load_settings() -> ControllerSettings:
         max_workers=int(raw.get("MAX_WORKERS", defaults.max_workers)),
         max_batch=int(raw.get("MAX_BATCH", defaults.max_batch)),
         direct_publish=bool(raw.get("DIRECT_PUBLISH", defaults.direct_publish)),
+        loop_publish=bool(raw.get("LOOP_PUBLISH", defaults.loop_publish)),
         replica_acks=int(raw.get("REPLICA_ACKS", defaults.replica_acks)),
         max_pending=int(raw.get("MAX_PENDING", defaults.max_pending)),
         drain_timeout=float(raw.get("DRAIN_TIMEOUT", defaults.drain_timeout)),

@@ -12,6 +12,7 @@ controller is rebuilt when the setting changes (``override_settings`` in tests).
         "MAX_WORKERS": 1,                 # publishing threads
         "MAX_BATCH": 16,                  # publishes sent in one round trip
         "DIRECT_PUBLISH": True,           # plain calls on the direct path (Redis)
+        "LOOP_PUBLISH": False,            # coroutines' direct calls written from the loop
         "REPLICA_ACKS": 0,                # Redis replicas that must hold each direct write
         "MAX_PENDING": 10_000,            # calls waiting for a thread, at most
         "DRAIN_TIMEOUT": 5.0,             # seconds to drain on close
@@ -137,6 +138,7 @@ def build_controller(conf: ControllerSettings) -> AsyncCeleryController:
         max_workers=conf.max_workers,
         max_batch=conf.max_batch,
         direct_publish=conf.direct_publish,
+        loop_publish=conf.loop_publish,
         replica_acks=conf.replica_acks,
         max_pending=conf.max_pending,
         drain_timeout=conf.drain_timeout,

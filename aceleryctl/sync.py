@@ -31,6 +31,7 @@ from aceleryctl.dispatch.core import (
     require_outbox,
 )
 from aceleryctl.dispatch.oncommit import check_deferrable, defer_until_commit
+from aceleryctl.dispatch.probe import run_probe_sync
 from aceleryctl.dispatch.protocol import SyncController
 from aceleryctl.dispatch.statistics import ControllerStatistics
 from aceleryctl.exceptions import AsyncContextError, TaskDispatchError
@@ -95,7 +96,7 @@ class SyncCeleryController:
         """Check that the broker answers; see ``AsyncCeleryController.probe``. Blocks."""
         _refuse_in_event_loop("probe")
         core = self._core
-        return core._engine.run_probe_sync(core._probe_timeout(timeout))
+        return run_probe_sync(core._engine, core._probe_timeout(timeout))
 
     @overload
     def delay(self, task: Task[P, R], /, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]: ...

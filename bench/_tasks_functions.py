@@ -21,6 +21,12 @@ def add_aceleryctl(x: int, y: int) -> int:
     return x + y
 
 
+@task(backend="aceleryctl_loop")
+def add_aceleryctl_loop(x: int, y: int) -> int:
+    """``x + y`` on aceleryctl's backend over a ``loop_publish`` controller."""
+    return x + y
+
+
 if available()["dtc"]:
 
     @task(backend="dtc")
@@ -43,6 +49,7 @@ def by_backend() -> dict[str, Any]:
         name: fn
         for name, fn in (
             ("aceleryctl", add_aceleryctl),
+            ("aceleryctl_loop", add_aceleryctl_loop),
             ("dtc", globals().get("add_dtc")),
             ("vtasks", globals().get("add_vtasks")),
         )

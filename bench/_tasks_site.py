@@ -19,8 +19,10 @@ QUEUE = "bench-tasks"
 
 #: The Celery app both Celery backends and the controller publish with.
 APPS: dict[str, Any] = {}
-#: The controller behind the aceleryctl backend (set by bench.tasks).
+#: The controllers behind the aceleryctl backends (set by bench.tasks): the default
+#: one, and one with ``loop_publish=True`` (alias ``aceleryctl_loop``).
 controller: Any = None
+loop_controller: Any = None
 
 
 def available() -> dict[str, bool]:
@@ -53,7 +55,11 @@ def setup(url: str) -> Celery:
         "aceleryctl": {
             "BACKEND": "aceleryctl.backends.CeleryBackend",
             "OPTIONS": {"CONTROLLER": "bench._tasks_site.controller"},
-        }
+        },
+        "aceleryctl_loop": {
+            "BACKEND": "aceleryctl.backends.CeleryBackend",
+            "OPTIONS": {"CONTROLLER": "bench._tasks_site.loop_controller"},
+        },
     }
     if peers["dtc"]:
         tasks["dtc"] = {

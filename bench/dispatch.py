@@ -126,8 +126,10 @@ def run_async_mode(mode: str, app: Celery, n: int, callers: int) -> Measurement:
             return await _drive(
                 mode, n, callers, lambda i: loop.run_in_executor(None, add.delay, i, i)
             )
-        if mode == "await controller.delay":
-            ctl = AsyncCeleryController(app, dispatch_timeout=10.0, max_pending=n + callers)
+        if mode in ("await controller.delay", LOOP_MODE):
+            ctl = AsyncCeleryController(
+                app, dispatch_timeout=10.0, max_pending=n + callers, loop_publish=mode == LOOP_MODE
+            )
             try:
                 return await _drive(mode, n, callers, lambda i: ctl.delay(add, i, i))
             finally:
@@ -137,6 +139,9 @@ def run_async_mode(mode: str, app: Celery, n: int, callers: int) -> Measurement:
     return asyncio.run(main())
 
 
+#: The controller with ``loop_publish=True`` (written from the loop, no thread hop).
+LOOP_MODE = "await controller.delay (loop_publish)"
+
 MODES = [
     "bare delay()",
     "sync_to_async(thread_sensitive=True)",
@@ -144,6 +149,7 @@ MODES = [
     "anyio.to_thread",
     "run_in_executor",
     "await controller.delay",
+    LOOP_MODE,
 ]
 
 

@@ -10,6 +10,7 @@ landed count is checked exactly):
 
 * ``await controller.delay``: aceleryctl's controller, a Celery task (the reference);
 * ``aceleryctl aenqueue``: ``await add.aenqueue(i, i)`` on ``aceleryctl.backends.CeleryBackend``;
+* the same two over a controller with ``loop_publish=True`` (written from the loop);
 * ``django-tasks-celery aenqueue``: the same call on django-tasks-celery's backend
   (Django's default ``aenqueue``: ``sync_to_async(enqueue, thread_sensitive=True)``);
 * ``django-vtasks aenqueue``: the same call on django-vtasks' Valkey backend (its own
@@ -36,10 +37,16 @@ from bench.dispatch import _drive
 MODES = [
     "await controller.delay",
     "aceleryctl aenqueue",
+    "await controller.delay (loop_publish)",
+    "aceleryctl aenqueue (loop_publish)",
     "django-tasks-celery aenqueue",
     "django-vtasks aenqueue",
 ]
 PEER_OF_MODE = {"django-tasks-celery aenqueue": "dtc", "django-vtasks aenqueue": "vtasks"}
+OURS = {
+    "aceleryctl aenqueue": "aceleryctl",
+    "aceleryctl aenqueue (loop_publish)": "aceleryctl_loop",
+}
 
 
 def run_mode(mode: str, n: int, callers: int, client: redis.Redis) -> Measurement:
@@ -52,10 +59,11 @@ def run_mode(mode: str, n: int, callers: int, client: redis.Redis) -> Measuremen
     ctl = _tasks_site.controller
 
     async def main() -> Measurement:
-        if mode == "await controller.delay":
+        if mode in ("await controller.delay", "await controller.delay (loop_publish)"):
             add = app.tasks["bench.tasks.add"]
-            return await _drive(mode, n, callers, lambda i: ctl.delay(add, i, i))
-        fn = fns[{"aceleryctl aenqueue": "aceleryctl", **PEER_OF_MODE}[mode]]
+            on = ctl if mode == "await controller.delay" else _tasks_site.loop_controller
+            return await _drive(mode, n, callers, lambda i: on.delay(add, i, i))
+        fn = fns[OURS.get(mode) or PEER_OF_MODE[mode]]
         return await _drive(mode, n, callers, lambda i: fn.aenqueue(i, i))
 
     m = asyncio.run(main())
@@ -105,9 +113,12 @@ def main(argv: list[str] | None = None) -> int:
 
         # One controller for the run (it serves every loop asyncio.run makes), the
         # one behind the aceleryctl backend's OPTIONS["CONTROLLER"].
-        _tasks_site.controller = AsyncCeleryController(
-            app, dispatch_timeout=10.0, max_pending=args.n + args.callers
-        )
+        for name, loop_publish in (("controller", False), ("loop_controller", True)):
+            made = AsyncCeleryController(
+                app, dispatch_timeout=10.0, max_pending=args.n + args.callers,
+                loop_publish=loop_publish,
+            )  # fmt: skip
+            setattr(_tasks_site, name, made)
         peers = _tasks_site.available()
         modes = [m for m in MODES if m not in PEER_OF_MODE or peers[PEER_OF_MODE[m]]]
         for mode in MODES:
@@ -130,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         client.close()
         _tasks_site.controller.sync.close()
+        _tasks_site.loop_controller.sync.close()
     text = table(results, args.n)
     mismatched = [
         k for k, runs in results.items()

@@ -15,6 +15,7 @@ same attribute reads the call sites did, so moving them here costs one call.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Final
@@ -257,6 +258,27 @@ def has_receivers(signal: Any) -> bool:
     building a signal's arguments for nobody. Runs per message.
     """
     return bool(signal.receivers)
+
+
+def live_receivers(signal: Any) -> list[Any]:
+    """Every receiver connected to a Celery signal, for any sender, weak references
+    resolved (dead ones left out).
+
+    ``Signal.receivers`` is an undocumented list of ``((receiver key, sender key),
+    receiver or weak reference)``. The loop path reads it per call to make sure no
+    receiver it does not know may run on the event loop; were its shape to change,
+    an entry that is not such a pair is returned as is, which no receiver marked
+    loop-safe equals (the call takes the publishing threads).
+    """
+    found = []
+    for entry in signal.receivers:
+        receiver = entry[1] if isinstance(entry, tuple) and len(entry) == 2 else entry
+        if isinstance(receiver, weakref.ReferenceType):
+            receiver = receiver()
+            if receiver is None:
+                continue
+        found.append(receiver)
+    return found
 
 
 # -- the publishing thread ----------------------------------------------------------

@@ -34,6 +34,7 @@ from aceleryctl.dispatch.engine import DispatchEngine
 from aceleryctl.dispatch.listener import DispatchListener
 from aceleryctl.dispatch.oncommit import check_deferrable, defer_until_commit
 from aceleryctl.dispatch.pool import settle
+from aceleryctl.dispatch.probe import run_probe_async
 from aceleryctl.exceptions import TaskDispatchError
 from aceleryctl.outbox.durable import run_durable
 from aceleryctl.outbox.handoff import store_on_commit
@@ -63,10 +64,8 @@ class AsyncCeleryController(ControllerCore):
         dispatch_timeout: default deadline of a call in seconds, covering the wait
             for a publishing thread and the publish itself. ``apply_async`` and
             ``send_task`` take a per-call ``dispatch_timeout=`` override.
-        max_workers: publishing threads (>= 1). Publishing holds the GIL, so more
-            threads add event-loop lag, not throughput: measured here with 100
-            callers, one thread gave a loop-lag p99 of 3 ms and two gave 13-20 ms,
-            at no gain in throughput.
+        max_workers: publishing threads (>= 1). Publishing holds the GIL: more
+            threads add event-loop lag, not throughput (docs/benchmarks.md).
         max_pending: calls that may wait for a thread at once (>= 1); beyond that a
             call fails at once with :class:`~aceleryctl.exceptions.DispatchOverloaded`.
         drain_timeout: seconds :meth:`aclose` waits for queued and running publishes.
@@ -75,20 +74,18 @@ class AsyncCeleryController(ControllerCore):
         redact_keys: key substrings whose values are masked in failure logs;
             default :data:`aceleryctl.DEFAULT_REDACT_KEYS`.
         max_batch: publishes one thread sends in a single round trip when they
-            queue up together (>= 1; Redis only). Larger batches cost less CPU per
-            publish but hold the GIL longer, which the event loop feels as lag.
-        direct_publish: send plain task calls on the direct path (Redis only):
-            the same Celery protocol message, built with less work and written
-            with one ``LPUSH`` per batch (see docs/design.md). ``False`` sends
-            every call through Celery's stock ``apply_async``.
+            queue up together (>= 1; Redis only): less CPU each, more loop lag.
+        direct_publish: plain task calls take the direct path (Celery's own message,
+            built with less work; docs/design.md); ``False``: stock ``apply_async``.
         replica_acks: Redis: after each direct write, ``WAIT`` (within the deadline)
             until this many replicas hold it; else ``DispatchTimeout`` (unknown).
             0 (default): the primary's reply suffices. See docs/brokers-redis.md.
+        loop_publish: Redis: coroutines' direct-path calls are written from their
+            event loop's thread, no thread hop (:mod:`aceleryctl.dispatch.loop_path`).
         listeners: :class:`~aceleryctl.dispatch.listener.DispatchListener` objects
             told about every settled dispatch, pool and breaker change (metrics,
             traces); see also :meth:`add_listener`.
-        clock: monotonic seconds (``time.monotonic``); tests pass a
-            :class:`~aceleryctl.testing.ManualClock`.
+        clock: monotonic seconds (``time.monotonic``; tests: a ``ManualClock``).
         durable: every dispatch is durable unless a call says ``durable=False``
             (needs the outbox; see docs/durability.md).
         log_exception_chain: failure records carry the whole chain of causes
@@ -114,6 +111,7 @@ class AsyncCeleryController(ControllerCore):
         max_batch: int = 16,
         direct_publish: bool = True,
         replica_acks: int = 0,
+        loop_publish: bool = False,
         listeners: Iterable[DispatchListener] = (),
         clock: Clock = time.monotonic,
         durable: bool = False,
@@ -134,6 +132,8 @@ class AsyncCeleryController(ControllerCore):
             max_batch=max_batch,
             listeners=tuple(listeners),
             clock=clock,
+            loop_publish=loop_publish,
+            connect_timeout=policy.connect_timeout,
         )
         super().__init__(
             engine, dispatch_timeout=dispatch_timeout, drain_timeout=drain_timeout, durable=durable
@@ -416,7 +416,7 @@ class AsyncCeleryController(ControllerCore):
         Raises:
             TaskDispatchError: a subclass saying why the broker did not answer.
         """
-        return await self._engine.run_probe_async(self._probe_timeout(timeout))
+        return await run_probe_async(self._engine, self._probe_timeout(timeout))
 
     async def __aenter__(self) -> AsyncCeleryController:
         return self

@@ -125,6 +125,7 @@ class ControllerCore:
         stats = self._engine.statistics()
         breaker = stats.breaker
         wire = self._engine.wire.describe()
+        loop_path = self._engine.loop_path
         return {
             "ok": breaker.state.value not in ("open", "forced_open"),
             "breaker": {
@@ -143,6 +144,8 @@ class ControllerCore:
             "direct_publish": bool(wire.get("direct_publish", False)),
             "wire": wire["wire"],
             "recovery_probe": self._engine.recovery.statistics(),
+            "loop_publish": None if loop_path is None else loop_path.describe(),
+            "from_loop": stats.from_loop,
             "outbox": _outbox_health(),
         }
 

@@ -29,16 +29,23 @@ from aceleryctl import compat
 from aceleryctl._clock import Clock
 from aceleryctl._logging import Redactor
 from aceleryctl.breaker import BreakerState, CircuitBreaker, StateChange
-from aceleryctl.dispatch.failures import Failures, Permit, Settled, outcome_of
+from aceleryctl.dispatch.failures import (
+    Failures,
+    Permit,
+    Settled,
+    outcome_of,
+    settle_unobserved,
+)
+from aceleryctl.dispatch.jobs import AnyFuture
 from aceleryctl.dispatch.listener import (
-    DispatchEvent,
     DispatchListener,
     DispatchOutcome,
     Listeners,
     PoolChange,
+    event_of,
 )
+from aceleryctl.dispatch.loop_path import LoopPath
 from aceleryctl.dispatch.pool import PoolClosed, PoolSaturated, PublishPool, WaitOutcome
-from aceleryctl.dispatch.probe import Probe
 from aceleryctl.dispatch.record import Attempt, Dispatch
 from aceleryctl.dispatch.recovery import RecoveryProbe
 from aceleryctl.dispatch.results import rebind
@@ -67,6 +74,9 @@ class DispatchEngine:
         max_batch: dispatches a thread takes at once (only for wires that batch).
         listeners: told about every settled dispatch, pool and breaker change.
         clock: monotonic seconds; deadlines and attempt times are its readings.
+        loop_publish: coroutine calls that qualify publish from their event loop's
+            thread (:mod:`aceleryctl.dispatch.loop_path`); ``connect_timeout``
+            (seconds) bounds that path's connects.
     """
 
     def __init__(
@@ -81,6 +91,8 @@ class DispatchEngine:
         max_batch: int = 16,
         listeners: tuple[DispatchListener, ...] = (),
         clock: Clock = time.monotonic,
+        loop_publish: bool = False,
+        connect_timeout: float = 2.0,
     ) -> None:
         self.app = app
         self.wire = wire
@@ -106,6 +118,18 @@ class DispatchEngine:
             clock=clock,
         )
         breaker.add_listener(self)
+        self.loop_path = (
+            LoopPath(
+                wire,
+                self.pool,
+                clock=clock,
+                listeners=lambda: self._listeners,
+                broker_fault=recovery.prepare,
+                connect_timeout=connect_timeout,
+            )
+            if loop_publish
+            else None
+        )
 
     # -- listeners ---------------------------------------------------------
 
@@ -132,18 +156,29 @@ class DispatchEngine:
             asyncio.CancelledError: the awaiting task was cancelled; a publish that
                 had not started never will, one already running finishes on its own.
         """
-        attempt, permit, future = self._begin(dispatch, parent)
+        loop_path = self.loop_path
+        if loop_path is not None and loop_path.takes(dispatch):
+            attempt, permit = self._admitted(dispatch, parent)
+            on_loop = await loop_path.run(attempt, lambda f: self._cancelled(attempt, permit, f))
+            if on_loop is not None:
+                return self._finish(attempt, permit, on_loop)
+            future = self._submit(attempt, permit)
+        else:
+            attempt, permit, future = self._begin(dispatch, parent)
         try:
             outcome = await self.pool.wait_async(future, dispatch.timeout)
         except asyncio.CancelledError:
-            # Nobody will read the outcome, but the breaker must still hear it:
-            # an unsettled half-open probe would keep the breaker half-open.
-            if future.cancelled():
-                permit.release()
-            else:
-                future.add_done_callback(lambda f: self._settle_unobserved(attempt, permit, f))
+            self._cancelled(attempt, permit, future)
             raise
         return self._finish(attempt, permit, outcome)
+
+    def _cancelled(self, attempt: Attempt, permit: Permit, future: AnyFuture[WireOutcome]) -> None:
+        # Nobody will read the outcome, but the breaker must still hear it:
+        # an unsettled half-open probe would keep the breaker half-open.
+        if future.cancelled():
+            permit.release()
+        else:
+            future.add_done_callback(lambda f: settle_unobserved(attempt, permit, f))
 
     def run_sync(self, dispatch: Dispatch, parent: Any = None) -> Any:
         """Publish ``dispatch`` on the pool and block the calling thread until it is done.
@@ -251,11 +286,16 @@ class DispatchEngine:
         relayed: bool = False,
         kept: bool = False,
     ) -> tuple[Attempt, Permit, Future[WireOutcome]]:
+        attempt, permit = self._admitted(dispatch, parent)
+        attempt.on_commit, attempt.relayed, attempt.kept = on_commit, relayed, kept
+        return attempt, permit, self._submit(attempt, permit)
+
+    def _admitted(self, dispatch: Dispatch, parent: Any) -> tuple[Attempt, Permit]:
+        """A new attempt and the breaker's permit for it (raises CircuitOpenError)."""
         now = self.clock()
         attempt = Attempt(dispatch, now + dispatch.timeout, now, None, dispatch.task_id, parent)
-        attempt.on_commit, attempt.relayed, attempt.kept = on_commit, relayed, kept
         try:
-            permit = self.breaker.acquire()
+            return attempt, self.breaker.acquire()
         except CircuitOpenError as exc:
             # Not logged per call: the breaker logged its opening once, and a
             # storm of rejections must stay cheap. Counted by the listeners.
@@ -263,14 +303,15 @@ class DispatchEngine:
             exc.task_id = dispatch.task_id
             self._settled(attempt, DispatchOutcome.NOT_SENT, exc)
             raise
+
+    def _submit(self, attempt: Attempt, permit: Permit) -> Future[WireOutcome]:
         try:
-            future: Future[WireOutcome] = self.pool.submit(PublishJob(self._runner, attempt))
+            return self.pool.submit(PublishJob(self._runner, attempt))
         except (PoolSaturated, PoolClosed) as exc:
             permit.release()
             error = self._failures.refused(attempt, exc, closed=isinstance(exc, PoolClosed))
             self._fail(attempt, error, exc, DispatchOutcome.NOT_SENT)
             raise error from exc
-        return attempt, permit, future
 
     def _finish(
         self,
@@ -334,42 +375,9 @@ class DispatchEngine:
         listeners = self._listeners
         if not listeners:
             return
-        dispatch = attempt.dispatch
-        listeners.dispatch_settled(
-            DispatchEvent(
-                dispatch.task_name,
-                attempt.task_id,
-                dispatch.method,
-                dispatch.kind.value,
-                attempt.queue or dispatch.queue,
-                attempt.path,
-                outcome,
-                error_type,
-                dispatch.correlation_id,
-                attempt.queued_at,
-                attempt.started_at or None,
-                attempt.finished_at or self.clock(),
-                attempt.on_commit,
-                late,
-                attempt.relayed,
-            )
-        )
+        listeners.dispatch_settled(event_of(attempt, outcome, error_type, late, self.clock))
 
-    def _settle_unobserved(self, attempt: Attempt, permit: Permit, future: Future[Any]) -> None:
-        # The caller was cancelled while its publish ran; tell the breaker how the
-        # publish ended, without logging or raising (there is no caller).
-        if future.cancelled():
-            permit.release()
-            return
-        outcome: WireOutcome = future.result()
-        if outcome.sent:
-            permit.record_success(attempt.duration)
-        elif outcome.broker_fault:
-            permit.record_failure(attempt.duration)
-        else:
-            permit.release()
-
-    def _late(self, attempt: Attempt, future: Future[Any]) -> None:
+    def _late(self, attempt: Attempt, future: AnyFuture[Any]) -> None:
         # The publish ended after its caller was given DispatchTimeout.
         if future.cancelled():
             return
@@ -387,30 +395,13 @@ class DispatchEngine:
         to ``timeout`` seconds, then release the broker connections. Blocks the
         calling thread. Returns ``True`` if drained."""
         self.recovery.close()
+        if self.loop_path is not None:
+            self.loop_path.close(timeout)
         drained = self.pool.shutdown(timeout)
         self._listeners.pool_changed(PoolChange.CLOSED)
         if drained:
             self.wire.close()
         return drained
-
-    def run_probe_sync(self, timeout: float) -> float:
-        """Connect the way a publish would, publish nothing; block the calling thread.
-
-        Bypasses the breaker and the statistics.
-
-        Returns:
-            Seconds the connect took.
-
-        Raises:
-            TaskDispatchError: a subclass saying why the broker did not answer.
-        """
-        probe = Probe(self, timeout)
-        return probe.result(self.pool.wait(self.pool.submit(probe), timeout))
-
-    async def run_probe_async(self, timeout: float) -> float:
-        """:meth:`run_probe_sync`, awaited on the event loop."""
-        probe = Probe(self, timeout)
-        return probe.result(await self.pool.wait_async(self.pool.submit(probe), timeout))
 
     def state_changed(self, change: StateChange) -> None:
         """The breaker changed state: tell the recovery probe and the listeners."""

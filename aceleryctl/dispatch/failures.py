@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from celery import Celery
 
 from aceleryctl._logging import Redactor, log_dispatch_failure
+from aceleryctl.dispatch.jobs import AnyFuture
 from aceleryctl.dispatch.listener import DispatchOutcome
 from aceleryctl.dispatch.record import Attempt, Dispatch, DispatchKind
 from aceleryctl.dispatch.refusals import RefusalDigest
@@ -36,7 +37,7 @@ from aceleryctl.wires.connections import (
     failure_hint,
 )
 
-__all__ = ["Failures", "Permit", "Settled", "outcome_of"]
+__all__ = ["Failures", "Permit", "Settled", "outcome_of", "settle_unobserved"]
 
 #: Told how a detached (on-commit) dispatch ended: its outcome, and the error a
 #: caller would have got (``None`` when sent). Runs on a publishing thread, or on
@@ -248,3 +249,18 @@ def outcome_of(error: TaskDispatchError) -> DispatchOutcome:
     ):
         return DispatchOutcome.UNKNOWN
     return DispatchOutcome.NOT_SENT
+
+
+def settle_unobserved(attempt: Attempt, permit: Permit, future: AnyFuture[Any]) -> None:
+    """Tell the breaker how a publish whose caller was cancelled ended, without
+    logging or raising (there is no caller). Any thread (a done callback)."""
+    if future.cancelled():
+        permit.release()
+        return
+    outcome: WireOutcome = future.result()
+    if outcome.sent:
+        permit.record_success(attempt.duration)
+    elif outcome.broker_fault:
+        permit.record_failure(attempt.duration)
+    else:
+        permit.release()

@@ -5,13 +5,15 @@ Standard library only; see :mod:`aceleryctl.dispatch.pool` for the pool itself.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar, Union
 
 __all__ = [
+    "AnyFuture",
     "BatchJob",
     "PoolClosed",
     "PoolSaturated",
@@ -60,6 +62,11 @@ class PoolStatistics:
     closed: bool
 
 
+#: A job's future: a concurrent one (pool jobs) or an asyncio one (the loop path's
+#: jobs, settled on their loop's thread). The engine reads either the same way.
+AnyFuture: TypeAlias = Union[Future[T], "asyncio.Future[T]"]
+
+
 @dataclass(frozen=True, slots=True)
 class WaitOutcome(Generic[T]):
     """What a bounded wait on a job found.
@@ -69,7 +76,7 @@ class WaitOutcome(Generic[T]):
     will), or neither, meaning it was still running when the deadline passed.
     """
 
-    future: Future[T]
+    future: AnyFuture[T]
     done: bool
     never_started: bool
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from collections.abc import Iterable
-from typing import NamedTuple, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from aceleryctl._clock import Clock
 from aceleryctl.breaker import StateChange
+from aceleryctl.dispatch.record import Attempt
 
 __all__ = [
     "DispatchEvent",
@@ -29,9 +31,39 @@ __all__ = [
     "Listeners",
     "DispatchOutcome",
     "PoolChange",
+    "event_of",
+    "is_loop_safe",
+    "mark_loop_safe",
+    "publishing_noted",
 ]
 
 logger = logging.getLogger("aceleryctl.listeners")
+
+#: ``on`` is true on a thread while it publishes for a controller that has a
+#: listener noting every dispatch itself (``notes_dispatches = True``, as the live
+#: events' listener has): a publish-signal receiver that notes publishes (live
+#: ``task.sent``) skips those, so that none is noted twice. Publishing threads of
+#: such controllers keep it on; the loop path sets it around its receivers' call.
+publishing_noted = threading.local()
+
+_loop_safe: set[Any] = set()
+
+
+def mark_loop_safe(receiver: Callable[..., Any]) -> Callable[..., Any]:
+    """Declare a ``before_task_publish`` / ``after_task_publish`` receiver safe to run
+    on the event loop's thread (it never blocks, never touches the ORM), so that its
+    presence does not keep coroutine dispatches off the loop path (``LOOP_PUBLISH``).
+    Returns ``receiver``; usable as a decorator. Thread-safe enough for import time."""
+    _loop_safe.add(receiver)
+    return receiver
+
+
+def is_loop_safe(receiver: Any) -> bool:
+    """Whether :func:`mark_loop_safe` marked ``receiver``."""
+    try:
+        return receiver in _loop_safe
+    except TypeError:  # unhashable: never marked
+        return False
 
 
 class DispatchOutcome(enum.Enum):
@@ -119,6 +151,35 @@ class PoolChange(enum.Enum):
     #: free within its deadline (the caller got ``DispatchOverloaded``).
     SATURATED = "saturated"
     CLOSED = "closed"
+
+
+def event_of(
+    attempt: Attempt,
+    outcome: DispatchOutcome,
+    error_type: str | None,
+    late: bool,
+    clock: Clock,
+) -> DispatchEvent:
+    """The event listeners get for ``attempt`` settled with ``outcome`` (``clock``
+    read only when the attempt never finished a publish)."""
+    dispatch = attempt.dispatch
+    return DispatchEvent(
+        dispatch.task_name,
+        attempt.task_id,
+        dispatch.method,
+        dispatch.kind.value,
+        attempt.queue or dispatch.queue,
+        attempt.path,
+        outcome,
+        error_type,
+        dispatch.correlation_id,
+        attempt.queued_at,
+        attempt.started_at or None,
+        attempt.finished_at or clock(),
+        attempt.on_commit,
+        late,
+        attempt.relayed,
+    )
 
 
 @runtime_checkable

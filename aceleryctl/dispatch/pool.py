@@ -274,9 +274,7 @@ class PublishPool:
         if not future.done():
             loop = asyncio.get_running_loop()
             signal: asyncio.Future[None] = loop.create_future()
-            waker = self._wakers.get(loop)
-            if waker is None:
-                waker = self._new_waker(loop)
+            waker = self.waker_for(loop)
             waker.expire_after(signal, max(timeout, 0.0))
             future.add_done_callback(lambda _f: waker.wake(signal))
             try:
@@ -285,6 +283,10 @@ class PublishPool:
                 self.abandon(future)
                 raise
         return self._outcome(future)
+
+    def waker_for(self, loop: asyncio.AbstractEventLoop) -> LoopWaker:
+        """The pool's waker of ``loop`` (made on first use). Loop thread."""
+        return self._wakers.get(loop) or self._new_waker(loop)
 
     def _new_waker(self, loop: asyncio.AbstractEventLoop) -> LoopWaker:
         # Loop thread, the pool's first wait on this loop.

@@ -15,7 +15,7 @@ from aceleryctl.wires.base import WireOutcome
 if TYPE_CHECKING:
     from aceleryctl.dispatch.engine import DispatchEngine
 
-__all__ = ["Probe"]
+__all__ = ["Probe", "run_probe_async", "run_probe_sync"]
 
 
 class Probe:
@@ -70,3 +70,23 @@ class _NoPermit:
 
 
 _NO_PERMIT = _NoPermit()
+
+
+def run_probe_sync(engine: DispatchEngine, timeout: float) -> float:
+    """Connect the way a publish of ``engine`` would, publish nothing; block the
+    calling thread at most ``timeout`` seconds. Bypasses the breaker and the statistics.
+
+    Returns:
+        Seconds the connect took.
+
+    Raises:
+        TaskDispatchError: a subclass saying why the broker did not answer.
+    """
+    probe = Probe(engine, timeout)
+    return probe.result(engine.pool.wait(engine.pool.submit(probe), timeout))
+
+
+async def run_probe_async(engine: DispatchEngine, timeout: float) -> float:
+    """:func:`run_probe_sync`, awaited on the event loop."""
+    probe = Probe(engine, timeout)
+    return probe.result(await engine.pool.wait_async(engine.pool.submit(probe), timeout))

@@ -12,7 +12,7 @@ from aceleryctl.dispatch.pool import PoolStatistics
 __all__ = ["ControllerStatistics", "StatisticsListener"]
 
 #: The ``path`` names of dispatches a wire wrote itself (its direct path).
-_DIRECT_PATHS = frozenset({"redis", "amqp"})
+_DIRECT_PATHS = frozenset({"redis", "amqp", "redis-loop"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,8 @@ class ControllerStatistics:
             (Redis, AMQP); the rest went through Celery's stock ``apply_async``.
         pool: the publish pool's own snapshot.
         breaker: the circuit breaker's own snapshot.
+        from_loop: dispatches (among ``direct``) written from the caller's event
+            loop thread (``loop_publish``), without a publishing thread.
     """
 
     dispatched: int
@@ -42,6 +44,7 @@ class ControllerStatistics:
     direct: int
     pool: PoolStatistics
     breaker: BreakerStatistics
+    from_loop: int = 0
 
 
 class StatisticsListener:
@@ -51,6 +54,7 @@ class StatisticsListener:
         "_direct",
         "_dispatched",
         "_failed",
+        "_from_loop",
         "_late",
         "_lock",
         "_overloaded",
@@ -61,7 +65,7 @@ class StatisticsListener:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._dispatched = self._failed = self._timed_out = self._overloaded = 0
-        self._rejected_open = self._late = self._direct = 0
+        self._rejected_open = self._late = self._direct = self._from_loop = 0
 
     def dispatch_settled(self, event: DispatchEvent) -> None:
         """Count one outcome (called on the settling thread; takes a lock briefly)."""
@@ -79,6 +83,8 @@ class StatisticsListener:
                 self._dispatched += 1
                 if path in _DIRECT_PATHS and outcome is DispatchOutcome.SENT:
                     self._direct += 1
+                    if path == "redis-loop":
+                        self._from_loop += 1
             else:
                 self._failed += 1
                 if error_type == "DispatchTimeout":
@@ -107,4 +113,5 @@ class StatisticsListener:
                 self._direct,
                 pool=pool,
                 breaker=breaker,
+                from_loop=self._from_loop,
             )

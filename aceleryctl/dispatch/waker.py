@@ -137,6 +137,16 @@ class LoopWaker:
         else:
             self._schedule()
 
+    def wake_here(self, signal: asyncio.Future[None]) -> None:
+        """:meth:`wake`, called on the loop's own thread: the same few resumed per
+        loop turn, scheduled without writing to the loop's self-pipe."""
+        with self._lock:
+            self._pending.append(signal)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._loop.call_soon(self._run)
+
     def _schedule(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed while the publish ran
             self._loop.call_soon_threadsafe(self._run)

@@ -49,7 +49,13 @@ from aceleryctl._once import guard, internal
 from aceleryctl.breaker import StateChange
 from aceleryctl.compat.channels import redis_groups_with_members
 from aceleryctl.correlation import correlation_id, correlation_id_from
-from aceleryctl.dispatch.listener import DispatchEvent, DispatchOutcome, PoolChange
+from aceleryctl.dispatch.listener import (
+    DispatchEvent,
+    DispatchOutcome,
+    PoolChange,
+    mark_loop_safe,
+    publishing_noted,
+)
 from aceleryctl.events import group_name
 from aceleryctl.live.recent import (
     DEFERRED,
@@ -304,6 +310,9 @@ class LiveEventsListener:
 
     __slots__ = ("_events",)
 
+    #: The loop path's receivers call leaves its dispatches to this listener.
+    notes_dispatches = True
+
     def __init__(self, events: SentEvents | None = None) -> None:
         self._events = _sent if events is None else events
 
@@ -328,14 +337,10 @@ class LiveEventsListener:
     def pool_changed(self, change: PoolChange) -> None:
         """On a publishing thread as it starts: mark it as listened to."""
         if change is PoolChange.THREAD_STARTED:
-            _listened.on = True
+            publishing_noted.on = True
 
     def breaker_changed(self, change: StateChange) -> None:
         """Nothing to do."""
-
-
-#: Set on the publishing threads of controllers that have a LiveEventsListener.
-_listened = threading.local()
 
 
 def attach_live_events(controller: Any) -> LiveEventsListener | None:
@@ -367,7 +372,7 @@ def on_published(
     a microsecond. On the publishing threads of controllers whose listener notes
     their dispatches, it only hands the message's ``eta`` (when it has one) to
     that listener."""
-    if getattr(_listened, "on", False):
+    if getattr(publishing_noted, "on", False):
         # Task protocol 2 (what the controller publishes): one look-up when no eta.
         if isinstance(headers, Mapping) and (eta := headers.get("eta")) is not None:
             task_id = headers.get("id")
@@ -388,6 +393,10 @@ def on_published(
         correlation_id_from(found) or correlation_id.get(),
         eta=eta,
     )
+
+
+# About a microsecond of bookkeeping, never blocking: fine on the event loop.
+mark_loop_safe(on_published)
 
 
 def use_publish_signal(on: bool) -> None:

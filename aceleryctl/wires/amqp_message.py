@@ -46,13 +46,14 @@ class AmqpDirectPath(DirectPath):
         given: Mapping[str, Any],
         channel: Any,
         snapshot: Snapshot,
+        cached_only: bool = False,
     ) -> Prepared | None:
         """:meth:`DirectPath.prepare`, with Celery's priority quirk: a call without a
         priority reaches kombu's ``Producer.publish`` with ``priority=None`` (no
         priority property) only when the caller named a queue that no route
         overrides; otherwise Celery's router drops the ``None`` and kombu's default,
         0, is sent. Raises what :meth:`DirectPath.prepare` raises."""
-        prepared = super().prepare(task, args, kwargs, given, channel, snapshot)
+        prepared = super().prepare(task, args, kwargs, given, channel, snapshot, cached_only)
         if prepared is None:
             return None
         properties = prepared.payload.properties

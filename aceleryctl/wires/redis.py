@@ -69,6 +69,9 @@ class RedisWire(Wire):
         self.replica_acks = replica_acks
         #: The message builder, or ``None`` when the direct path is turned off.
         self.direct = DirectPath(app) if direct else None
+        #: The kombu channel of the latest successful direct write (any thread's):
+        #: the loop path borrows its envelope functions, which only read settings.
+        self.envelope_channel: Any = None
 
     @property
     def batches(self) -> bool:
@@ -185,6 +188,7 @@ class RedisWire(Wire):
                     DispatchOutcome.UNKNOWN, None, behind, True, item.routing_key, self.name
                 )
             return outcomes
+        self.envelope_channel = channel
         announce = DirectPath.announce if has_receivers(after_task_publish) else None
         sent = DispatchOutcome.SENT
         name = self.name

@@ -67,7 +67,7 @@ from aceleryctl.compat.celery import (
 )
 from aceleryctl.compat.kombu_redis import redis_envelope
 from aceleryctl.dispatch.ids import new_task_id
-from aceleryctl.dispatch.record import Attempt, DispatchKind
+from aceleryctl.dispatch.record import Attempt, Dispatch, DispatchKind
 from aceleryctl.wires.fast_repr import fast_repr
 
 __all__ = ["DIRECT_OPTIONS", "DirectPath", "Prepared", "Snapshot", "fast_repr"]
@@ -182,7 +182,10 @@ class DirectPath:
     def takes(self, attempt: Attempt) -> bool:
         """Whether ``attempt`` may take the direct path: a plain call of a task of this
         app (not by name) that :meth:`accepts`. Runs on any thread."""
-        dispatch = attempt.dispatch
+        return self.takes_dispatch(attempt.dispatch)
+
+    def takes_dispatch(self, dispatch: Dispatch) -> bool:
+        """:meth:`takes`, for a dispatch not yet attempted."""
         task = dispatch.target
         return (
             dispatch.kind is DispatchKind.TASK
@@ -226,9 +229,11 @@ class DirectPath:
         given: Mapping[str, Any],
         channel: Any,
         snapshot: Snapshot,
+        cached_only: bool = False,
     ) -> Prepared | None:
         """Build ``message`` as Celery would, or return ``None`` if it must take
-        the stock path after all (its destination is not a plain direct queue).
+        the stock path after all (its destination is not a plain direct queue;
+        with ``cached_only``, also when its route was not worked out before).
 
         Raises what Celery's ``apply_async`` raises for the same input: ``TypeError``
         for arguments that do not fit the task's signature, ``ValueError`` for
@@ -247,7 +252,10 @@ class DirectPath:
                 return None
         options.setdefault("ignore_result", task.ignore_result)
         name = task.name
-        destination = self._destination(name, options.get("queue"), task, snapshot)
+        if cached_only:
+            destination = self._routes.get((name, options.get("queue")))
+        else:
+            destination = self._destination(name, options.get("queue"), task, snapshot)
         if destination is None:
             return None
         return self._build(name, args, kwargs, options, destination, channel, snapshot)

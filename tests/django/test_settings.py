@@ -37,6 +37,7 @@ def fresh_default() -> Any:
         ({"BREAKER": {"RESET_TIMOUT": 1}}, "unknown key 'RESET_TIMOUT'"),
         ({"BREAKER": []}, "ACELERYCTL['BREAKER'] must be a dict"),
         ({"DIRECT_PUBLISH": "no"}, "ACELERYCTL['DIRECT_PUBLISH'] must be True or False"),
+        ({"LOOP_PUBLISH": 1}, "ACELERYCTL['LOOP_PUBLISH'] must be True or False"),
         ({"REPLICA_ACKS": True}, "ACELERYCTL['REPLICA_ACKS'] must be how many Redis replicas"),
         ({"REPLICA_ACKS": -1}, "ACELERYCTL['REPLICA_ACKS'] must be how many Redis replicas"),
         ({"REPLICA_ACKS": "1"}, "ACELERYCTL['REPLICA_ACKS'] must be how many Redis replicas"),
@@ -82,6 +83,23 @@ def test_direct_publish_can_be_turned_off() -> None:
     with override_settings(ACELERYCTL={**base, "DIRECT_PUBLISH": False}):
         assert conf.load_settings().direct_publish is False
         assert aceleryctl.controller.health()["direct_publish"] is False
+
+
+def test_loop_publish_is_off_by_default_and_can_be_turned_on() -> None:
+    base = {"CELERY_APP": "tests.django.celery_fixture:refused"}  # a Redis URL
+    assert conf.load_settings().loop_publish is False
+    with override_settings(ACELERYCTL=base):
+        assert aceleryctl.controller.health()["loop_publish"] is None
+    with override_settings(ACELERYCTL={**base, "LOOP_PUBLISH": True}):
+        assert conf.load_settings().loop_publish is True
+        assert aceleryctl.controller.health()["loop_publish"] == {
+            "enabled": True,
+            "loops": 0,
+            "reason": "",
+        }
+    with override_settings(ACELERYCTL={**base, "LOOP_PUBLISH": True, "REPLICA_ACKS": 1}):
+        reason = aceleryctl.controller.health()["loop_publish"]["reason"]
+        assert "REPLICA_ACKS" in reason
 
 
 def test_replica_acks_reaches_the_redis_wire() -> None:

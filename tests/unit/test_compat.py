@@ -54,6 +54,7 @@ from aceleryctl.compat import celery_results as ccr
 from aceleryctl.compat import celery_worker as cw
 from aceleryctl.compat import channels as cch
 from aceleryctl.compat import kombu_redis as ckr
+from aceleryctl.compat import redis_async as cra
 from aceleryctl.wires.redis_message import _NONE_ONLY, DIRECT_OPTIONS
 
 
@@ -343,6 +344,37 @@ def test_has_receivers_reads_the_signal_list() -> None:
     assert cc.has_receivers(signal) is True
     signal.disconnect(receiver)
     assert cc.has_receivers(signal) is False
+
+
+def test_live_receivers_resolves_weak_references_and_skips_dead_ones() -> None:
+    signal = Signal(name="compat_live_probe")
+    assert cc.live_receivers(signal) == []
+
+    def strong(**kwargs: Any) -> None:
+        return None
+
+    def weak(**kwargs: Any) -> None:
+        return None
+
+    class Holder:
+        def method(self, **kwargs: Any) -> None:
+            return None
+
+    holder = Holder()
+    signal.connect(strong, weak=False)
+    signal.connect(weak)  # a weak reference
+    signal.connect(holder.method)  # a weak method
+    entry = signal.receivers[0]
+    assert isinstance(entry, tuple)
+    assert len(entry) == 2  # ((keys), receiver)
+    found = cc.live_receivers(signal)
+    assert found[:2] == [strong, weak]
+    assert found[2] == holder.method
+    del holder, found
+    import gc
+
+    gc.collect()
+    assert cc.live_receivers(signal) == [strong, weak]
 
 
 # -- Celery: the publishing thread -------------------------------------------------
@@ -1002,6 +1034,80 @@ def test_new_pool_connection_is_made_like_the_pools_own() -> None:
     assert any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in sends.values())
     assert callable(made.send_command)
     assert callable(made.read_response)
+
+
+@pytest.mark.parametrize(
+    ("url", "twin"),
+    [
+        ("redis://u:secret@127.0.0.1:1/3", redis.asyncio.Connection),
+        ("rediss://127.0.0.1:1/3?ssl_cert_reqs=required", redis.asyncio.SSLConnection),
+        ("unix:///tmp/none.sock?db=3", redis.asyncio.UnixDomainSocketConnection),
+    ],
+)
+def test_async_connection_factory_makes_twins_of_the_pools_connections(
+    url: str, twin: type
+) -> None:
+    pool = redis.ConnectionPool.from_url(url, socket_timeout=2.5, socket_connect_timeout=1.5)
+    assert isinstance(pool.connection_kwargs, dict)
+    factory, why = cra.async_connection_factory(pool)
+    assert factory is not None, why
+    made = factory()
+    assert type(made) is twin
+    assert made.db == 3
+    assert made.socket_timeout == 2.5
+    assert made.socket_connect_timeout == 1.5
+    assert made.retry.get_retries() == 0  # never a silent second write
+    if twin is redis.asyncio.Connection:
+        assert (made.host, made.port, made.username, made.password) == (
+            "127.0.0.1",
+            1,
+            "u",
+            "secret",
+        )
+    assert not made.is_connected
+    with pytest.raises(ConnectionError):
+        cra.stream_writer(made)  # not connected: no writer
+
+
+def test_async_connection_factory_refuses_other_connection_classes() -> None:
+    class Custom(redis.Connection):
+        pass
+
+    pool = redis.ConnectionPool(connection_class=Custom)
+    factory, why = cra.async_connection_factory(pool)
+    assert factory is None
+    assert "Custom" in why
+
+
+async def test_stream_writer_is_the_connections_own() -> None:
+    received: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A recording stand-in for Redis: "+OK" to each command (a line starting "*").
+        while line := await reader.readline():
+            received.append(line)
+            if line.startswith(b"*"):
+                writer.write(b"+OK\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    factory, _ = cra.async_connection_factory(
+        redis.ConnectionPool.from_url(f"redis://127.0.0.1:{port}/0", protocol=2)
+    )
+    assert factory is not None
+    connection = factory()
+    try:
+        await connection.connect()
+        writer = cra.stream_writer(connection)
+        assert isinstance(writer, asyncio.StreamWriter)
+        writer.writelines([b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n"])
+        assert await connection.read_response() in (b"OK", "OK")
+        assert b"hi\r\n" in received  # written synchronously, as it was handed over
+    finally:
+        await connection.disconnect()
+        server.close()
+        await server.wait_closed()
 
 
 def test_serializer_encoder_is_the_registrys_json_encoder() -> None:

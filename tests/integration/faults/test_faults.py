@@ -72,7 +72,9 @@ def classify(exc: TaskDispatchError) -> bool:
     return True  # DispatchTimeout and anything else: unknown
 
 
-def make_controller(url: str, results_url: str, **breaker: Any) -> AsyncCeleryController:
+def make_controller(
+    url: str, results_url: str, *, loop: bool = False, **breaker: Any
+) -> AsyncCeleryController:
     # Results live on the session's Redis: Celery's result objects talk to their
     # backend when garbage-collected, and that must not be the broken broker.
     app = isolated_app(f"faults-{new_marker()}", url, results_url)
@@ -82,6 +84,7 @@ def make_controller(url: str, results_url: str, **breaker: Any) -> AsyncCeleryCo
         dispatch_timeout=DEADLINE,
         max_workers=2,
         breaker=CircuitBreaker(**{**settings, **breaker}),
+        loop_publish=loop,
     )
     _made.append((ctl, publish_threads()))
     return ctl
@@ -101,8 +104,10 @@ def _close_leftover_controllers() -> Iterator[None]:
         asyncio.run(ctl.aclose(timeout=DEADLINE * 3))  # idempotent after a normal close
 
 
-#: Both dispatch paths: Celery's stock send_task, and the direct path (a plain task call).
-PATHS = pytest.mark.parametrize("direct", [False, True], ids=["stock", "direct"])
+#: The dispatch paths: Celery's stock send_task, the direct path (a plain task call)
+#: on a publishing thread, and the direct path from the event loop (``loop_publish``;
+#: its first call per task learns the route on a thread).
+PATHS = pytest.mark.parametrize("path", ["stock", "direct", "loop"])
 
 
 async def dispatch(ctl: AsyncCeleryController, direct: bool, *args: Any, **options: Any) -> Any:
@@ -320,11 +325,11 @@ async def closed_port_fails_fast(ctl: AsyncCeleryController, records: redis.Redi
 
 @PATHS
 async def test_silent_broker_fails_every_caller_within_its_deadline(
-    records: redis.Redis, redis_server: RedisServer, direct: bool
+    records: redis.Redis, redis_server: RedisServer, path: str
 ) -> None:
     with Tarpit() as tarpit:
-        ctl = make_controller(tarpit.url, redis_server.url(1))
-        await silent_broker_fails_in_time(ctl, records, direct)
+        ctl = make_controller(tarpit.url, redis_server.url(1), loop=path == "loop")
+        await silent_broker_fails_in_time(ctl, records, path != "stock")
 
 
 async def silent_broker_fails_in_time(
@@ -354,7 +359,7 @@ async def silent_broker_fails_in_time(
 @pytest.mark.parametrize("fault", ["held-proxy", "sigstop"])
 async def test_silent_pause_mid_storm_never_duplicates_and_recovers(
     fault: str,
-    direct: bool,
+    path: str,
     fault_broker: FaultBroker,
     fault_worker: CeleryWorker,
     records: redis.Redis,
@@ -362,8 +367,9 @@ async def test_silent_pause_mid_storm_never_duplicates_and_recovers(
 ) -> None:
     proxy = HoldingProxy(fault_broker.port).start() if fault == "held-proxy" else None
     url = proxy.url(0) if proxy else fault_broker.url(0)
-    ctl = make_controller(url, redis_server.url(1))
+    ctl = make_controller(url, redis_server.url(1), loop=path == "loop")
     baseline = len(clients(fault_broker.url(0)))
+    direct = path != "stock"
     storm = Storm(ctl, callers=20, direct=direct)
 
     async def scenario() -> None:
@@ -389,6 +395,7 @@ async def test_silent_pause_mid_storm_never_duplicates_and_recovers(
         check_outcomes(storm, records)
         assert ctl.breaker.state is BreakerState.CLOSED
         assert (ctl.statistics().direct > 0) is direct
+        assert (ctl.statistics().from_loop > 0) is (path == "loop")
         assert storm.max_lag() < MAX_STALL, f"event loop stalled {storm.max_lag():.3f} s"
         await close_and_check_no_leaks(ctl)
         wait_until(
@@ -467,15 +474,18 @@ def test_probe_reaches_the_broker_even_on_an_established_connection(
 
 @PATHS
 async def test_paused_mid_publish_each_task_id_is_queued_at_most_once(
-    fault_broker: FaultBroker, redis_server: RedisServer, direct: bool
+    fault_broker: FaultBroker, redis_server: RedisServer, path: str
 ) -> None:
     # Calls in flight when Redis freezes: their commands sit in the socket buffers.
     # After SIGCONT Redis executes what it received; nothing may be re-sent on top.
     queue = new_marker("pauseq")
-    ctl = make_controller(fault_broker.url(0), redis_server.url(1))
+    ctl = make_controller(fault_broker.url(0), redis_server.url(1), loop=path == "loop")
+    direct = path != "stock"
     broker = redis.Redis.from_url(fault_broker.url(0), socket_timeout=5)
     try:
         await dispatch(ctl, direct, "warm", queue=queue)  # connected first
+        await dispatch(ctl, direct, "warm", queue=queue)  # the loop path's own connection
+        assert (ctl.statistics().from_loop > 0) is (path == "loop")
         fault_broker.server.pause()
         try:
             calls = [dispatch(ctl, direct, new_marker("p"), queue=queue) for _ in range(30)]
