@@ -2,11 +2,13 @@
 
 The loop writer (:mod:`aceleryctl.wires.loop_writer`) writes already-encoded
 commands on one ``redis.asyncio`` connection and reads one reply per command.
-It needs two things redis-py does not document: the blocking pool's
+It needs three things redis-py does not document: the blocking pool's
 ``connection_class`` and ``connection_kwargs`` (to make an asyncio connection
-like the publishing threads' own) and the connection's stream writer (to hand
-bytes to the transport synchronously, so that "written" is exact; the public
-``send_packed_command`` writes a step later and reconnects on its own).
+like the publishing threads' own), the connection's stream writer (whose
+transport the writer takes over once the handshake is done, so that "written"
+is exact and replies are parsed as they arrive; the public ``send_packed_command``
+writes a step later and reconnects on its own), and a synchronous close
+(``_close``), for a writer dropping its connection inside a callback.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-__all__ = ["LOOP_CONNECTION_KEYS", "async_connection_factory", "stream_writer"]
+__all__ = ["LOOP_CONNECTION_KEYS", "async_connection_factory", "close_now", "stream_writer"]
 
 #: redis-py's blocking connection classes and their ``redis.asyncio`` twins; any
 #: other class (Sentinel's managed connection, a custom one) has no loop writer.
@@ -98,3 +100,19 @@ def stream_writer(connection: Any) -> asyncio.StreamWriter:
     if writer is None:
         raise ConnectionError("the Redis connection is closed")
     return writer  # type: ignore[no-any-return]
+
+
+def close_now(connection: Any) -> None:
+    """Close a ``redis.asyncio`` connection at once, without awaiting (``_close``:
+    closes its stream writer and forgets its streams, so that it does not warn of
+    an unclosed connection when collected). Never raises."""
+    closer = getattr(connection, "_close", None)
+    try:
+        if callable(closer):
+            closer()
+        else:  # the method is gone: close the transport at least
+            writer = getattr(connection, "_writer", None)
+            if writer is not None:
+                writer.close()
+    except Exception:  # closing what is already broken
+        pass

@@ -17,11 +17,9 @@ of two things happened:
   says, or unknown while it is still running.
 
 The pool reads time only through the :data:`~aceleryctl._clock.Clock` it was
-given (:func:`time.monotonic` by default). With a real clock it waits for
-deadlines with real timeouts (a ``threading`` wait, the event loop's timers);
-with a :class:`~aceleryctl._clock.TimerClock` such as
-:class:`~aceleryctl._clock.ManualClock` it waits until the clock's own timers say
-a deadline has come, so tests move time by hand and never sleep.
+given (:func:`time.monotonic` by default): real timeouts with a real clock; with a
+:class:`~aceleryctl._clock.TimerClock` (:class:`~aceleryctl._clock.ManualClock`),
+the clock's own timers, so tests move time by hand and never sleep.
 
 This module imports only the standard library.
 """
@@ -274,8 +272,7 @@ class PublishPool:
         if not future.done():
             loop = asyncio.get_running_loop()
             signal: asyncio.Future[None] = loop.create_future()
-            waker = self.waker_for(loop)
-            waker.expire_after(signal, max(timeout, 0.0))
+            (waker := self.waker_for(loop)).expire_after(signal, max(timeout, 0.0))
             future.add_done_callback(lambda _f: waker.wake(signal))
             try:
                 await signal
@@ -287,6 +284,10 @@ class PublishPool:
     def waker_for(self, loop: asyncio.AbstractEventLoop) -> LoopWaker:
         """The pool's waker of ``loop`` (made on first use). Loop thread."""
         return self._wakers.get(loop) or self._new_waker(loop)
+
+    def budgeted_waker(self, loop: asyncio.AbstractEventLoop, turn_budget: float) -> LoopWaker:
+        """A new waker of ``loop`` on the pool's clock, with a turn budget (seconds)."""
+        return LoopWaker(loop, self._clock, self._call_at, turn_budget=turn_budget)
 
     def _new_waker(self, loop: asyncio.AbstractEventLoop) -> LoopWaker:
         # Loop thread, the pool's first wait on this loop.

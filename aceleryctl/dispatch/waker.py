@@ -51,14 +51,18 @@ class LoopWaker:
     """
 
     __slots__ = (
+        "_budget",
         "_call_at",
+        "_chunk",
         "_clock",
+        "_continued_at",
         "_deadlines",
         "_lock",
         "_loop",
         "_pending",
         "_scheduled",
         "_timers",
+        "_turn_clock",
     )
 
     def __init__(
@@ -66,7 +70,18 @@ class LoopWaker:
         loop: asyncio.AbstractEventLoop,
         clock: Clock = time.monotonic,
         call_at: Callable[[float, Callable[[], object]], ClockTimer] | None = None,
+        turn_budget: float = 0.0,
+        turn_clock: Clock = time.perf_counter,
     ) -> None:
+        # turn_budget (seconds, 0: off): while waiters queue up, resume fewer of
+        # them per turn when a loop turn took longer than this, more when it took
+        # under half of it (between _MIN_CHUNK and _MAX_CHUNK): callers whose next
+        # step does more work (build and write a message on the loop) get fewer
+        # turns' worth of the loop, and the loop's lag stays near the budget.
+        self._budget = turn_budget
+        self._turn_clock = turn_clock  # real seconds: a turn's length is CPU, not the pool's clock
+        self._chunk = _WAKE_CHUNK
+        self._continued_at = 0.0
         self._loop = loop
         self._clock = clock
         self._call_at = call_at
@@ -155,19 +170,39 @@ class LoopWaker:
         # Loop thread. At most _WAKE_CHUNK waiters resume per loop turn: each runs
         # its coroutine's next step in the following turn, and a whole batch of
         # them at once would hold up timers and I/O for all of that time.
+        chunk = self._adapt() if self._budget else _WAKE_CHUNK
         with self._lock:
             pending = self._pending
-            if len(pending) > _WAKE_CHUNK:
-                pending, self._pending = pending[:_WAKE_CHUNK], pending[_WAKE_CHUNK:]
+            if len(pending) > chunk:
+                pending, self._pending = pending[:chunk], pending[chunk:]
                 self._loop.call_soon(self._run)  # still scheduled: no new wake-up needed
+                continued = True
             else:
                 self._pending, self._scheduled = [], False
+                continued = False
+        if self._budget:
+            self._continued_at = self._turn_clock() if continued else 0.0
         for signal in pending:
             settle(signal, None)
 
+    def _adapt(self) -> int:
+        # Loop thread: the time since the previous _run rescheduled itself is one
+        # whole loop turn (the waiters it resumed ran in it).
+        since = self._continued_at
+        if since:
+            turn = self._turn_clock() - since
+            if turn > self._budget:
+                self._chunk = max(_MIN_CHUNK, self._chunk - 1)
+            elif turn < self._budget / 2:
+                self._chunk = min(_MAX_CHUNK, self._chunk + 1)
+        return self._chunk
 
-#: Waiters resumed per event-loop turn, at most (see ``LoopWaker._run``).
+
+#: Waiters resumed per event-loop turn, at most (see ``LoopWaker._run``); with a
+#: turn budget, where the adaptive count starts and its bounds.
 _WAKE_CHUNK = 8
+_MIN_CHUNK = 2
+_MAX_CHUNK = 16
 
 _deferring = threading.local()
 

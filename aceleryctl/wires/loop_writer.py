@@ -2,10 +2,12 @@
 
 A :class:`LoopWriter` serves one event loop for one controller (``LOOP_PUBLISH``).
 Callers hand it an encoded message and its list key; everything handed over
-during one loop turn goes out in one write as one ``LPUSH`` per key, on one
-``redis.asyncio`` connection made like the publishing threads' own (same host,
-database, credentials, TLS and socket bounds). Each ``LPUSH`` reply settles the
-messages it carried.
+during one loop turn goes out in one write as one ``LPUSH`` per key. The
+connection is made by ``redis.asyncio`` like the publishing threads' own (same
+host, database, credentials, TLS and socket bounds; its handshake included);
+then the writer takes its transport over with a protocol of its own
+(:class:`_Replies`), which parses the integer replies as they arrive and settles
+the messages each ``LPUSH`` carried, with no task and no stream reader per reply.
 
 What an outcome proves, per message (see :class:`Item`):
 
@@ -27,7 +29,7 @@ from typing import Any, Final
 
 from redis.exceptions import ResponseError
 
-from aceleryctl.compat.redis_async import stream_writer
+from aceleryctl.compat.redis_async import close_now, stream_writer
 from aceleryctl.wires.connections import ConnectFailed
 
 __all__ = ["QUEUED", "SETTLED", "WRITTEN", "Item", "LoopWriter", "WriterClosed"]
@@ -69,7 +71,12 @@ class Item:
         if self.state == SETTLED:
             return
         self.state = SETTLED
-        self.on_settled(self, error)
+        on_settled, self.on_settled = self.on_settled, _settled_already
+        on_settled(self, error)  # dropped first: the caller's job refers to this item
+
+
+def _settled_already(item: Item, error: BaseException | None) -> None:
+    """What a settled item's callback becomes (no reference cycle kept alive)."""
 
 
 def pack_lpush(key: bytes, values: list[bytes]) -> bytes:
@@ -81,18 +88,16 @@ def pack_lpush(key: bytes, values: list[bytes]) -> bytes:
 
 
 class LoopWriter:
-    """Batches ``LPUSH`` per loop turn over one ``redis.asyncio`` connection.
+    """Batches ``LPUSH`` per loop turn over one connection.
 
-    Two tasks run while the writer is in use: the pump (connects when needed and
-    writes what was queued) and the reader (reads one reply per ``LPUSH``, in
-    order). A connection that fails or is aborted is dropped; the next message
-    queued connects again.
+    A connection that fails or is aborted is dropped; the next message queued
+    connects again. While connected, one idle task watches for the loop's
+    shutdown (``asyncio.run`` cancels it), so that a loop that ends closes its
+    connection instead of leaving it to the garbage collector.
 
     Args:
         loop: the event loop this writer serves.
-        new_connection: makes an unconnected ``redis.asyncio`` connection; its
-            socket timeout bounds the wait for a reply once a command was written
-            (past it the connection is dropped and its messages are unknown).
+        new_connection: makes an unconnected ``redis.asyncio`` connection.
         connect_timeout: seconds a connect (and its handshake) may take.
     """
 
@@ -109,10 +114,10 @@ class LoopWriter:
         self._queued: list[Item] = []
         self._flush_scheduled = False
         self._inflight: collections.deque[list[Item]] = collections.deque()
-        self._replies = asyncio.Event()
         self._connection: Any = None
+        self._transport: asyncio.BaseTransport | None = None
         self._connecting: asyncio.Task[None] | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
         self._closed = False
         self._closing: asyncio.TimerHandle | None = None
         self.connects = 0  #: connections made (a reconnect counts)
@@ -120,7 +125,7 @@ class LoopWriter:
     @property
     def connected(self) -> bool:
         """Whether a connection is up right now."""
-        return self._connection is not None
+        return self._transport is not None
 
     def queue(self, key: str, payload: str, on_settled: Settle) -> Item:
         """Queue a message for the next write; ``on_settled(item, error)`` runs on
@@ -143,6 +148,7 @@ class LoopWriter:
         every message on it as unknown."""
         if item.state == QUEUED:
             item.state = SETTLED
+            item.on_settled = _settled_already
             with contextlib.suppress(ValueError):
                 self._queued.remove(item)
             return True
@@ -154,12 +160,15 @@ class LoopWriter:
         """Drop the connection: messages written on it settle with ``error``
         (unknown), queued ones wait for the next connection."""
         connection, self._connection = self._connection, None
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.cancel()
+        transport, self._transport = self._transport, None
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
         self._fail_inflight(error)
+        if transport is not None:
+            transport.close()
         if connection is not None:
-            self._loop.create_task(_disconnect(connection))
+            close_now(connection)
 
     def close(self) -> None:
         """Stop: queued messages settle with :class:`WriterClosed` (nothing sent),
@@ -196,14 +205,14 @@ class LoopWriter:
         if self._closing is not None and not self._queued and not self._inflight:
             self.close()
 
-    # -- the pump -----------------------------------------------------------------
+    # -- writing ------------------------------------------------------------------
 
     def _flush(self) -> None:
         # The end of the loop turn the first message was queued in.
         self._flush_scheduled = False
         if not self._queued or self._closed:
             return
-        if self._connection is not None:
+        if self._transport is not None:
             self._write()
         elif self._connecting is None:
             self._connecting = self._loop.create_task(self._connect_and_write())
@@ -218,19 +227,11 @@ class LoopWriter:
         else:
             self._close_if_idle()
 
-    def _shut_with_the_loop(self) -> None:
-        # Close the transport synchronously: no task can run to disconnect any more.
-        connection, self._connection = self._connection, None
-        self._reader = None
-        self.close()  # with no connection left, it starts no task
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                stream_writer(connection).close()
-
     async def _connect(self) -> bool:
         connection = self._new_connection()
         try:
             await asyncio.wait_for(connection.connect(), self._connect_timeout)
+            transport = stream_writer(connection).transport
         except asyncio.CancelledError:
             await _disconnect(connection)
             raise
@@ -243,8 +244,9 @@ class LoopWriter:
                 item.settle(failed)
             return False
         self.connects += 1
-        self._connection = connection
-        self._reader = self._loop.create_task(self._read(connection))
+        transport.set_protocol(_Replies(self, transport))
+        self._connection, self._transport = connection, transport
+        self._watch = self._loop.create_task(self._watch_the_loop())
         return True
 
     def _write(self) -> None:
@@ -262,51 +264,78 @@ class LoopWriter:
                 item.written = True
             chunks.append(pack_lpush(key.encode(), [i.payload.encode() for i in items]))
             self._inflight.append(items)
-        self._replies.set()
+        transport = self._transport
+        assert isinstance(transport, asyncio.WriteTransport)
         try:  # the bytes are the transport's from here on
-            stream_writer(self._connection).writelines(chunks)
+            transport.write(b"".join(chunks))
         except Exception as exc:  # the transport is closing
             self.abort(exc)
 
-    # -- the reader ---------------------------------------------------------------
+    # -- replies (called by _Replies, on the loop thread) -------------------------
 
-    async def _read(self, connection: Any) -> None:
+    def replied(self, error: BaseException | None) -> None:
+        """One ``LPUSH`` reply: settle the oldest unanswered write's messages."""
+        if not self._inflight:
+            self.abort(ConnectionError("Redis sent a reply nobody asked for"))
+            return
+        for item in self._inflight.popleft():
+            item.settle(error)
+        if self._closing is not None:
+            self._close_if_idle()
+
+    def lost(self, transport: asyncio.BaseTransport, error: BaseException) -> None:
+        """The connection behind ``transport`` broke (or sent what is not a reply)."""
+        if transport is self._transport:
+            self.abort(error)
+
+    async def _watch_the_loop(self) -> None:
         try:
-            await self._read_replies(connection)
+            await self._loop.create_future()  # never set: only a cancel ends it
         except asyncio.CancelledError:
-            if self._reader is asyncio.current_task() and not self._closed:
-                self._shut_with_the_loop()  # not aborted: the loop itself is shutting down
+            if self._watch is asyncio.current_task() and not self._closed:
+                self._watch = None
+                self.close()  # the loop is shutting down: close, synchronously (no task)
             raise
-
-    async def _read_replies(self, connection: Any) -> None:
-        while True:
-            if not self._inflight:
-                self._replies.clear()
-                await self._replies.wait()
-                continue
-            try:  # bounded by the connection's socket timeout
-                await connection.read_response()
-            except asyncio.CancelledError:
-                raise
-            except ResponseError as exc:  # Redis refused this LPUSH (nothing of it stored)
-                for item in self._inflight.popleft():
-                    item.settle(exc)
-                continue
-            except Exception as exc:
-                if connection is self._connection:
-                    self._reader = None  # this task ends here; do not cancel it
-                    self.abort(exc)
-                return
-            for item in self._inflight.popleft():
-                item.settle(None)
-            if self._closing is not None:
-                self._close_if_idle()
 
     def _fail_inflight(self, error: BaseException) -> None:
         inflight, self._inflight = self._inflight, collections.deque()
         for items in inflight:
             for item in items:
                 item.settle(error)
+
+
+class _Replies(asyncio.Protocol):
+    """Parses the replies to ``LPUSH`` (RESP integers, or errors) as they arrive."""
+
+    def __init__(self, writer: LoopWriter, transport: asyncio.BaseTransport) -> None:
+        self._writer = writer
+        self._transport = transport
+        self._buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        start = 0
+        writer = self._writer
+        while True:
+            end = buffer.find(b"\r\n", start)
+            if end < 0:
+                break
+            kind = buffer[start : start + 1]
+            if kind == b":":
+                writer.replied(None)
+            elif kind == b"-":
+                text = buffer[start + 1 : end].decode(errors="replace")
+                writer.replied(ResponseError(text))  # Redis refused it: nothing stored
+            else:
+                self._buffer = b""
+                writer.lost(self._transport, ConnectionError(f"unexpected reply {kind!r}"))
+                return
+            start = end + 2
+        self._buffer = buffer[start:]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        error = exc or ConnectionError("Redis closed the connection")
+        self._writer.lost(self._transport, error)
 
 
 async def _disconnect(connection: Any) -> None:

@@ -680,3 +680,35 @@ async def test_a_settled_batch_resumes_its_waiters_a_few_per_loop_turn() -> None
     per_turn = collections.Counter(turns)
     assert max(per_turn.values()) <= _WAKE_CHUNK
     assert len(per_turn) >= 40 // _WAKE_CHUNK
+
+
+@pytest.mark.parametrize(("turn", "settles_at"), [(0.002, 2), (0.0001, 16)])
+async def test_a_budgeted_waker_fits_the_waiters_per_turn_to_the_turns_length(
+    turn: float, settles_at: int
+) -> None:
+    from aceleryctl.dispatch.waker import _MAX_CHUNK, _MIN_CHUNK, LoopWaker
+
+    assert (_MIN_CHUNK, _MAX_CHUNK) == (2, 16)
+    now = 0.0
+
+    def turn_clock() -> float:  # every reading is one more turn of ``turn`` seconds
+        nonlocal now
+        now += turn
+        return now
+
+    loop = asyncio.get_running_loop()
+    waker = LoopWaker(loop, ManualClock(), turn_budget=0.001, turn_clock=turn_clock)
+    signals = [loop.create_future() for _ in range(400)]
+    for signal in signals:
+        waker.wake_here(signal)
+    per_turn: list[int] = []
+    while not all(s.done() for s in signals):
+        before = sum(s.done() for s in signals)
+        await asyncio.sleep(0)
+        per_turn.append(sum(s.done() for s in signals) - before)
+    assert per_turn[0] == 8  # where it starts
+    assert max(per_turn) <= 16
+    # Turns longer than the budget shrink the count by one a turn, shorter ones grow
+    # it, down to 2 or up to 16, where it stays.
+    assert per_turn[10] == settles_at
+    assert per_turn[10:-1] == [settles_at] * (len(per_turn) - 11)
