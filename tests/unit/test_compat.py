@@ -1069,6 +1069,22 @@ def test_async_connection_factory_makes_twins_of_the_pools_connections(
         cra.stream_writer(made)  # not connected: no writer
 
 
+def test_close_now_closes_and_forgets_the_streams() -> None:
+    made = redis.asyncio.Connection(host="127.0.0.1", port=1)
+    assert callable(made._close)
+    closed: list[bool] = []
+
+    class Writer:
+        def close(self) -> None:
+            closed.append(True)
+
+    made._writer = Writer()  # type: ignore[assignment]
+    cra.close_now(made)
+    assert closed == [True]
+    assert made._writer is None  # collected without an "unclosed Connection" warning
+    cra.close_now(made)  # idempotent
+
+
 def test_async_connection_factory_refuses_other_connection_classes() -> None:
     class Custom(redis.Connection):
         pass

@@ -24,16 +24,47 @@ from aceleryctl.wires.loop_writer import (
 )
 
 
-class RecordingWriter:
+class RecordingTransport(asyncio.Transport):
+    """What the writer uses of the connection's transport, recorded."""
+
     def __init__(self) -> None:
+        super().__init__()
         self.writes: list[bytes] = []
         self.closed = False
+        self.protocol: Any = None
+
+    def write(self, data: Any) -> None:
+        if self.closed:
+            raise ConnectionError("closed")
+        self.writes.append(bytes(data))
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
 
     def close(self) -> None:
         self.closed = True
 
-    def writelines(self, chunks: list[bytes]) -> None:
-        self.writes.append(b"".join(chunks))
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def reply(self, data: bytes) -> None:
+        """Redis sends ``data``."""
+        self.protocol.data_received(data)
+
+    def drop(self, error: Exception) -> None:
+        """The connection breaks."""
+        self.protocol.connection_lost(error)
+
+
+class RecordingStreamWriter:
+    def __init__(self) -> None:
+        self.transport = RecordingTransport()
+
+    def close(self) -> None:
+        self.transport.close()
 
 
 class RecordingConnection:
@@ -41,24 +72,28 @@ class RecordingConnection:
 
     def __init__(self, refuse: BaseException | None = None) -> None:
         self.refuse = refuse
-        self._writer: RecordingWriter | None = None
-        self.replies: asyncio.Queue[Any] = asyncio.Queue()
+        self._writer: RecordingStreamWriter | None = None
+        self.transport: RecordingTransport | None = None
         self.disconnects = 0
 
     async def connect(self) -> None:
         if self.refuse is not None:
             raise self.refuse
-        self._writer = RecordingWriter()
+        self._writer = RecordingStreamWriter()
+        self.transport = self._writer.transport
 
-    async def read_response(self) -> Any:
-        reply = await self.replies.get()
-        if isinstance(reply, BaseException):
-            raise reply
-        return reply
+    def _close(self) -> None:
+        self.disconnects += 1
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     async def disconnect(self) -> None:
-        self.disconnects += 1
-        self._writer = None
+        self._close()
+
+    @property
+    def writes(self) -> list[bytes]:
+        return [] if self.transport is None else self.transport.writes
 
 
 class Harness:
@@ -96,17 +131,14 @@ def test_pack_lpush_is_resp() -> None:
 async def test_one_turns_messages_go_in_one_write_one_lpush_per_key() -> None:
     h = Harness()
     items = [h.queue("q1", "a"), h.queue("q2", "b"), h.queue("q1", "c")]
-    await h.until(lambda: h.made and h.made[0]._writer and h.made[0]._writer.writes)
+    await h.until(lambda: h.made and h.made[0].writes)
     connection = h.made[0]
-    assert connection._writer is not None
-    assert connection._writer.writes == [
-        pack_lpush(b"q1", [b"a", b"c"]) + pack_lpush(b"q2", [b"b"])
-    ]
+    assert connection.writes == [pack_lpush(b"q1", [b"a", b"c"]) + pack_lpush(b"q2", [b"b"])]
     assert all(item.state == WRITTEN and item.written for item in items)
-    connection.replies.put_nowait(2)
+    connection.transport.reply(b":2\r\n")
     await h.until(lambda: len(h.settled) == 2)
     assert h.settled == [("a", None, True), ("c", None, True)]
-    connection.replies.put_nowait(1)
+    connection.transport.reply(b":1\r\n")
     await h.until(lambda: len(h.settled) == 3)
     assert h.settled[2] == ("b", None, True)
     assert h.writer.connects == 1
@@ -133,8 +165,7 @@ async def test_a_message_abandoned_before_its_write_is_never_written() -> None:
     assert h.writer.abandon(dropped) is True
     assert dropped.state == SETTLED
     await h.until(lambda: kept.written)
-    assert h.made[0]._writer is not None
-    assert h.made[0]._writer.writes == [pack_lpush(b"q", [b"kept"])]
+    assert h.made[0].writes == [pack_lpush(b"q", [b"kept"])]
     assert [payload for payload, _, _ in h.settled] == []  # nobody settles an abandoned one
 
 
@@ -146,23 +177,26 @@ async def test_an_overdue_reply_drops_the_connection_and_everything_on_it() -> N
     await h.until(lambda: second.written)
     assert h.writer.abandon(first) is False  # it may be in Redis: unknown
     await h.until(lambda: len(h.settled) == 2 and h.made[0].disconnects == 1)
+    assert h.made[0].transport is not None
+    assert h.made[0].transport.closed
     assert [(p, w) for p, _, w in h.settled] == [("a", True), ("b", True)]
     assert all(isinstance(e, TimeoutError) for _, e, _ in h.settled)
     assert not h.writer.connected
     third = h.queue("q", "c")  # a fresh connection, never the old one
     await h.until(lambda: third.written)
     assert len(h.made) == 2
-    assert h.made[1]._writer is not None
-    assert h.made[1]._writer.writes == [pack_lpush(b"q", [b"c"])]
+    assert h.made[1].writes == [pack_lpush(b"q", [b"c"])]
 
 
 async def test_an_error_reply_fails_only_its_lpush() -> None:
     h = Harness()
     h.queue("q1", "a")
     h.queue("q2", "b")
-    await h.until(lambda: h.made and h.made[0]._writer and h.made[0]._writer.writes)
-    h.made[0].replies.put_nowait(ResponseError("OOM command not allowed"))
-    h.made[0].replies.put_nowait(1)
+    await h.until(lambda: h.made and h.made[0].writes)
+    transport = h.made[0].transport
+    assert transport is not None
+    transport.reply(b"-OOM command not allowed\r\n:1")  # the second reply in two reads
+    transport.reply(b"\r\n")
     await h.until(lambda: len(h.settled) == 2)
     assert isinstance(h.settled[0][1], ResponseError)
     assert h.settled[1] == ("b", None, True)
@@ -172,8 +206,10 @@ async def test_an_error_reply_fails_only_its_lpush() -> None:
 async def test_a_lost_connection_settles_its_writes_and_reconnects_for_the_next() -> None:
     h = Harness()
     h.queue("q", "a")
-    await h.until(lambda: h.made and h.made[0]._writer and h.made[0]._writer.writes)
-    h.made[0].replies.put_nowait(ConnectionError("Connection reset by peer"))
+    await h.until(lambda: h.made and h.made[0].writes)
+    transport = h.made[0].transport
+    assert transport is not None
+    transport.drop(ConnectionResetError("Connection reset by peer"))
     await h.until(lambda: len(h.settled) == 1)
     _, error, written = h.settled[0]
     assert isinstance(error, ConnectionError)
@@ -218,7 +254,9 @@ async def test_closing_when_idle_lets_written_messages_settle_first() -> None:
     refused = h.queue("q", "b")
     assert refused.state == SETTLED
     assert isinstance(h.settled[-1][1], WriterClosed)
-    h.made[0].replies.put_nowait(1)
+    transport = h.made[0].transport
+    assert transport is not None
+    transport.reply(b":1\r\n")
     await h.until(lambda: ("a", None, True) in h.settled)
     await h.until(lambda: h.made[0].disconnects == 1)  # closed as soon as it was idle
 
@@ -241,15 +279,24 @@ def test_a_loop_that_ends_closes_its_writers_connection() -> None:
         assert item.written
         # Returning without closing: asyncio.run cancels the writer's tasks.
 
-    writer_of: list[RecordingWriter] = []
-
-    async def run() -> None:
-        await scenario()
-        writer = made[0]._writer
-        assert writer is not None
-        writer_of.append(writer)
-
-    asyncio.run(run())
-    assert writer_of[0].closed  # the transport is closed, not left to the collector
+    asyncio.run(scenario())
+    transport = made[0].transport
+    assert transport is not None
+    assert transport.closed  # closed as the loop ended, not left to the collector
+    assert made[0]._writer is None  # the connection forgot it: no unclosed warning
     assert len(settled) == 1
     assert isinstance(settled[0], ConnectionError)  # written, never answered: unknown
+
+
+async def test_a_reply_that_is_not_an_lpush_reply_drops_the_connection() -> None:
+    h = Harness()
+    item = h.queue("q", "a")
+    await h.until(lambda: item.written)
+    transport = h.made[0].transport
+    assert transport is not None
+    transport.reply(b"+OK\r\n")  # a status reply: this connection is out of step
+    await h.until(lambda: h.settled)
+    assert isinstance(h.settled[0][1], ConnectionError)
+    assert h.settled[0][2] is True  # written: unknown
+    assert transport.closed
+    assert not h.writer.connected
