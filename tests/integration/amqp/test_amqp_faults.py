@@ -35,7 +35,6 @@ from tests.integration._helpers import new_marker
 from tests.integration.faults.test_faults import (
     DEADLINE,
     MAX_STALL,
-    PATHS,
     Storm,
     _close_leftover_controllers,  # noqa: F401  (autouse: closes what a failed test left open)
     check_outcomes,
@@ -46,6 +45,10 @@ from tests.integration.faults.test_faults import (
     sentinel_ok,
     silent_broker_fails_in_time,
 )
+
+#: Both AMQP dispatch paths: Celery's stock send_task and the direct path (the
+#: loop path is Redis's only).
+PATHS = pytest.mark.parametrize("direct", [False, True], ids=["stock", "direct"])
 
 #: The loop-stall bound while a RabbitMQ node boots from nothing (a restart after
 #: SIGKILL): the node keeps both cores busy for seconds while the worker reconnects
