@@ -15,6 +15,8 @@ httptools is installed, no access log, lifespan off) serving
 * ``/sync``: a sync view calling ``add.delay(1, 1)``;
 * ``/controller``: ``await controller.delay(add, 1, 1)``, aceleryctl's default
   controller (``ACELERYCTL["CELERY_APP"]`` set, everything else default);
+* ``/controller-loop``: the same call on a controller with ``loop_publish=True``
+  (built and written from the event loop's thread);
 * ``/controller-noop``: ``await controller.delay(nothing)``, a zero-argument
   callable that sends nothing: the controller's breaker, pool hop, deadline and
   result, without the message and the broker round trip (the floor under
@@ -88,6 +90,7 @@ VIEWS: list[tuple[str, str]] = [
     ("`sync_to_async(add.delay, thread_sensitive=False)`", "/s2a-free"),
     ("sync view, `add.delay(1, 1)`", "/sync"),
     ("`await controller.delay(add, 1, 1)`", "/controller"),
+    ("... the same with `LOOP_PUBLISH` (written from the loop thread)", "/controller-loop"),
     ("... the same path sending nothing, `await controller.delay(nothing)`", "/controller-noop"),
     (
         "prototype, not in the package: the same message built and sent on the loop thread",

@@ -31,6 +31,7 @@ from celery.exceptions import Retry
 
 from aceleryctl._once import guard
 from aceleryctl.compat.celery_worker import RetryCall, current_worker_task, retry_call_on_stack
+from aceleryctl.dispatch.listener import mark_loop_safe
 from aceleryctl.events import RetryInfo
 from aceleryctl.worker.building import attempt_number, retry_details
 from aceleryctl.worker.config import worker_config
@@ -109,6 +110,12 @@ def on_before_publish(
     emit_retried(task, request, info, error_type)
     _remember_announced(task_id, attempt, info, error_type)
     current.flush(worker_config().send_timeout)
+
+
+# Loop-safe: it blocks only while publishing the retry of the task running on its
+# thread (``retries`` > 0); a controller's dispatch, the only message the loop path
+# writes, carries ``retries`` 0 and returns after two dictionary look-ups.
+mark_loop_safe(on_before_publish)
 
 
 def _retry_being_published() -> Retry | None:

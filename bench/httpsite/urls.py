@@ -10,6 +10,7 @@ urlpatterns = [
     path("s2a-free", views.s2a_free),
     path("sync", views.sync_delay),
     path("controller", views.ctl),
+    path("controller-loop", views.ctl_loop),
     path("controller-noop", views.ctl_noop),
     path("loop-prototype", views.loop_prototype),
     path("loop-minimal", views.loop_minimal),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
 
-from aceleryctl import DispatchTimeout, TaskDispatchError, controller
+from aceleryctl import AsyncCeleryController, DispatchTimeout, TaskDispatchError, controller
 from aceleryctl.sync import controller as sync_controller
 from bench.httpsite.loop_prototype import publish_add, publish_add_minimal
 from bench.httpsite.tasks import add
@@ -55,6 +55,22 @@ def sync_delay(request: HttpRequest) -> HttpResponse:
 async def ctl(request: HttpRequest) -> HttpResponse:
     try:
         await controller.delay(add, 1, 1)
+    except TaskDispatchError as exc:
+        return _failed(exc)
+    return _ok()
+
+
+#: A controller like the default one, with ``loop_publish=True`` (made on first use).
+_loop_controller: AsyncCeleryController | None = None
+
+
+async def ctl_loop(request: HttpRequest) -> HttpResponse:
+    # The product's loop path: built and written from the event loop's thread.
+    global _loop_controller
+    if _loop_controller is None:
+        _loop_controller = AsyncCeleryController(add.app, loop_publish=True)
+    try:
+        await _loop_controller.delay(add, 1, 1)
     except TaskDispatchError as exc:
         return _failed(exc)
     return _ok()
