@@ -34,6 +34,21 @@ from .celery_app import record
 CAPTURE_DB = 13  # a database no worker reads
 
 
+@pytest.fixture(autouse=True)
+def _no_foreign_publish_receivers() -> None:
+    """A receiver another test left connected would keep every call on the threads:
+    say so by name instead of failing on a count."""
+    from aceleryctl.dispatch.listener import is_loop_safe
+
+    left = [
+        r
+        for signal in (signals.before_task_publish, signals.after_task_publish)
+        for r in live_receivers(signal)
+        if not is_loop_safe(r)
+    ]
+    assert not left, f"publish-signal receivers left connected by another test: {left}"
+
+
 @pytest.fixture
 async def loop_ctl(
     celery_app: Celery, workers: dict[str, CeleryWorker]
