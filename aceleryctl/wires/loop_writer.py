@@ -115,7 +115,7 @@ class LoopWriter:
         self._flush_scheduled = False
         self._inflight: collections.deque[list[Item]] = collections.deque()
         self._connection: Any = None
-        self._transport: asyncio.BaseTransport | None = None
+        self._transport: asyncio.WriteTransport | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._closed = False
@@ -166,7 +166,10 @@ class LoopWriter:
             watch.cancel()
         self._fail_inflight(error)
         if transport is not None:
-            transport.close()
+            # abort, not close: no flush and no TLS close_notify exchange, which needs
+            # loop turns a loop that is about to end would never run (its socket was
+            # then left to the garbage collector). Every message on it is settled above.
+            transport.abort()
         if connection is not None:
             close_now(connection)
 
@@ -265,7 +268,7 @@ class LoopWriter:
             chunks.append(pack_lpush(key.encode(), [i.payload.encode() for i in items]))
             self._inflight.append(items)
         transport = self._transport
-        assert isinstance(transport, asyncio.WriteTransport)
+        assert transport is not None  # _write runs only while connected
         try:  # the bytes are the transport's from here on
             transport.write(b"".join(chunks))
         except Exception as exc:  # the transport is closing
