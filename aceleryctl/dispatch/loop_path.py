@@ -39,7 +39,7 @@ from typing import Any
 from celery import signals
 
 from aceleryctl._clock import Clock
-from aceleryctl.compat.celery import live_receivers
+from aceleryctl.compat.celery import has_receivers, live_receivers
 from aceleryctl.compat.kombu_redis import channel_pool
 from aceleryctl.compat.redis_async import async_connection_factory
 from aceleryctl.dispatch.jobs import AnyFuture, WaitOutcome
@@ -257,7 +257,7 @@ class LoopPath:
         and resume its caller."""
         prepared = job.prepared
         if error is None:
-            if _has_receivers(signals.after_task_publish):
+            if has_receivers(signals.after_task_publish):
                 self._announce(job.attempt, prepared)
             key, task_id = prepared.routing_key, prepared.task_id
             outcome = WireOutcome(DispatchOutcome.SENT, None, None, False, key, PATH, task_id)
@@ -310,11 +310,7 @@ class LoopPath:
             state.writer.close_threadsafe(timeout)
 
 
-def _has_receivers(signal: Any) -> bool:
-    return bool(signal.receivers)
-
-
 def _receivers_loop_safe(signal: Any) -> bool:
-    if not signal.receivers:
+    if not has_receivers(signal):
         return True
     return all(is_loop_safe(receiver) for receiver in live_receivers(signal))
