@@ -2,7 +2,8 @@
 ``broker_use_ssl``, against a real TLS-only ``redis-server`` whose certificates the
 test made (tests/_support/redis_tls.py) and a real worker on the same URL.
 
-* a round trip on the direct path and on the stock path, run by the worker;
+* a round trip on the direct path and on the stock path, run by the worker, and
+  from the event loop (``loop_publish``) on its own TLS connection;
 * a server certificate the client's CA did not sign: a ``BrokerError`` that says
   nothing was sent and names the certificate problem;
 * a wrong password: a ``BrokerError`` that says nothing was sent;
@@ -74,13 +75,15 @@ class Recorder:
 
 
 def make_controller(
-    url: str, results_url: str, ssl: dict[str, object] | None
+    url: str, results_url: str, ssl: dict[str, object] | None, *, loop: bool = False
 ) -> tuple[AsyncCeleryController, Recorder]:
     app = isolated_app(f"tls-{new_marker()}", url, results_url)
     if ssl is not None:
         app.conf.broker_use_ssl = ssl
     recorder = Recorder()
-    ctl = AsyncCeleryController(app, dispatch_timeout=DEADLINE, listeners=[recorder])
+    ctl = AsyncCeleryController(
+        app, dispatch_timeout=DEADLINE, listeners=[recorder], loop_publish=loop
+    )
     return ctl, recorder
 
 
@@ -153,6 +156,36 @@ async def test_round_trip_over_tls_with_an_acl_user(
         records.close()
     assert ctl.health()["wire"] == "redis"
     assert ctl.statistics().direct == 1
+    assert_secret_absent(tls_redis.password, debug_log, None, ctl, recorder)
+
+
+async def test_the_loop_path_writes_over_tls_as_the_acl_user(
+    tls_redis: TlsRedis,
+    tls_worker: CeleryWorker,
+    redis_server: RedisServer,
+    closing: list[AsyncCeleryController],
+    debug_log: pytest.LogCaptureFixture,
+) -> None:
+    # LOOP_PUBLISH: the loop's own connection is made like the threads' (TLS with the
+    # test's CA, the ACL user), and the writer then reads replies on that TLS transport.
+    url, options = tls_redis.url(0), tls_redis.ssl_options()
+    ctl, recorder = make_controller(url, redis_server.url(1), options, loop=True)
+    closing.append(ctl)
+    records = redis_server.client(2)
+    markers = [new_marker("tls-loop") for _ in range(3)]
+    try:
+        for marker in markers:
+            await ctl.apply_async(ctl.app.tasks[RECORD], (marker,))
+        assert [e.path for e in recorder.events] == ["redis", "redis-loop", "redis-loop"]
+        for marker in markers:
+            await wait_until_async(
+                lambda m=marker: records.llen(record_key(m)) == 1,
+                timeout=30,
+                message=lambda: f"not run over TLS; worker log:\n{tls_worker.log_tail(40)}",
+            )
+    finally:
+        records.close()
+    assert ctl.statistics().from_loop == 2
     assert_secret_absent(tls_redis.password, debug_log, None, ctl, recorder)
 
 
