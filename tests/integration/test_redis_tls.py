@@ -3,7 +3,9 @@
 test made (tests/_support/redis_tls.py) and a real worker on the same URL.
 
 * a round trip on the direct path and on the stock path, run by the worker, and
-  from the event loop (``loop_publish``) on its own TLS connection;
+  from the event loop (``loop_publish``) on its own TLS connection; a loop that
+  ends while the server does not answer leaves no socket behind (no TLS close
+  exchange is waited for);
 * a server certificate the client's CA did not sign: a ``BrokerError`` that says
   nothing was sent and names the certificate problem;
 * a wrong password: a ``BrokerError`` that says nothing was sent;
@@ -16,10 +18,13 @@ test made (tests/_support/redis_tls.py) and a real worker on the same URL.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
+import signal
 import time
 import traceback
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -187,6 +192,37 @@ async def test_the_loop_path_writes_over_tls_as_the_acl_user(
         records.close()
     assert ctl.statistics().from_loop == 2
     assert_secret_absent(tls_redis.password, debug_log, None, ctl, recorder)
+
+
+async def test_a_loop_ending_while_the_server_is_stopped_leaves_no_socket(
+    tls_redis: TlsRedis, tls_worker: CeleryWorker, redis_server: RedisServer
+) -> None:
+    # The loop path's TLS connection belongs to the loop that made it. When that loop
+    # ends, the connection is dropped at once: waiting for TLS's close exchange would
+    # need loop turns that never come when the peer is slow, and the socket would be
+    # left to the garbage collector ("unclosed transport"). The server is stopped
+    # (SIGSTOP) as the loop ends, so no reply can arrive in time.
+    url, options = tls_redis.url(0), tls_redis.ssl_options()
+    ctl, _ = make_controller(url, redis_server.url(1), options, loop=True)
+    task = ctl.app.tasks[RECORD]
+
+    async def one_loop() -> int:
+        for _ in range(3):
+            await ctl.apply_async(task, (new_marker("tls-end"),))
+        os.kill(tls_redis.process.pid, signal.SIGSTOP)
+        return ctl.statistics().from_loop
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            from_loop = await asyncio.to_thread(asyncio.run, one_loop())
+            gc.collect()
+    finally:
+        os.kill(tls_redis.process.pid, signal.SIGCONT)
+    await ctl.aclose(timeout=DEADLINE * 3)
+    assert from_loop == 2
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaks == []
 
 
 async def test_a_certificate_from_another_authority_is_refused(
