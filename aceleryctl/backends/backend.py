@@ -250,8 +250,17 @@ class CeleryBackend(BaseTaskBackend):
             TypeError, ValueError: the arguments are not JSON values.
         """
         result, plan, call, controller = self._prepare(task, args, kwargs)
-        publish = controller.apply_async_on_commit if self._on_commit else controller.apply_async
-        await publish(plan.runner, call, result.kwargs, task_id=result.id, **plan.options)
+        options = dict(plan.options, task_id=result.id)
+        if self._on_commit:
+            await controller.apply_async_on_commit(plan.runner, call, result.kwargs, **options)
+        else:
+            # The controller's AsyncResult would go unread: the real controller makes
+            # none then; a stand-in (RecordingController) takes its public call.
+            unread = getattr(controller, "_apply_async_unread", None)
+            if unread is not None:
+                await unread(plan.runner, call, result.kwargs, options)
+            else:
+                await controller.apply_async(plan.runner, call, result.kwargs, **options)
         self._recent.add(result)
         # Not Signal.send: async receivers would raise here (async_to_sync on the loop).
         pending = send_from_loop(task_enqueued, type(self), task_result=result)

@@ -24,7 +24,7 @@ Thread-safe: pure functions, and one bounded dict of recent enqueues per backend
 
 from __future__ import annotations
 
-import contextlib
+from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -60,23 +60,24 @@ class RecentEnqueues:
     """The last ``size`` results this process enqueued, by id: Celery keeps no
     record of a task until a worker takes it, so a ``PENDING`` id is known only here.
 
-    Thread-safe enough for its use: single dict operations under the GIL; an
-    eviction racing another is skipped.
+    Thread-safe enough for its use: single ``OrderedDict`` operations under the
+    GIL; two racing evictions each forget one result.
     """
 
     __slots__ = ("_results", "_size")
 
     def __init__(self, size: int = 10_000) -> None:
-        self._size = size
-        self._results: dict[str, AnyTaskResult] = {}
+        self._size = max(1, size)
+        # Ordered by insertion: evicting the oldest is O(1) (a plain dict's first
+        # key, after many deletions at its front, is found by a scan).
+        self._results: OrderedDict[str, AnyTaskResult] = OrderedDict()
 
     def add(self, result: AnyTaskResult) -> None:
         """Remember ``result`` (the oldest is forgotten beyond ``size``)."""
         results = self._results
         results[result.id] = result
         if len(results) > self._size:
-            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
-                del results[next(iter(results))]
+            results.popitem(last=False)  # never empty here: size >= 1
 
     def get(self, result_id: str) -> AnyTaskResult | None:
         """The result enqueued here under ``result_id``, or ``None``."""

@@ -28,6 +28,7 @@ __all__ = [
     "publish_batch",
     "redis_envelope",
     "send_lpushes",
+    "serializer_codec",
     "serializer_encoder",
     "take_connection",
     "wait_for_replicas",
@@ -183,21 +184,30 @@ def publish_batch(producer: Any, max_size: int) -> contextlib.AbstractContextMan
     return manager
 
 
-def serializer_encoder(name: str) -> Any:
-    """The encoder function kombu's serializer registry holds for ``name``
-    (``json``: ``kombu.utils.json.dumps``), or ``None``.
+def serializer_codec(name: str) -> tuple[str, str, Any] | None:
+    """What kombu's serializer registry holds for ``name``: its content type,
+    content encoding and encoder function (``json``: ``kombu.utils.json.dumps``),
+    or ``None``.
 
     ``kombu.serialization.registry`` is not in kombu's type stubs and its
     ``_encoders`` (name to ``codec(content_type, content_encoding, encoder)``) is
-    private. The progress store calls the encoder directly: the registry's
-    ``dumps`` look-up and error wrapping cost more than encoding a small meta.
-    ``None`` when the registry is not laid out so; the caller then encodes through
-    the result backend's own ``encode``. Read once per result backend.
+    private. The progress store and the direct path's body encoding call the
+    encoder directly: the registry's ``dumps`` look-up and its error-wrapping
+    context manager cost more than encoding a small value. ``None`` when the
+    registry is not laid out so; callers then go through the registry's public
+    ``dumps`` (or the result backend's own ``encode``). One dict look-up a call.
     """
     registry = getattr(serialization, "registry", None)
     codec = getattr(registry, "_encoders", {}).get(name)
-    encoder = codec[2] if isinstance(codec, tuple) and len(codec) == 3 else None
-    return encoder if callable(encoder) else None
+    if not (isinstance(codec, tuple) and len(codec) == 3 and callable(codec[2])):
+        return None
+    return codec[0], codec[1], codec[2]
+
+
+def serializer_encoder(name: str) -> Any:
+    """The encoder function of :func:`serializer_codec`, or ``None``."""
+    codec = serializer_codec(name)
+    return None if codec is None else codec[2]
 
 
 def new_pool_connection(pool: Any) -> Any:

@@ -22,6 +22,7 @@ from aceleryctl.dispatch.build import (
 )
 from aceleryctl.dispatch.engine import DispatchEngine
 from aceleryctl.dispatch.statistics import ControllerStatistics
+from aceleryctl.outbox.durable import run_durable
 
 __all__ = ["ControllerCore", "Dispatchable", "outbox_enabled", "require_outbox"]
 
@@ -181,6 +182,22 @@ class ControllerCore:
 
             report["outbox"] = await sync_to_async(outbox_status, thread_sensitive=True)()
         return report
+
+    async def _apply_async_unread(
+        self, task: Dispatchable, args: list[Any], kwargs: dict[str, Any], options: dict[str, Any]
+    ) -> None:
+        """``apply_async`` for a caller that never reads the result (the Django Tasks
+        backend, whose result is its own): no ``AsyncResult`` is made for it.
+
+        Raises:
+            TaskDispatchError: a subclass, as ``apply_async`` raises.
+        """
+        durable = self._take_durable(options)
+        built = self._apply_async_call("apply_async", task, args, kwargs, options)
+        if durable:
+            await run_durable(self._engine, built)
+        else:
+            await self._engine.run_async(*built, result=False)
 
     def _probe_timeout(self, timeout: float | None) -> float:
         return self._default_timeout if timeout is None else check_timeout(timeout, name="timeout")

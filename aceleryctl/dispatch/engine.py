@@ -148,8 +148,10 @@ class DispatchEngine:
 
     # -- the ways in -------------------------------------------------------
 
-    async def run_async(self, dispatch: Dispatch, parent: Any = None) -> Any:
-        """Publish ``dispatch`` on the pool and await it on the event loop.
+    async def run_async(self, dispatch: Dispatch, parent: Any = None, result: bool = True) -> Any:
+        """Publish ``dispatch`` on the pool and await it on the event loop. Returns
+        its result object, or ``True`` when ``result`` is false and no parent task
+        needs it (a caller that never reads one is spared making it).
 
         Raises:
             TaskDispatchError: a subclass saying what happened (see exceptions).
@@ -161,7 +163,7 @@ class DispatchEngine:
             attempt, permit = self._admitted(dispatch, parent)
             on_loop = await loop_path.run(attempt, lambda f: self._cancelled(attempt, permit, f))
             if on_loop is not None:
-                return self._finish(attempt, permit, on_loop)
+                return self._finish(attempt, permit, on_loop, result)
             future = self._submit(attempt, permit)
         else:
             attempt, permit, future = self._begin(dispatch, parent)
@@ -170,7 +172,7 @@ class DispatchEngine:
         except asyncio.CancelledError:
             self._cancelled(attempt, permit, future)
             raise
-        return self._finish(attempt, permit, outcome)
+        return self._finish(attempt, permit, outcome, result)
 
     def _cancelled(self, attempt: Attempt, permit: Permit, future: AnyFuture[WireOutcome]) -> None:
         # Nobody will read the outcome, but the breaker must still hear it:
@@ -326,7 +328,9 @@ class DispatchEngine:
             if outcome.sent:
                 permit.record_success(attempt.duration)
                 self._settled(attempt, DispatchOutcome.SENT, None)
-                return self._result(attempt, outcome) if result else True
+                if result or attempt.parent is not None:  # the parent's trail needs it
+                    return self._result(attempt, outcome)
+                return True
             error = self._failures.from_wire(attempt, outcome, permit)
             self._fail(attempt, error, outcome.error, outcome.outcome)
             raise error from error.__cause__

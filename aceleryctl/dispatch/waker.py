@@ -141,11 +141,8 @@ class LoopWaker:
         Inside :func:`deferred_wakes` (a pool thread settling a batch) the loop
         is only told once the whole batch is settled.
         """
-        with self._lock:
-            self._pending.append(signal)
-            if self._scheduled:
-                return
-            self._scheduled = True
+        if not self._queue(signal):
+            return
         deferred: list[LoopWaker] | None = getattr(_deferring, "wakers", None)
         if deferred is not None:
             deferred.append(self)
@@ -155,12 +152,18 @@ class LoopWaker:
     def wake_here(self, signal: asyncio.Future[None]) -> None:
         """:meth:`wake`, called on the loop's own thread: the same few resumed per
         loop turn, scheduled without writing to the loop's self-pipe."""
+        if self._queue(signal):
+            self._loop.call_soon(self._run)
+
+    def _queue(self, signal: asyncio.Future[None]) -> bool:
+        # Any thread: add ``signal``; True when no _run is scheduled yet (the caller
+        # schedules one).
         with self._lock:
             self._pending.append(signal)
             if self._scheduled:
-                return
+                return False
             self._scheduled = True
-        self._loop.call_soon(self._run)
+            return True
 
     def _schedule(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed while the publish ran

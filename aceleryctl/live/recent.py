@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Final
@@ -119,8 +120,10 @@ class RecentDispatches:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[str, tuple[tuple[float, Entry], ...]] = {}
-        self._etas: dict[str, object] = {}
+        # Ordered by insertion: the oldest is evicted in O(1) (a plain dict's first
+        # key, after many deletions at its front, is found by a scan).
+        self._entries: OrderedDict[str, tuple[tuple[float, Entry], ...]] = OrderedDict()
+        self._etas: OrderedDict[str, object] = OrderedDict()
         self._size = size
         self._ttl = ttl
         self._clock = clock
@@ -135,7 +138,7 @@ class RecentDispatches:
         with self._lock:
             self._etas[task_id] = eta
             if len(self._etas) > self._size:
-                del self._etas[next(iter(self._etas))]
+                self._etas.popitem(last=False)
 
     def pop_eta(self, task_id: str) -> object:
         """The eta noted for ``task_id`` (forgotten now), or ``None``."""
@@ -156,7 +159,7 @@ class RecentDispatches:
                 if kept is None:
                     stored[task_id] = ((now, entry),)
                     if len(stored) > size:
-                        del stored[next(iter(stored))]
+                        stored.popitem(last=False)
                 else:
                     stored[task_id] = (*kept, (now, entry))
 

@@ -15,6 +15,7 @@ in ``prometheus_client``'s multiprocess mode).
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Final
 
@@ -37,7 +38,7 @@ class RecentOperations:
         if size < 1:
             raise ValueError(f"size must be at least 1, got {size!r}")
         self._lock = threading.Lock()
-        self._seen: dict[Hashable, None] = {}
+        self._seen: OrderedDict[Hashable, None] = OrderedDict()  # O(1) oldest-first eviction
         self._size = size
 
     def first(self, labels: Hashable, started: float, finished: float) -> bool:
@@ -50,5 +51,5 @@ class RecentOperations:
                 return False
             seen[key] = None
             if len(seen) > self._size:
-                del seen[next(iter(seen))]
+                seen.popitem(last=False)
         return True

@@ -49,8 +49,6 @@ from dateutil.parser import isoparse  # type: ignore[import-untyped]
 from kombu import Queue
 from kombu.common import Broadcast
 from kombu.entity import maybe_delivery_mode
-from kombu.serialization import dumps as serialize
-from kombu.utils.json import dumps as dumps_envelope
 
 from aceleryctl.compat.celery import (
     anon_nodename,
@@ -68,6 +66,7 @@ from aceleryctl.compat.celery import (
 from aceleryctl.compat.kombu_redis import redis_envelope
 from aceleryctl.dispatch.ids import new_task_id
 from aceleryctl.dispatch.record import Attempt, Dispatch, DispatchKind
+from aceleryctl.wires.encoding import envelope_json, serialize_body
 from aceleryctl.wires.fast_repr import fast_repr
 
 __all__ = ["DIRECT_OPTIONS", "DirectPath", "Prepared", "Snapshot", "fast_repr"]
@@ -385,8 +384,8 @@ class DirectPath:
         props["delivery_mode"] = destination.delivery_mode
         if expiration is not None:
             props["expiration"] = str(int(expiration * 1000))
-        content_type, content_encoding, data = serialize(
-            body, serializer=options.get("serializer") or snapshot.serializer
+        content_type, content_encoding, data = serialize_body(
+            body, options.get("serializer") or snapshot.serializer
         )
         key, payload = self.encode(
             channel, routing_key, data, priority, content_type, content_encoding, headers, props
@@ -401,7 +400,7 @@ class DirectPath:
         encoding, headers, properties); the properties may be updated in place."""
         # A delivery tag cut from pooled random bytes (kombu reads os.urandom for each one).
         key, envelope = redis_envelope(channel, routing_key, new_task_id(), *message)
-        return key, dumps_envelope(envelope)
+        return key, envelope_json(envelope)
 
     @staticmethod
     def announce(prepared: Sequence[Prepared]) -> None:

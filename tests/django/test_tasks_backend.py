@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -94,6 +95,22 @@ def test_enqueue_publishes_the_runner_with_the_mapped_options(
     assert be.get_result(plain.id).status == TaskResultStatus.READY  # PENDING, known here
 
 
+def test_aenqueue_on_a_stand_in_controller_takes_its_public_call(
+    recorder: RecordingController,
+) -> None:
+    # The real controller is spared the AsyncResult nobody reads (a private call);
+    # a stand-in without that call gets the public apply_async with the same options.
+    be = backend(CONTROLLER=recorder, QUEUE_MAP={"other": "celery-other"})
+    task = functions.add.using(queue_name="other", priority=100)
+    result = asyncio.run(be.aenqueue(task, (1, 2), {}))
+    [sent] = recorder.outbox
+    assert (sent.task_name, sent.task_id) == (RUNNER_NAME, result.id)
+    assert sent.args[:2] == (functions.add.module_path, "default")
+    assert sent.args[3:] == (1, 2)
+    assert sent.options["queue"] == "celery-other"
+    assert result.status == TaskResultStatus.READY
+
+
 def test_enqueue_refuses_a_running_loop(recorder: RecordingController) -> None:
     be = backend(CONTROLLER=recorder)
 
@@ -146,6 +163,20 @@ def test_a_stored_failure_maps_to_failed_with_the_original_error() -> None:
         assert [e.exception_class_path for e in result.errors] == ["builtins.ValueError"]
         assert result.finished_at is not None
     assert str(TaskFunctionError(record)).endswith("raised ValueError: x")
+
+
+def test_recent_enqueues_forget_the_oldest_beyond_their_size() -> None:
+    recent = RecentEnqueues(size=3)
+    made = [SimpleNamespace(id=f"id{i}") for i in range(5)]
+    for result in made:
+        recent.add(result)  # type: ignore[arg-type]
+    assert [recent.get(f"id{i}") for i in range(5)] == [None, None, *made[2:]]
+    recent.add(made[3])  # again: still remembered once
+    assert recent.get("id2") is made[2]
+    one = RecentEnqueues(size=0)  # a size below 1 keeps the last one
+    for result in made[:2]:
+        one.add(result)  # type: ignore[arg-type]
+    assert (one.get("id0"), one.get("id1")) == (None, made[1])
 
 
 def test_a_revoked_task_is_failed_and_an_unregistered_path_unknown() -> None:

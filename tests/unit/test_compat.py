@@ -1136,6 +1136,8 @@ def test_serializer_encoder_is_the_registrys_json_encoder() -> None:
     value = {"status": "PROGRESS", "result": {"n": 1}, "task_id": "t"}
     assert encode(value) == serialization.dumps(value, serializer="json")[2]
     assert ckr.serializer_encoder("no-such-serializer") is None
+    assert ckr.serializer_codec("json") == ("application/json", "utf-8", kombu_json_dumps)
+    assert ckr.serializer_codec("no-such-serializer") is None
 
 
 # -- Django Channels ----------------------------------------------------------------
@@ -1431,6 +1433,7 @@ OWN_PRIVATE = frozenset(
         # the dispatch side
         "_apply",
         "_apply_async_call",
+        "_apply_async_unread",
         "_close_blocking",
         "_delay_call",
         "_durable",

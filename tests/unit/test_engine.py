@@ -176,6 +176,37 @@ async def test_success_rebuilds_result_and_records_success(
     assert engine.statistics().dispatched == 1
 
 
+async def test_a_caller_that_reads_no_result_gets_true_unless_a_parent_needs_one(
+    engine: DispatchEngine, app: Celery, breaker: RecordingBreaker
+) -> None:
+    # result=False (the Django Tasks backend): no result object is made ...
+    made: list[str] = []
+    other = Celery("other", broker="memory://", set_as_current=False)
+
+    def publish() -> AsyncResult:
+        made.append("publish")
+        return other.AsyncResult("abc")
+
+    assert await engine.run_async(make_call(publish), result=False) is True
+    assert breaker.events() == ["acquire", "success"]
+    assert engine.statistics().dispatched == 1
+
+    # ... except for a parent task, whose trail records its children's results.
+    class Parent:
+        def __init__(self) -> None:
+            self.trail: list[Any] = []
+
+        def add_trail(self, result: Any) -> None:
+            self.trail.append(result)
+
+    parent = Parent()
+    kept = await engine.run_async(make_call(publish), parent, result=False)
+    assert isinstance(kept, AsyncResult)
+    assert kept.id == "abc"
+    assert parent.trail == [kept]
+    assert made == ["publish", "publish"]
+
+
 def test_sync_path_is_the_same(engine: DispatchEngine, breaker: RecordingBreaker) -> None:
     assert engine.run_sync(make_call(lambda: "plain value")) == "plain value"
     assert breaker.events() == ["acquire", "success"]
