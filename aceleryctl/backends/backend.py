@@ -33,7 +33,8 @@ from aceleryctl.backends.options import (
     message_options,
 )
 from aceleryctl.backends.records import RUNNER_NAME, message_args
-from aceleryctl.backends.results import RecentEnqueues, task_result_from_meta
+from aceleryctl.backends.results import task_result_from_meta
+from aceleryctl.backends.shared import state_for
 from aceleryctl.compat.django_tasks import (
     AnyTaskResult,
     BaseTaskBackend,
@@ -135,9 +136,12 @@ class CeleryBackend(BaseTaskBackend):
             raise _config_error(alias, f"ON_COMMIT must be True or False, got {on_commit!r}")
         self._on_commit = on_commit
         self._controller_option = options.get("CONTROLLER")
-        self._recent = RecentEnqueues()
-        self._plans: dict[int, _Plan] = {}
-        self._valid: set[Any] = set()
+        # Shared with every other instance of this configuration in the process
+        # (Django makes one per request's context: see .shared).
+        state = state_for(alias, params)
+        self._recent = state.recent
+        self._plans: dict[int, _Plan] = state.plans
+        self._valid: set[Any] = state.valid
         from aceleryctl.backends import runner  # registers the Celery task on every app
 
         del runner

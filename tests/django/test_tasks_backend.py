@@ -111,6 +111,49 @@ def test_aenqueue_on_a_stand_in_controller_takes_its_public_call(
     assert result.status == TaskResultStatus.READY
 
 
+def test_instances_of_one_configuration_share_what_outlives_a_request(
+    recorder: RecordingController,
+) -> None:
+    # Django keeps backends in a context-local: a request that looks the backend up
+    # first makes its own instance, and a later request another. A PENDING id is
+    # known only to the process that enqueued it, so every instance of the same
+    # configuration must know it.
+    first, second = backend(CONTROLLER=recorder), backend(CONTROLLER=recorder)
+    assert first is not second
+    result = first.enqueue(functions.add, (1, 2), {})
+    assert second.get_result(result.id).status == TaskResultStatus.READY
+    other = backend(CONTROLLER=RecordingController(recorder.app))  # another controller
+    with pytest.raises(TaskResultDoesNotExist):
+        other.get_result(result.id)
+
+
+async def test_backends_made_in_two_request_contexts_share_pending_results(
+    recorder: RecordingController,
+) -> None:
+    # As in an ASGI server: each request runs in its own task (its own contextvars
+    # context), and Django makes a backend per context.
+    from django.test import override_settings
+
+    settings = {"default": {"BACKEND": "aceleryctl.backends.CeleryBackend",
+                            "OPTIONS": {"CONTROLLER": recorder}}}  # fmt: skip
+    with override_settings(TASKS=settings):
+        from aceleryctl.compat.django_tasks import task_backends
+
+        async def request(body: Any) -> Any:
+            return await asyncio.create_task(body())
+
+        async def enqueue() -> Any:
+            return (task_backends["default"], await functions.add.aenqueue(1, 2))
+
+        async def poll(result_id: str) -> Any:
+            return task_backends["default"], await functions.add.aget_result(result_id)
+
+        made, result = await request(enqueue)
+        polled, seen = await request(lambda: poll(result.id))
+        assert polled is not made  # Django's own behaviour: one per context
+        assert seen.status == TaskResultStatus.READY
+
+
 def test_enqueue_refuses_a_running_loop(recorder: RecordingController) -> None:
     be = backend(CONTROLLER=recorder)
 
