@@ -19,7 +19,8 @@ on (the backend's system check warns when it is off). The ``Task`` of a result i
 looked up in the registry of decorated functions (:mod:`.registry`): a path is
 never imported.
 
-Thread-safe: pure functions, and one bounded dict of recent enqueues per backend.
+Thread-safe: pure functions, and one bounded map of recent enqueues per configured
+backend (see :mod:`.shared`).
 """
 
 from __future__ import annotations
