@@ -136,6 +136,16 @@ def assert_secret_absent(
     assert secret not in repr(recorder.events), "the password reached a dispatch event"
 
 
+async def wait_each_ran(records: Any, markers: list[str], worker: CeleryWorker) -> None:
+    """Wait (bounded) until the worker has run the task of each marker exactly once."""
+    for marker in markers:
+        await wait_until_async(
+            lambda m=marker: records.llen(record_key(m)) == 1,
+            timeout=30,
+            message=lambda: f"not run over TLS; worker log:\n{worker.log_tail(40)}",
+        )
+
+
 async def test_round_trip_over_tls_with_an_acl_user(
     tls_redis: TlsRedis,
     tls_worker: CeleryWorker,
@@ -151,12 +161,7 @@ async def test_round_trip_over_tls_with_an_acl_user(
         await ctl.apply_async(ctl.app.tasks[RECORD], (direct,))
         await ctl.send_task(RECORD, (stock,))
         assert [e.path for e in recorder.events] == ["redis", "stock"]
-        for marker in (direct, stock):
-            await wait_until_async(
-                lambda m=marker: records.llen(record_key(m)) == 1,
-                timeout=30,
-                message=lambda: f"not run over TLS; worker log:\n{tls_worker.log_tail(40)}",
-            )
+        await wait_each_ran(records, [direct, stock], tls_worker)
     finally:
         records.close()
     assert ctl.health()["wire"] == "redis"
@@ -182,12 +187,7 @@ async def test_the_loop_path_writes_over_tls_as_the_acl_user(
         for marker in markers:
             await ctl.apply_async(ctl.app.tasks[RECORD], (marker,))
         assert [e.path for e in recorder.events] == ["redis", "redis-loop", "redis-loop"]
-        for marker in markers:
-            await wait_until_async(
-                lambda m=marker: records.llen(record_key(m)) == 1,
-                timeout=30,
-                message=lambda: f"not run over TLS; worker log:\n{tls_worker.log_tail(40)}",
-            )
+        await wait_each_ran(records, markers, tls_worker)
     finally:
         records.close()
     assert ctl.statistics().from_loop == 2
