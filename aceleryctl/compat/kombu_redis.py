@@ -22,6 +22,7 @@ from kombu import serialization
 
 __all__ = [
     "channel_pool",
+    "encoded_body",
     "message_copy",
     "new_pool_connection",
     "ping_channel",
@@ -67,6 +68,17 @@ def redis_envelope(
     key: str = channel._q_for_pri(routing_key, channel._get_message_priority(envelope))
     prefix = channel.global_keyprefix
     return (prefix + key if prefix else key), envelope
+
+
+def encoded_body(channel: Any, data: Any) -> Any:
+    """A serialized body as :func:`redis_envelope` writes it into the envelope:
+    encoded with the channel's ``body_encoding`` (base64 on Redis) by the virtual
+    channel's ``encode_body``, as kombu's ``basic_publish`` does. For the direct
+    path's templates, which write the envelope's other fields from a template.
+    Missing, the direct path raises ``AttributeError`` for the messages it
+    renders (their callers get the error, nothing is sent).
+    """
+    return channel.encode_body(data, channel.body_encoding)[0]
 
 
 def channel_pool(channel: Any) -> Any:

@@ -56,6 +56,9 @@ def check_timeout(value: object, *, name: str = "dispatch_timeout", zero: bool =
 
 
 def _check_args(args: object, kwargs: object) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    kind = type(args)
+    if (kind is tuple or kind is list) and type(kwargs) is dict:  # no ABC checks: most calls
+        return tuple(args), dict(kwargs)  # type: ignore[arg-type]
     if args is None:
         args = ()
     elif isinstance(args, str | bytes) or not isinstance(args, Sequence):

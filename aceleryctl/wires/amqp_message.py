@@ -34,6 +34,9 @@ class AmqpDirectPath(DirectPath):
     lock (a race computes the same value twice).
     """
 
+    #: An ``amqp.Message`` is no text to cut: every message is built in full.
+    templates = False
+
     def __init__(self, app: Celery) -> None:
         super().__init__(app)
         self._priority_kept: dict[tuple[str, str | None], bool] = {}
@@ -74,6 +77,9 @@ class AmqpDirectPath(DirectPath):
         """Every direct-exchange queue: its arguments are declared with it."""
         return True
 
-    def encode(self, channel: Any, routing_key: str, *message: Any) -> tuple[str, Any]:
-        """The ``amqp.Message`` kombu's ``Producer.publish`` would hand py-amqp."""
+    def encode(
+        self, channel: Any, routing_key: str, *message: Any, tag: str | None = None
+    ) -> tuple[str, Any]:
+        """The ``amqp.Message`` kombu's ``Producer.publish`` would hand py-amqp
+        (RabbitMQ assigns delivery tags: ``tag`` is not used)."""
         return "", channel.prepare_message(*message)

@@ -24,6 +24,9 @@ def fast_repr(value: tuple[Any, ...] | dict[str, Any], limit: int) -> str | None
     characters; ``None`` otherwise (the caller then uses ``saferepr``, which
     escapes other characters its own way). Runs on any thread.
     """
+    if not value and type(value) in (tuple, dict):  # no call
+        text = "()" if type(value) is tuple else "{}"
+        return text if len(text) < limit // 2 else None
     if isinstance(value, tuple):
         items: Any = value
     elif type(value) is dict:

@@ -38,14 +38,11 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from celery import Celery, Task, signals
 from celery.app.task import Task as _StockTask
-from dateutil.parser import isoparse  # type: ignore[import-untyped]
 from kombu import Queue
 from kombu.common import Broadcast
 from kombu.entity import maybe_delivery_mode
@@ -57,8 +54,6 @@ from aceleryctl.compat.celery import (
     has_publish_quirks,
     has_receivers,
     reply_to_oid,
-    saferepr,
-    seconds_until,
     signature_checker,
     static_route,
     task_message_v2,
@@ -66,8 +61,17 @@ from aceleryctl.compat.celery import (
 from aceleryctl.compat.kombu_redis import redis_envelope
 from aceleryctl.dispatch.ids import new_task_id
 from aceleryctl.dispatch.record import Attempt, Dispatch, DispatchKind
+from aceleryctl.wires.celery_message import (
+    Destination,
+    Prepared,
+    Snapshot,
+    broker_properties,
+    celery_message,
+    reprs,
+)
 from aceleryctl.wires.encoding import envelope_json, serialize_body
 from aceleryctl.wires.fast_repr import fast_repr
+from aceleryctl.wires.message_template import TemplateCache, learn_template, render_call, shape_key
 
 __all__ = ["DIRECT_OPTIONS", "DirectPath", "Prepared", "Snapshot", "fast_repr"]
 
@@ -100,49 +104,13 @@ _NONE_ONLY: Final = frozenset(
 #: Routes cached per (task name, queue option) at most; past that, routed per call.
 _MAX_ROUTES: Final = 1024
 
-#: Options Celery passes on to the producer as message properties.
-_PROPERTY_OPTIONS: Final = ("priority", "immediate", "mandatory")
-
-
-@dataclass(slots=True)
-class Prepared:
-    """A message ready to write: its Redis list key and the encoded envelope (on
-    AMQP: no key, and the ``amqp.Message``), the queue to declare first, and what
-    ``after_task_publish`` reports."""
-
-    key: str
-    queue: Queue
-    payload: Any
-    task_id: str
-    name: str
-    body: Any
-    headers: dict[str, Any]
-    exchange: str
-    routing_key: str
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The app's settings one batch of direct messages is built with, and
-    Celery's message builder (bound once per batch)."""
-
-    serializer: str
-    repr_maxlevels: int
-    retry_policy: Mapping[str, Any]
-    reply_to: str
-    origin: str
-    default_delivery_mode: Any
-    task_message: Callable[..., Any]
-
-
-@dataclass(frozen=True, slots=True)
-class _Destination:
-    queue: Queue
-    delivery_mode: int
-
 
 class DirectPath:
     """Decides which calls take the direct path and builds their messages.
+
+    A call of a shape built before is rendered from that shape's verified
+    template (:mod:`aceleryctl.wires.message_template`) when no
+    ``before_task_publish`` receiver is connected.
 
     One per controller. Thread-safety: the route cache is filled under a lock;
     everything else reads immutable state or state of the calling thread.
@@ -152,11 +120,15 @@ class DirectPath:
             only creates this for a Redis transport).
     """
 
+    #: Whether repeated shapes are rendered from templates (Redis envelopes only).
+    templates = True
+
     def __init__(self, app: Celery) -> None:
         self._app = app
         self._lock = threading.Lock()
-        self._routes: dict[tuple[str, str | None], _Destination | None] = {}
+        self._routes: dict[tuple[str, str | None], Destination | None] = {}
         self._origin: tuple[int, str] | None = None
+        self._templates = TemplateCache()
 
     def accepts(self, task: Task, options: Mapping[str, Any]) -> bool:  # type: ignore[type-arg]
         """Whether a call of ``task`` with ``options`` may take the direct path.
@@ -213,6 +185,8 @@ class DirectPath:
         return Snapshot(
             serializer=conf.task_serializer,
             repr_maxlevels=conf.task_repr_maxlevels,
+            argsrepr_maxsize=app.amqp.argsrepr_maxsize,
+            kwargsrepr_maxsize=app.amqp.kwargsrepr_maxsize,
             retry_policy=conf.task_publish_retry_policy,
             reply_to=reply_to_oid(app),
             origin=self._origin_header(),
@@ -245,23 +219,71 @@ class DirectPath:
             check = signature_checker(task)
             if check is not None:
                 check(*args, **kwargs)
-        options = dict(exec_options(task), **given)
+        fixed = exec_options(task)
+        name = task.name
+        shape: Any = None
+        if self.templates and not has_receivers(signals.before_task_publish):
+            # Everything below is a function of the shape: a template learned for it
+            # passed the same checks and routing (see message_template).
+            shape = shape_key(name, fixed, given, task.ignore_result, snapshot.shape)
+            if shape is not None:
+                template = self._templates.get(shape, channel, fixed)
+                if template:
+                    payload, values, body = render_call(
+                        template, args, kwargs, given, channel, snapshot
+                    )
+                    queue = template.queue
+                    task_id = given["task_id"]
+                    return Prepared(
+                        template.key, queue, payload, task_id, name, body, None, "", queue.name,
+                        (template, values),
+                    )  # fmt: skip
+                if template is None:
+                    shape = None  # built in full: its template would render otherwise
+        options = dict(fixed, **given)
         for key in _NONE_ONLY:
             if options.get(key) is not None:
                 return None
         options.setdefault("ignore_result", task.ignore_result)
-        name = task.name
         if cached_only:
             destination = self._routes.get((name, options.get("queue")))
         else:
             destination = self._destination(name, options.get("queue"), task, snapshot)
         if destination is None:
             return None
+        if shape is not None:
+            learned = (shape, fixed, destination, channel, snapshot)
+            return self._learn(learned, name, args, kwargs, given, options)
         return self._build(name, args, kwargs, options, destination, channel, snapshot)
+
+    def _learn(
+        self,
+        learned: tuple[Any, Mapping[str, Any], Destination, Any, Snapshot],
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        given: Mapping[str, Any],
+        options: dict[str, Any],
+    ) -> Prepared:
+        # The full build of this call, and the template of its shape, kept only if
+        # rendering it with this call's values (and delivery tag) gives the same.
+        shape, fixed, destination, channel, snapshot = learned
+        tag = new_task_id()
+        full = self._build(name, args, kwargs, options, destination, channel, snapshot, tag)
+        template = learn_template(self._app, name, fixed, options, destination, channel, snapshot)
+        if template is not None:
+            payload, values, body = render_call(
+                template, args, kwargs, given, channel, snapshot, tag
+            )
+            again = (template.key, payload, body, template.message_headers(values))
+            if again != (full.key, full.payload, full.body, full.headers):
+                template = None
+        self._templates.put(shape, template)
+        return full
 
     def _destination(
         self, name: str, queue: str | None, task: Any, snapshot: Snapshot
-    ) -> _Destination | None:
+    ) -> Destination | None:
         key = (name, queue)
         try:
             return self._routes[key]
@@ -275,7 +297,7 @@ class DirectPath:
 
     def _route(
         self, name: str, queue: str | None, task: Any, snapshot: Snapshot
-    ) -> _Destination | None:
+    ) -> Destination | None:
         # Route once per (task, queue option), with Celery's own router, when the
         # result can depend on nothing else.
         routed = static_route(self._app, name, queue, task)
@@ -293,7 +315,7 @@ class DirectPath:
         ):
             return None
         mode = exchange.delivery_mode or snapshot.default_delivery_mode
-        return _Destination(found, int(maybe_delivery_mode(mode) or 2))
+        return Destination(found, int(maybe_delivery_mode(mode) or 2))
 
     def plain_queue(self, queue: Queue) -> bool:
         """Whether messages for ``queue`` can be written here: on Redis, a queue
@@ -320,47 +342,16 @@ class DirectPath:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: dict[str, Any],
-        destination: _Destination,
+        destination: Destination,
         channel: Any,
         snapshot: Snapshot,
+        tag: str | None = None,
     ) -> Prepared:
-        app = self._app
-        amqp = app.amqp
-        task_id: str = options["task_id"]
-        expires = options.get("expires")
-        # What Celery hands on as message properties: the options no step consumed.
-        extra: dict[str, Any] = {k: options[k] for k in _PROPERTY_OPTIONS if k in options}
-        if expires is not None:
-            extra["expiration"] = _expires_in(app, expires)
-        maxlevels = snapshot.repr_maxlevels
-        argsrepr = fast_repr(args, amqp.argsrepr_maxsize) or saferepr(
-            args, amqp.argsrepr_maxsize, maxlevels=maxlevels
+        # The full build: Celery's message, the publish signal, kombu's envelope.
+        argsrepr, kwargsrepr = reprs(args, kwargs, snapshot)
+        headers, properties, body = celery_message(
+            self._app, name, args, kwargs, options, snapshot, argsrepr, kwargsrepr
         )
-        kwargsrepr = fast_repr(kwargs, amqp.kwargsrepr_maxsize) or saferepr(
-            kwargs, amqp.kwargsrepr_maxsize, maxlevels=maxlevels
-        )
-        headers, properties, body, _ = snapshot.task_message(
-            task_id,
-            name,
-            args,
-            kwargs,
-            countdown=options.get("countdown"),
-            eta=options.get("eta"),
-            expires=expires,
-            reply_to=snapshot.reply_to,
-            time_limit=options.get("time_limit"),
-            soft_time_limit=options.get("soft_time_limit"),
-            root_id=options.get("root_id"),
-            parent_id=options.get("parent_id"),
-            ignore_result=options["ignore_result"],
-            origin=snapshot.origin,
-            argsrepr=argsrepr,
-            kwargsrepr=kwargsrepr,
-        )
-        user_headers = options.get("headers")
-        if user_headers:
-            headers.update(user_headers)
-        properties.update(extra)
         queue = destination.queue
         routing_key = queue.name
         if has_receivers(signals.before_task_publish):
@@ -376,30 +367,28 @@ class DirectPath:
                 properties=properties,
                 retry_policy=dict(policy, **retry_policy) if retry_policy else dict(policy),
             )
-        props = dict(properties)
-        priority = props.pop("priority", None)
-        expiration = props.pop("expiration", None)
-        props.pop("immediate", None)
-        props.pop("mandatory", None)
-        props["delivery_mode"] = destination.delivery_mode
-        if expiration is not None:
-            props["expiration"] = str(int(expiration * 1000))
+        props, priority = broker_properties(properties, destination)
         content_type, content_encoding, data = serialize_body(
             body, options.get("serializer") or snapshot.serializer
         )
         key, payload = self.encode(
-            channel, routing_key, data, priority, content_type, content_encoding, headers, props
-        )
+            channel, routing_key, data, priority, content_type, content_encoding, headers, props,
+            tag=tag,
+        )  # fmt: skip
+        task_id: str = options["task_id"]
         return Prepared(key, queue, payload, task_id, name, body, headers, "", routing_key)
 
-    def encode(self, channel: Any, routing_key: str, *message: Any) -> tuple[str, Any]:
+    def encode(
+        self, channel: Any, routing_key: str, *message: Any, tag: str | None = None
+    ) -> tuple[str, Any]:
         """The broker's form of one serialized message, published through the
         anonymous exchange with ``routing_key``: here the Redis list key and the
         JSON envelope kombu's Redis channel would push. ``message`` is what the
         channel's ``prepare_message`` takes (body, priority, content type and
-        encoding, headers, properties); the properties may be updated in place."""
+        encoding, headers, properties); the properties may be updated in place.
+        ``tag``: the delivery tag (default: a new one)."""
         # A delivery tag cut from pooled random bytes (kombu reads os.urandom for each one).
-        key, envelope = redis_envelope(channel, routing_key, new_task_id(), *message)
+        key, envelope = redis_envelope(channel, routing_key, tag or new_task_id(), *message)
         return key, envelope_json(envelope)
 
     @staticmethod
@@ -411,18 +400,7 @@ class DirectPath:
             signals.after_task_publish.send(
                 sender=item.name,
                 body=item.body,
-                headers=item.headers,
+                headers=item.message_headers(),
                 exchange=item.exchange,
                 routing_key=item.routing_key,
             )
-
-
-def _expires_in(app: Celery, expires: Any) -> float:
-    # Seconds until ``expires``, as Celery's send_task computes the message TTL.
-    if isinstance(expires, datetime):
-        seconds: float = seconds_until(expires, app.now())
-    elif isinstance(expires, str):
-        seconds = seconds_until(isoparse(expires), app.now())
-    else:
-        seconds = expires
-    return max(seconds, 0)

@@ -770,6 +770,14 @@ def test_redis_envelope_is_what_the_channel_pushes(channel: Any, priority: int |
     assert json.loads(kombu_json_dumps(envelope)) == json.loads(stock_payload)
 
 
+def test_encoded_body_is_the_envelopes_body(channel: Any) -> None:
+    for data in ("[[1, 2], {}, {}]", b"\x93\x01\x02", "é"):
+        _, envelope = ckr.redis_envelope(
+            channel, "work", "tag-1", data, None, "application/json", "utf-8", {}, {}
+        )
+        assert ckr.encoded_body(channel, data) == envelope["body"]
+
+
 @pytest.mark.parametrize(("priority", "suffix"), [(None, ""), (9, "\x06\x169")])
 def test_redis_envelope_key_carries_the_global_keyprefix(priority: int | None, suffix: str) -> None:
     # kombu's prefixed client adds the prefix to the key of every LPUSH it sends;
