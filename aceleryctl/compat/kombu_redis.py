@@ -196,6 +196,11 @@ def publish_batch(producer: Any, max_size: int) -> contextlib.AbstractContextMan
     return manager
 
 
+#: The registry's dict of encoders (one object for the process: ``register``
+#: adds to it), or an empty dict when kombu lays its registry out otherwise.
+_ENCODERS: dict[str, Any] = getattr(getattr(serialization, "registry", None), "_encoders", {})
+
+
 def serializer_codec(name: str) -> tuple[str, str, Any] | None:
     """What kombu's serializer registry holds for ``name``: its content type,
     content encoding and encoder function (``json``: ``kombu.utils.json.dumps``),
@@ -209,8 +214,7 @@ def serializer_codec(name: str) -> tuple[str, str, Any] | None:
     registry is not laid out so; callers then go through the registry's public
     ``dumps`` (or the result backend's own ``encode``). One dict look-up a call.
     """
-    registry = getattr(serialization, "registry", None)
-    codec = getattr(registry, "_encoders", {}).get(name)
+    codec = _ENCODERS.get(name)
     if not (isinstance(codec, tuple) and len(codec) == 3 and callable(codec[2])):
         return None
     return codec[0], codec[1], codec[2]

@@ -61,7 +61,6 @@ __all__ = [
     "Placeholders",
     "TemplateCache",
     "compile_template",
-    "json_value",
     "learn_template",
     "render_call",
     "shape_key",
@@ -82,17 +81,6 @@ _FIXED_SLOTS: Final = 7
 MAX_TEMPLATES: Final = 1024
 #: Shapes one task may learn, at most (see :class:`TemplateCache`).
 MAX_SHAPES_PER_TASK: Final = 64
-
-
-def json_value(value: Any) -> str:
-    """``value`` as kombu's JSON encoder writes it inside the envelope.
-
-    A ``str`` (exactly) goes through the same C escaping the encoder uses for
-    strings (``ensure_ascii``); anything else through the encoder itself.
-    """
-    if type(value) is str:
-        return encode_basestring_ascii(value)
-    return envelope_json(value)
 
 
 def shape_key(
@@ -118,14 +106,16 @@ def shape_key(
     presence, their values being per-call slots. Cheap: a loop over the caller's
     few options.
     """
-    for timed in _TIMED:
-        value = given[timed] if timed in given else fixed.get(timed)
-        if value is not None and (timed != "countdown" or value):  # as_task_v2's tests
-            return None
+    if fixed.get("expires") is not None and "expires" not in given:
+        return None  # the class's expiry (its only option of _TIMED)
     items: list[tuple[str, type, Any]] = []
     header_names: tuple[str, ...] = ()
     for key, value in given.items():
-        if key in _UNWRITTEN or key in _TIMED or key == "root_id" or key == "parent_id":
+        if key in _TIMED:
+            if value is not None and (key != "countdown" or value):  # as_task_v2's tests
+                return None
+            continue
+        if key in _UNWRITTEN or key == "root_id" or key == "parent_id":
             continue
         if key == "headers":
             if value is None:
@@ -220,8 +210,11 @@ class MessageTemplate:
         """The envelope of one call: ``values`` in slot order (see ``SLOT_*``; the
         caller's header values last). Unused slots may hold anything."""
         encoded = list(values)
-        for slot in self.used:
-            encoded[slot] = json_value(encoded[slot])
+        for slot in self.used:  # each value as kombu's JSON encoder writes it (ensure_ascii)
+            value = encoded[slot]
+            encoded[slot] = (
+                encode_basestring_ascii(value) if type(value) is str else envelope_json(value)
+            )
         return self.text % self.pick(encoded)
 
     def message_headers(self, values: Sequence[Any]) -> dict[str, Any]:

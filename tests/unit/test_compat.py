@@ -1146,6 +1146,13 @@ def test_serializer_encoder_is_the_registrys_json_encoder() -> None:
     assert ckr.serializer_encoder("no-such-serializer") is None
     assert ckr.serializer_codec("json") == ("application/json", "utf-8", kombu_json_dumps)
     assert ckr.serializer_codec("no-such-serializer") is None
+    # The registry's dict is read once, at import: a serializer registered later is found.
+    serialization.register("later", repr, repr, content_type="application/x-later")
+    try:
+        assert ckr.serializer_codec("later") == ("application/x-later", "utf-8", repr)
+    finally:
+        serialization.unregister("later")
+    assert ckr.serializer_codec("later") is None
 
 
 # -- Django Channels ----------------------------------------------------------------
