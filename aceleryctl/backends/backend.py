@@ -208,7 +208,7 @@ class CeleryBackend(BaseTaskBackend):
 
     def _prepare(
         self, task: Any, args: Any, kwargs: Any
-    ) -> tuple[AnyTaskResult, _Plan, list[Any], AsyncCeleryController]:
+    ) -> tuple[AnyTaskResult, _Plan, tuple[Any, ...], AsyncCeleryController]:
         # The result, and the message: the runner with the function's path and
         # arguments (see records); its options are the plan's and the result's id.
         # A task not seen yet is validated before the controller is looked up.

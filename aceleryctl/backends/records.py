@@ -55,10 +55,10 @@ class Record(TypedDict, total=False):
     errors: list[list[str]]  # [exception class path, redacted traceback]
 
 
-def message_args(path: str, alias: str, args: list[Any], enqueued_at: datetime) -> list[Any]:
+def message_args(path: str, alias: str, args: list[Any], enqueued_at: datetime) -> tuple[Any, ...]:
     """The runner's positional arguments for one enqueue (its keyword arguments are
-    the function's)."""
-    return [path, alias, enqueued_at.isoformat(), *args]
+    the function's): a tuple, which the controller keeps as it is."""
+    return (path, alias, enqueued_at.isoformat(), *args)
 
 
 def parse_time(value: object) -> datetime | None:

@@ -142,6 +142,9 @@ class LoopPath:
             weakref.WeakKeyDictionary()
         )
         self._new_connection: Any = None
+        #: The loop served last and its state (most processes have one loop): read
+        #: without the weak dictionary's look-up, which makes a weak reference a call.
+        self._last: tuple[weakref.ReferenceType[asyncio.AbstractEventLoop], _Loop] | None = None
         self._lock = threading.Lock()
         self._closed = False
         #: Why no call takes this path, or ``""`` while some may.
@@ -196,7 +199,12 @@ class LoopPath:
                 settles on its own. ``cancelled`` gets the future first.
         """
         loop = asyncio.get_running_loop()
-        state = self._loops.get(loop) or self._new_loop(loop)
+        last = self._last
+        if last is not None and last[0]() is loop:
+            state = last[1]
+        else:
+            state = self._loops.get(loop) or self._new_loop(loop)
+            self._last = (weakref.ref(loop), state)
         direct = self._direct
         assert direct is not None
         now = attempt.started_at = self._clock()

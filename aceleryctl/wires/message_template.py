@@ -10,7 +10,8 @@ envelope's JSON encoding each time (about 15 µs of the direct path's 24 µs).
 
 A :class:`MessageTemplate` is that envelope's JSON text with those values cut
 out, as a ``str.format`` string whose fields are the values' JSON forms. The
-direct path learns one per :func:`shape_key` (:meth:`DirectPath.prepare
+direct path learns one per shape (:func:`~aceleryctl.wires.template_shapes.shape_key`;
+:meth:`DirectPath.prepare
 <aceleryctl.wires.redis_message.DirectPath.prepare>`):
 
 1. the first call of a shape is built in full, as always;
@@ -25,14 +26,15 @@ A call whose shape has a template skips the rest of the build: the options'
 merge, their checks and the routing gave the same for the first call of the
 shape, since they depend on nothing else.
 
-Only shapes whose other values cannot change between calls qualify:
-:func:`shape_key` returns ``None`` for a countdown, an eta or an expiry (times
-computed per call), for option values that cannot be hashed, and the direct path
-uses no template while a ``before_task_publish`` receiver (which may change any
-field) is connected.
+Only shapes whose other values cannot change between calls qualify
+(:func:`~aceleryctl.wires.template_shapes.shape_key` returns ``None`` for a
+countdown, an eta or an expiry, times computed per call, and for option values
+that cannot be hashed), and the direct path renders nothing while a
+``before_task_publish`` receiver that may read or change a message is connected
+(:func:`~aceleryctl.wires.template_shapes.templates_allowed`).
 
-Thread-safety: templates are immutable; the cache is a dict filled without a lock
-(two threads learning one shape at once compute the same template).
+Thread-safety: templates are immutable; learning and rendering read only their
+arguments. Runs on the building thread (a publishing thread, or the loop's).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from operator import itemgetter
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from aceleryctl.compat.kombu_redis import encoded_body, redis_envelope
 from aceleryctl.dispatch.ids import new_task_id
@@ -59,78 +61,15 @@ from aceleryctl.wires.encoding import envelope_json, serialize_body
 __all__ = [
     "MessageTemplate",
     "Placeholders",
-    "TemplateCache",
     "compile_template",
     "learn_template",
     "render_call",
-    "shape_key",
 ]
-
-#: Options whose value makes a message time-dependent: no template then.
-_TIMED: Final = frozenset({"countdown", "eta", "expires"})
-#: Options that only steer signals and retries, never the message.
-_UNWRITTEN: Final = frozenset({"task_id", "retry_policy", "add_to_parent"})
 
 #: Slots of the per-call values, in :meth:`MessageTemplate.render`'s order; the
 #: caller's header values follow, in the order of their names in the shape.
 SLOT_ID, SLOT_ARGSREPR, SLOT_KWARGSREPR, SLOT_BODY, SLOT_TAG, SLOT_ROOT, SLOT_PARENT = range(7)
 _FIXED_SLOTS: Final = 7
-
-#: Shapes kept at most; past that the cache starts again (per-tenant header names
-#: or option values must not grow it without bound).
-MAX_TEMPLATES: Final = 1024
-#: Shapes one task may learn, at most (see :class:`TemplateCache`).
-MAX_SHAPES_PER_TASK: Final = 64
-
-
-def shape_key(
-    name: str,
-    fixed: Mapping[str, Any],
-    given: Mapping[str, Any],
-    ignore_result: Any,
-    where: tuple[Any, ...],
-) -> Any:
-    """What every call rendered from one template shares, hashable; or ``None``
-    when a call must be built in full.
-
-    ``fixed`` is the task class's options (Celery's cached dict, the same object
-    for every call: it enters the key by identity, and the template keeps it),
-    ``given`` the caller's, which win; ``ignore_result`` the task's own (the
-    caller's, when given, is among its values); ``where`` the settings the text
-    depends on (:attr:`Snapshot.shape`). The queue and its delivery mode follow
-    from these (the route of a task and ``queue`` option is cached once worked
-    out), so a template holds them. A countdown, an eta or an expiry, from either,
-    rules templates out (times computed per call). The caller's values are keyed
-    with their types (``1``, ``1.0`` and ``True`` are written differently); its
-    ``headers`` enter by their names and ``root_id``/``parent_id`` by their
-    presence, their values being per-call slots. Cheap: a loop over the caller's
-    few options.
-    """
-    if fixed.get("expires") is not None and "expires" not in given:
-        return None  # the class's expiry (its only option of _TIMED)
-    items: list[tuple[str, type, Any]] = []
-    header_names: tuple[str, ...] = ()
-    for key, value in given.items():
-        if key in _TIMED:
-            if value is not None and (key != "countdown" or value):  # as_task_v2's tests
-                return None
-            continue
-        if key in _UNWRITTEN or key == "root_id" or key == "parent_id":
-            continue
-        if key == "headers":
-            if value is None:
-                continue
-            if type(value) is not dict or not all(type(k) is str for k in value):
-                return None
-            header_names = tuple(value)
-            continue
-        items.append((key, type(value), value))
-    linked = (bool(given.get("root_id")), given.get("parent_id") is not None)
-    try:
-        values = frozenset(items)
-    except TypeError:  # a value that cannot be hashed
-        return None
-    return (name, where, id(fixed), ignore_result, values, header_names, linked)
 
 
 class Placeholders:
@@ -266,48 +205,6 @@ def compile_template(
     return MessageTemplate(
         key, queue, serializer, text, pick, used, channel, fixed, headers, fills, embed
     )
-
-
-class TemplateCache:
-    """Learned templates by shape key; ``None`` marks a shape built in full.
-
-    A task learns at most :data:`MAX_SHAPES_PER_TASK` shapes (until the cache
-    starts again): shapes that keep changing (header names per tenant, option
-    values per call) would otherwise cost a learn, a full build and a render, on
-    every call.
-    """
-
-    __slots__ = ("_learned", "_templates")
-
-    def __init__(self) -> None:
-        self._templates: dict[Any, MessageTemplate | None] = {}
-        self._learned: dict[str, int] = {}
-
-    def get(self, key: Any, channel: Any, fixed: Any) -> MessageTemplate | Literal[False] | None:
-        """The template of ``key`` for ``channel`` and the task options ``fixed``;
-        ``None`` if the shape is built in full; ``False`` if it is not learned yet
-        (for this channel and these options) and may be."""
-        try:
-            found = self._templates[key]
-        except KeyError:
-            pass
-        else:
-            if found is None or (found.channel is channel and found.fixed is fixed):
-                return found
-        if self._learned.get(key[0], 0) >= MAX_SHAPES_PER_TASK:
-            return None
-        return False
-
-    def put(self, key: Any, template: MessageTemplate | None) -> None:
-        """Keep ``template`` (or ``None``: build in full) for ``key``."""
-        if len(self._templates) >= MAX_TEMPLATES:
-            self._templates.clear()
-            self._learned.clear()
-        self._templates[key] = template
-        self._learned[key[0]] = self._learned.get(key[0], 0) + 1
-
-    def __len__(self) -> int:
-        return len(self._templates)
 
 
 def learn_template(

@@ -71,7 +71,8 @@ from aceleryctl.wires.celery_message import (
 )
 from aceleryctl.wires.encoding import envelope_json, serialize_body
 from aceleryctl.wires.fast_repr import fast_repr
-from aceleryctl.wires.message_template import TemplateCache, learn_template, render_call, shape_key
+from aceleryctl.wires.message_template import learn_template, render_call
+from aceleryctl.wires.template_shapes import TemplateCache, shape_key, templates_allowed
 
 __all__ = ["DIRECT_OPTIONS", "DirectPath", "Prepared", "Snapshot", "fast_repr"]
 
@@ -222,7 +223,7 @@ class DirectPath:
         fixed = exec_options(task)
         name = task.name
         shape: Any = None
-        if self.templates and not has_receivers(signals.before_task_publish):
+        if self.templates and templates_allowed():
             # Everything below is a function of the shape: a template learned for it
             # passed the same checks and routing (see message_template).
             shape = shape_key(name, fixed, given, task.ignore_result, snapshot.shape)

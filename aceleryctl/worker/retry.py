@@ -33,6 +33,7 @@ from aceleryctl._once import guard
 from aceleryctl.compat.celery_worker import RetryCall, current_worker_task, retry_call_on_stack
 from aceleryctl.dispatch.listener import mark_loop_safe
 from aceleryctl.events import RetryInfo
+from aceleryctl.wires.template_shapes import ignores_direct_messages
 from aceleryctl.worker.building import attempt_number, retry_details
 from aceleryctl.worker.config import worker_config
 from aceleryctl.worker.layer import default_emitter
@@ -116,6 +117,8 @@ def on_before_publish(
 # thread (``retries`` > 0); a controller's dispatch, the only message the loop path
 # writes, carries ``retries`` 0 and returns after two dictionary look-ups.
 mark_loop_safe(on_before_publish)
+# Direct-path messages have retries 0: for them it returns after two look-ups.
+ignores_direct_messages(on_before_publish)
 
 
 def _retry_being_published() -> Retry | None:

@@ -24,10 +24,11 @@ from hypothesis import strategies as st
 
 from aceleryctl.compat.celery import exec_options
 from aceleryctl.dispatch.ids import new_task_id
-from aceleryctl.wires import message_template
+from aceleryctl.wires import message_template, template_shapes
 from aceleryctl.wires.celery_message import Prepared
-from aceleryctl.wires.message_template import Placeholders, shape_key
+from aceleryctl.wires.message_template import Placeholders
 from aceleryctl.wires.redis_message import DirectPath
+from aceleryctl.wires.template_shapes import shape_key
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +238,31 @@ def test_a_before_task_publish_receiver_gets_full_builds_and_its_changes_land(
     assert json.loads(made.payload)["headers"]["stamped"] == "yes"
 
 
+def test_the_worker_retry_announcer_does_not_rule_templates_out(app: Celery, channel: Any) -> None:
+    # aceleryctl's own before_task_publish receiver (connected in workers) acts only
+    # on messages with retries > 0, which the direct path never renders.
+    from aceleryctl.worker import retry
+
+    signals.before_task_publish.connect(retry.on_before_publish, weak=False)
+    try:
+        assert template_shapes.templates_allowed()
+        full, rendered = both(DirectPath(app), app, channel, "u.echo", (1,), {})
+        assert_same(full, rendered)
+        fixed: dict[str, Any] = {}
+        assert shape_key("t", fixed, {"headers": {"retries": 1}}, False, ()) is None
+
+        def other(**_: Any) -> None:
+            return None
+
+        signals.before_task_publish.connect(other, weak=False)
+        try:
+            assert not template_shapes.templates_allowed()
+        finally:
+            signals.before_task_publish.disconnect(other)
+    finally:
+        signals.before_task_publish.disconnect(retry.on_before_publish)
+
+
 def test_after_task_publish_headers_are_fresh_for_every_message(app: Celery, channel: Any) -> None:
     full, rendered = both(DirectPath(app), app, channel, "u.echo", (1,), {})
     headers = rendered.message_headers()
@@ -271,13 +297,13 @@ def test_a_new_channel_learns_again(app: Celery, channel: Any) -> None:
 
 
 def test_the_cache_is_bounded_and_a_task_stops_learning_new_shapes() -> None:
-    cache = message_template.TemplateCache()
-    for i in range(message_template.MAX_TEMPLATES + 5):
+    cache = template_shapes.TemplateCache()
+    for i in range(template_shapes.MAX_TEMPLATES + 5):
         cache.put((f"task {i}", i), None)
-    assert len(cache) <= message_template.MAX_TEMPLATES
+    assert len(cache) <= template_shapes.MAX_TEMPLATES
     # Shapes that never repeat (a header name per tenant): a task stops learning.
-    cache = message_template.TemplateCache()
-    for i in range(message_template.MAX_SHAPES_PER_TASK):
+    cache = template_shapes.TemplateCache()
+    for i in range(template_shapes.MAX_SHAPES_PER_TASK):
         assert cache.get(("t", i), None, None) is False
         cache.put(("t", i), None)
     assert cache.get(("t", "one more"), None, None) is None  # built in full, not learned
