@@ -9,10 +9,9 @@ building it runs Celery's ``as_task_v2``, kombu's ``prepare_message`` and the
 envelope's JSON encoding each time (about 15 µs of the direct path's 24 µs).
 
 A :class:`MessageTemplate` is that envelope's JSON text with those values cut
-out, as a ``str.format`` string whose fields are the values' JSON forms. The
-direct path learns one per shape (:func:`~aceleryctl.wires.template_shapes.shape_key`;
-:meth:`DirectPath.prepare
-<aceleryctl.wires.redis_message.DirectPath.prepare>`):
+out, as a ``%`` format string whose fields take the values' JSON text. The
+direct path learns one per shape (:func:`~aceleryctl.wires.template_shapes.shape_key`,
+:meth:`DirectPath.prepare <aceleryctl.wires.redis_message.DirectPath.prepare>`):
 
 1. the first call of a shape is built in full, as always;
 2. the same message is built again with :class:`Placeholders` (unique strings)
