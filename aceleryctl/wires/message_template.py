@@ -216,10 +216,11 @@ def learn_template(
     snapshot: Snapshot,
 ) -> MessageTemplate | None:
     """Build the message of a call of ``options`` (merged from the task's ``fixed``
-    and the caller's) with placeholders for its per-call
-    values, as the full build does (without the publish signals: templates are
-    used only while ``before_task_publish`` has no receiver), and cut it into a
-    template. Not yet verified: the caller compares a render with a full build.
+    and the caller's) with placeholders for its per-call values, as the full build
+    does but for the publish signals (nothing is rendered while a
+    ``before_task_publish`` receiver that may read or change a message is
+    connected), and cut it into a template. Not yet verified: the caller compares a
+    render with a full build.
 
     Raises:
         TypeError, ValueError, kombu.exceptions.EncodeError: what the full build
@@ -266,8 +267,8 @@ def render_call(
     ``template``.
 
     Per call: ``argsrepr`` and ``kwargsrepr``, the body serialized and encoded as
-    kombu's channel does, a delivery tag (``tag``, or a new one), then one
-    ``str.format``. Runs on the building thread (a publishing thread, or the loop's).
+    kombu's channel does, a delivery tag (``tag``, or a new one), then one ``%``.
+    Runs on the building thread (a publishing thread, or the loop's).
 
     Raises:
         TypeError: ``args`` is not a list or tuple, or ``kwargs`` not a mapping
