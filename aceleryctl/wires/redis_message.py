@@ -271,14 +271,19 @@ class DirectPath:
         shape, fixed, destination, channel, snapshot = learned
         tag = new_task_id()
         full = self._build(name, args, kwargs, options, destination, channel, snapshot, tag)
-        template = learn_template(self._app, name, fixed, options, destination, channel, snapshot)
-        if template is not None:
-            payload, values, body = render_call(
-                template, args, kwargs, given, channel, snapshot, tag
+        try:  # the call is built: learning may fail, the call must not
+            template = learn_template(
+                self._app, name, fixed, options, destination, channel, snapshot
             )
-            again = (template.key, payload, body, template.message_headers(values))
-            if again != (full.key, full.payload, full.body, full.headers):
-                template = None
+            if template is not None:
+                payload, values, body = render_call(
+                    template, args, kwargs, given, channel, snapshot, tag
+                )
+                again = (template.key, payload, body, template.message_headers(values))
+                if again != (full.key, full.payload, full.body, full.headers):
+                    template = None
+        except Exception:  # built in full from now on
+            template = None
         self._templates.put(shape, template)
         return full
 

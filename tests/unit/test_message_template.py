@@ -217,6 +217,25 @@ def test_a_template_that_renders_otherwise_is_never_used(
     assert all(json.loads(m.payload)["headers"]["lang"] == "py" for m in made if m)
 
 
+def test_a_shape_whose_learning_fails_is_built_in_full_and_its_call_still_sent(
+    app: Celery, channel: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("learning failed")
+
+    monkeypatch.setattr("aceleryctl.wires.redis_message.learn_template", broken)
+    direct = DirectPath(app)
+    task = app.tasks["u.echo"]
+    snapshot = direct.configured()
+    assert snapshot is not None
+    made = [
+        direct.prepare(task, (1,), {}, {"task_id": new_task_id()}, channel, snapshot)
+        for _ in range(2)
+    ]
+    assert all(m is not None and m.rendered is None for m in made)
+    assert all(json.loads(m.payload)["headers"]["task"] == "u.echo" for m in made if m)
+
+
 def test_a_before_task_publish_receiver_gets_full_builds_and_its_changes_land(
     app: Celery, channel: Any
 ) -> None:
