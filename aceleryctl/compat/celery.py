@@ -262,6 +262,15 @@ def has_receivers(signal: Any) -> bool:
     return bool(signal.receivers)
 
 
+def all_receivers(signal: Any, marked: Callable[[Any], bool]) -> bool:
+    """Whether ``marked(receiver)`` holds for every receiver connected to a Celery
+    signal (true when none is): see :func:`has_receivers` and :func:`live_receivers`.
+    Cheap with no receiver. Runs per message."""
+    if not signal.receivers:
+        return True
+    return all(marked(receiver) for receiver in live_receivers(signal))
+
+
 def live_receivers(signal: Any) -> list[Any]:
     """Every receiver connected to a Celery signal, for any sender, weak references
     resolved (dead ones left out).

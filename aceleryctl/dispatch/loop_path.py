@@ -39,7 +39,7 @@ from typing import Any
 from celery import signals
 
 from aceleryctl._clock import Clock
-from aceleryctl.compat.celery import has_receivers, live_receivers
+from aceleryctl.compat.celery import all_receivers, has_receivers
 from aceleryctl.compat.kombu_redis import channel_pool
 from aceleryctl.compat.redis_async import async_connection_factory
 from aceleryctl.dispatch.jobs import AnyFuture, WaitOutcome
@@ -319,6 +319,4 @@ class LoopPath:
 
 
 def _receivers_loop_safe(signal: Any) -> bool:
-    if not has_receivers(signal):
-        return True
-    return all(is_loop_safe(receiver) for receiver in live_receivers(signal))
+    return all_receivers(signal, is_loop_safe)

@@ -15,7 +15,7 @@ immutable state.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
@@ -86,11 +86,11 @@ class Snapshot:
     origin: str
     default_delivery_mode: Any
     task_message: Callable[..., Any]
+    shape: tuple[str, str, str] = field(init=False)
 
-    @property
-    def shape(self) -> tuple[str, str, str]:
-        """See the class docstring."""
-        return (self.serializer, self.reply_to, self.origin)
+    def __post_init__(self) -> None:
+        # Read per rendered call: made once, with the snapshot.
+        object.__setattr__(self, "shape", (self.serializer, self.reply_to, self.origin))
 
 
 @dataclass(frozen=True, slots=True)

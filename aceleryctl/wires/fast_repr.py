@@ -30,14 +30,15 @@ def fast_repr(value: tuple[Any, ...] | dict[str, Any], limit: int) -> str | None
     if isinstance(value, tuple):
         items: Any = value
     elif type(value) is dict:
-        if not all(type(k) is str and _plain_text(k) for k in value):
+        if not all(type(k) is str for k in value):
             return None
-        items = value.values()
+        items = (*value, *value.values())  # the keys are plain text too
     else:
         return None
     for item in items:
         kind = type(item)
-        if kind is str:  # _plain_text, inline: this runs for every argument of every call
+        if kind is str:
+            # Quotes and backslashes: saferepr quotes and escapes them unlike repr.
             if not (
                 len(item) < 64
                 and item.isascii()
@@ -50,14 +51,3 @@ def fast_repr(value: tuple[Any, ...] | dict[str, Any], limit: int) -> str | None
             return None
     text = repr(value)
     return text if len(text) < limit // 2 else None
-
-
-def _plain_text(text: str) -> bool:
-    # Quotes and backslashes: saferepr quotes and escapes them unlike repr.
-    return (
-        len(text) < 64
-        and text.isascii()
-        and text.isprintable()
-        and "'" not in text
-        and "\\" not in text
-    )

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from celery import signals
 
-from aceleryctl.compat.celery import has_receivers, live_receivers
+from aceleryctl.compat.celery import all_receivers
 
 if TYPE_CHECKING:
     from aceleryctl.wires.message_template import MessageTemplate
@@ -61,13 +61,15 @@ def ignores_direct_messages(receiver: Any) -> Any:
     return receiver
 
 
+def _ignores(receiver: Any) -> bool:
+    return receiver in _IGNORING
+
+
 def templates_allowed() -> bool:
     """Whether calls may be rendered now: no ``before_task_publish`` receiver that
     may read or change the message is connected (a rendered message is never
     handed to one). Cheap with no receiver."""
-    if not has_receivers(signals.before_task_publish):
-        return True
-    return all(receiver in _IGNORING for receiver in live_receivers(signals.before_task_publish))
+    return all_receivers(signals.before_task_publish, _ignores)
 
 
 def shape_key(

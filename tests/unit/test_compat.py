@@ -377,6 +377,30 @@ def test_live_receivers_resolves_weak_references_and_skips_dead_ones() -> None:
     assert cc.live_receivers(signal) == [strong, weak]
 
 
+def test_all_receivers_holds_for_none_and_asks_each_live_one() -> None:
+    signal = Signal(name="compat_all_probe")
+    asked: list[Any] = []
+
+    def marked(receiver: Any) -> bool:
+        asked.append(receiver)
+        return receiver is first
+
+    assert cc.all_receivers(signal, marked) is True  # no receiver: nothing asked
+    assert asked == []
+
+    def first(**kwargs: Any) -> None:
+        return None
+
+    def second(**kwargs: Any) -> None:
+        return None
+
+    signal.connect(first, weak=False)
+    assert cc.all_receivers(signal, marked) is True
+    signal.connect(second, weak=False)
+    assert cc.all_receivers(signal, marked) is False
+    assert asked == [first, first, second]
+
+
 # -- Celery: the publishing thread -------------------------------------------------
 
 

@@ -83,6 +83,19 @@ def both(
     return full, rendered
 
 
+def prepare_times(
+    direct: DirectPath, app: Celery, channel: Any, times: int
+) -> list[Prepared | None]:
+    """``u.echo(1)`` prepared ``times`` times, each with a new task id."""
+    snapshot = direct.configured()
+    assert snapshot is not None
+    task = app.tasks["u.echo"]
+    return [
+        direct.prepare(task, (1,), {}, {"task_id": new_task_id()}, channel, snapshot)
+        for _ in range(times)
+    ]
+
+
 def assert_same(full: Prepared, rendered: Prepared) -> None:
     assert rendered.payload == full.payload
     assert rendered.key == full.key
@@ -205,14 +218,7 @@ def test_a_template_that_renders_otherwise_is_never_used(
         )
 
     monkeypatch.setattr("aceleryctl.wires.redis_message.learn_template", skewed)
-    direct = DirectPath(app)
-    task = app.tasks["u.echo"]
-    snapshot = direct.configured()
-    assert snapshot is not None
-    made = [
-        direct.prepare(task, (1,), {}, {"task_id": new_task_id()}, channel, snapshot)
-        for _ in range(3)
-    ]
+    made = prepare_times(DirectPath(app), app, channel, 3)
     assert all(m is not None and m.rendered is None for m in made)
     assert all(json.loads(m.payload)["headers"]["lang"] == "py" for m in made if m)
 
@@ -224,14 +230,7 @@ def test_a_shape_whose_learning_fails_is_built_in_full_and_its_call_still_sent(
         raise RuntimeError("learning failed")
 
     monkeypatch.setattr("aceleryctl.wires.redis_message.learn_template", broken)
-    direct = DirectPath(app)
-    task = app.tasks["u.echo"]
-    snapshot = direct.configured()
-    assert snapshot is not None
-    made = [
-        direct.prepare(task, (1,), {}, {"task_id": new_task_id()}, channel, snapshot)
-        for _ in range(2)
-    ]
+    made = prepare_times(DirectPath(app), app, channel, 2)
     assert all(m is not None and m.rendered is None for m in made)
     assert all(json.loads(m.payload)["headers"]["task"] == "u.echo" for m in made if m)
 
