@@ -104,7 +104,7 @@ def event_from_entry(entry: Entry) -> TaskEvent:
 
 
 class RecentDispatches:
-    """The process's recent unwatched dispatches and eta notes (module docstring).
+    """The process's recent dispatches and eta notes (module docstring).
 
     Args:
         size: entries, and separately eta notes, kept at most.

@@ -18,10 +18,11 @@ dispatches the emitter's queue overflowed. So:
   counting live members, see :func:`watched_groups`), and builds and sends a
   :class:`~aceleryctl.events.TaskEvent` only for those.
 
-A subscriber that joins between that check and the moment a ``group_send``
-would have reached it misses ``task.sent`` exactly as it would have missed the
-``group_send`` itself; its snapshot, read after joining, shows what the result
-backend knows.
+Every entry of a batch is kept for late subscribers (:mod:`aceleryctl.live.recent`)
+*before* that check. A subscriber joins its group first and reads the kept entries
+second, so one that joined after the check still finds its ``task.sent`` (or
+``task.deferred``); one that joined before gets the ``group_send``, and if it also
+reads the entry, the subscription sends that order once.
 
 Where the entries come from: a controller's dispatch listener
 (:class:`LiveEventsListener`, attached to the default controller when events are
@@ -219,6 +220,13 @@ class SentEvents:
                 groups.setdefault(group_name(entry[0]), []).append(entry)
             except ValueError:
                 self._counts["unwatched"] += 1  # no browser can subscribe to it
+        # Keep every entry for a late subscriber before asking who watches: a
+        # subscriber joins its group first and reads what is kept second, so it
+        # either joined before the look-up (and gets the event sent below) or reads
+        # the entry kept here. Kept after the look-up, a subscriber joining during
+        # it read nothing and got nothing. One that gets both sees one event: the
+        # subscription drops an order it has already sent.
+        _recent.keep(*(entry for entries in groups.values() for entry in entries))
         try:
             watched = await asyncio.wait_for(watched_groups(layer, list(groups)), timeout)
         except Exception as exc:
@@ -232,9 +240,6 @@ class SentEvents:
         self._counts["unwatched"] += sum(len(groups[g]) for g in groups) - sum(
             len(groups[g]) for g in watched
         )
-        unwatched = groups.keys() - set(watched)
-        if unwatched:  # for a subscriber that comes later
-            _recent.keep(*(entry for group in unwatched for entry in groups[group]))
         for group in watched:
             for entry in groups[group]:
                 await self._send_one(layer, group, entry, timeout)

@@ -18,6 +18,7 @@ from aceleryctl.dispatch.listener import (
 )
 from aceleryctl.events import TaskEvent, group_name
 from aceleryctl.live import sent
+from aceleryctl.live.recent import DEFERRED
 from aceleryctl.live.sent import LiveEventsListener, SentEvents
 from aceleryctl.worker.emitter import Emitter
 from tests._support.waiting import wait_until
@@ -53,6 +54,7 @@ class ShardedLayer(RecordingLayer):
     def __init__(self, watched: set[str]) -> None:
         super().__init__(watched)
         self.scripts: list[tuple[int, tuple[Any, ...]]] = []
+        self.on_lookup: Any = None  # called as the script runs, when set
 
     def _group_key(self, group: str) -> bytes:
         return f"asgi:group:{group}".encode()
@@ -66,6 +68,8 @@ class ShardedLayer(RecordingLayer):
         class Client:
             async def eval(self, script: str, numkeys: int, *args: Any) -> list[int]:
                 layer.scripts.append((numkeys, args))
+                if layer.on_lookup is not None:
+                    layer.on_lookup()
                 _since, joined = args  # the group keys travel as one argument, one a line
                 keys = [k.decode().removeprefix("asgi:group:") for k in joined.split(b"\n")]
                 return [n + 1 for n, key in enumerate(keys) if key in (layer.watched or set())]
@@ -176,6 +180,48 @@ def test_only_watched_tasks_get_an_event_one_lookup_per_batch(wired: Any) -> Non
     assert str(since).startswith("(")  # members that joined within group_expiry
     stats = events.statistics()
     assert (stats.noted, stats.sent, stats.unwatched) == (3, 1, 2)
+
+
+def test_every_entry_is_kept_for_late_subscribers_before_the_watched_lookup(
+    wired: Any,
+) -> None:
+    # A subscriber joins first and reads what is kept second: one that joins while
+    # the look-up runs must find its entry kept already, watched or not.
+    holder, emitter, events = wired
+    layer = ShardedLayer({group_name("k-2")})
+    holder["layer"] = layer
+    kept_at_lookup: dict[str, list[str]] = {}
+
+    def subscriber_reads() -> None:
+        for task_id in ("k-1", "k-2"):
+            kept_at_lookup[task_id] = [e.type for e in sent._recent.events(task_id)]
+
+    layer.on_lookup = subscriber_reads
+    events._armed = emitter  # hold the flush: both entries form one batch
+    events.add("k-1", "proj.add", None)
+    events.add("k-2", "proj.add", None, DEFERRED, "BrokerError")
+    events._arm()
+    assert emitter.flush(TIMEOUT)
+    assert kept_at_lookup == {"k-1": ["task.sent"], "k-2": ["task.deferred"]}
+    assert [(e.task_id, e.type) for e in layer.events()] == [("k-2", "task.deferred")]
+    stats = events.statistics()
+    assert (stats.noted, stats.sent, stats.unwatched) == (2, 1, 1)
+
+
+def test_a_failed_lookup_still_leaves_the_entries_to_late_subscribers(wired: Any) -> None:
+    holder, emitter, events = wired
+    layer = ShardedLayer(set())
+
+    def down() -> None:
+        raise ConnectionError("the layer's Redis is down")
+
+    layer.on_lookup = down
+    holder["layer"] = layer
+    events.add("lost-1", "proj.add", None)
+    assert emitter.flush(TIMEOUT)
+    wait_until(lambda: events.statistics().failed == 1, timeout=TIMEOUT)
+    assert [e.type for e in sent._recent.events("lost-1")] == ["task.sent"]
+    assert layer.sent == []
 
 
 def test_a_full_buffer_drops_new_entries_and_counts_them(wired: Any) -> None:
