@@ -15,7 +15,12 @@ from typing import Any
 
 from celery import Celery, Signature, Task
 
-from aceleryctl.compat.celery import CANVAS_TYPES, TASK_PROXY_TYPE, current_app_object
+from aceleryctl.compat.celery import (
+    CANVAS_TYPES,
+    TASK_PROXY_TYPE,
+    current_app_object,
+    current_worker_task_of,
+)
 from aceleryctl.correlation import CORRELATION_HEADER, correlation_id
 from aceleryctl.dispatch.ids import new_task_id
 from aceleryctl.dispatch.record import Dispatch, DispatchKind
@@ -98,7 +103,7 @@ def _inherit_parent(app: Celery, options: dict[str, Any]) -> Any:
     the pool thread has none, so the links are taken here. Returns the parent task
     (for ``add_trail``) or ``None``.
     """
-    parent = app.current_worker_task
+    parent = current_worker_task_of(app)
     if not parent:
         return None
     request = parent.request

@@ -481,6 +481,50 @@ def test_current_worker_task_is_the_task_a_worker_runs(app: Celery) -> None:
     assert seen == [who, None]
 
 
+class _UnreadApp:
+    """An app whose ``current_worker_task`` records that it was read."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    @property
+    def current_worker_task(self) -> Any:
+        self.reads += 1
+        return celery._state.get_current_worker_task()
+
+
+def test_current_worker_task_of_skips_the_walk_when_no_thread_runs_a_task(app: Celery) -> None:
+    # The per-thread storage behind celery._state._task_stack: empty here.
+    assert cc._TASK_STACKS is celery._state._task_stack._local.__storage__
+    assert cc._TASK_STACKS == {}
+    unread = _UnreadApp()
+    assert cc.current_worker_task_of(unread) is None  # type: ignore[arg-type]
+    assert unread.reads == 0
+    seen: list[Any] = []
+
+    @app.task(shared=False, name="c.parent")
+    def parent() -> None:
+        assert cc._TASK_STACKS  # this thread's stack has the task now
+        seen.append(cc.current_worker_task_of(unread))  # type: ignore[arg-type]
+        seen.append(cc.current_worker_task_of(app))
+
+    parent.apply()  # traced as a worker traces it
+    assert seen == [parent, parent]
+    assert unread.reads == 1
+    assert cc._TASK_STACKS == {}  # released once the stack is empty again
+    parent()  # called directly: on the stack, but not a worker's task
+    assert seen[2:] == [None, None]
+
+
+def test_current_worker_task_of_reads_the_property_when_the_storage_is_unknown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cc, "_TASK_STACKS", None)
+    unread = _UnreadApp()
+    assert cc.current_worker_task_of(unread) is None  # type: ignore[arg-type]
+    assert unread.reads == 1
+
+
 def _retrying_app() -> Celery:
     """An app that can publish a retry without a network (no result backend)."""
     app = Celery("compat-retry", set_as_current=False, broker="memory://")
