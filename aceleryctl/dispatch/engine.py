@@ -403,6 +403,7 @@ class DispatchEngine:
             self.loop_path.close(timeout)
         drained = self.pool.shutdown(timeout)
         self._listeners.pool_changed(PoolChange.CLOSED)
+        self._failures.refusals.close()
         if drained:
             self.wire.close()
         return drained

@@ -30,7 +30,9 @@ class RefusalDigest:
     """Coalesces refused on-commit dispatches into one record per interval.
 
     Thread-safe: :meth:`add` runs on committing and publishing threads; a record
-    due later is written by a short-lived timer thread. Never raises.
+    due later is written by a short-lived timer thread, or by :meth:`close` when the
+    controller closes first (after it, every refusal is written at once). Never
+    raises.
 
     Args:
         interval: seconds between two records, at least (> 0).
@@ -45,6 +47,7 @@ class RefusalDigest:
         self._lost = 0
         self._last_record = -interval
         self._timer: threading.Timer | None = None
+        self._closed = False
 
     def add(self, task_name: str, *, lost: bool) -> None:
         """Count one refusal of ``task_name``; ``lost``: nothing keeps the dispatch."""
@@ -54,11 +57,22 @@ class RefusalDigest:
             if self._timer is not None:
                 return
             wait = self._last_record + self._interval - self._clock()
-            if wait > 0:
+            if wait > 0 and not self._closed:
                 self._timer = threading.Timer(wait, self.flush)
                 self._timer.daemon = True
                 self._timer.start()
                 return
+        self.flush()
+
+    def close(self) -> None:
+        """Write what is pending now, not after the controller is gone; stop the timer.
+
+        Runs on the closing thread; never raises."""
+        with self._lock:
+            self._closed = True
+            timer = self._timer
+        if timer is not None:
+            timer.cancel()
         self.flush()
 
     def flush(self) -> None:
