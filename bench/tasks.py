@@ -3,6 +3,7 @@
     python -m bench.tasks                 # 10,000 enqueues a mode, 3 interleaved rounds
     python -m bench.tasks --n 2000 --rounds 1
     python -m bench.tasks --smoke         # tiny: CI checks that it runs, nothing more
+    python -m bench.tasks --modes aenqueue-loop,vtasks --rounds 15 --no-sequential
 
 Modes, each with ``--callers`` coroutines (default 100) and with one, against one
 private Redis on 127.0.0.1 (no worker: messages stay queued, and the Celery modes'
@@ -16,6 +17,12 @@ landed count is checked exactly):
 * ``django-vtasks aenqueue``: the same call on django-vtasks' Valkey backend (its own
   protocol and worker, not Celery), on the same Redis.
 
+``--modes`` runs a subset, by the short names of :data:`SHORT` (docs untouched);
+``--no-sequential`` leaves out the one-coroutine rows. Besides the medians, a run
+prints, for every pair of aceleryctl's ``aenqueue`` modes and a peer, the median of
+the per-round ratios (each round's two figures were measured minutes apart at
+most, so a slow stretch of the machine weighs on both).
+
 The peers need Python 3.12 and Django 6 (``pip install -e '.[bench]'`` there); a
 mode whose package is missing is skipped with a note. A 1 ms ticker measures how
 late the event loop wakes up. Figures are medians over rounds; unless ``--smoke``,
@@ -24,6 +31,7 @@ the table goes to docs/benchmarks.md ("Django Tasks enqueue").
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
 import sys
@@ -42,6 +50,10 @@ MODES = [
     "django-tasks-celery aenqueue",
     "django-vtasks aenqueue",
 ]
+#: Short names for ``--modes``.
+SHORT = dict(
+    zip(["delay", "aenqueue", "delay-loop", "aenqueue-loop", "dtc", "vtasks"], MODES, strict=True)
+)
 PEER_OF_MODE = {"django-tasks-celery aenqueue": "dtc", "django-vtasks aenqueue": "vtasks"}
 OURS = {
     "aceleryctl aenqueue": "aceleryctl",
@@ -99,10 +111,47 @@ def table(results: dict[tuple[str, int], list[Measurement]], n: int) -> str:
     return "\n".join(lines)
 
 
+def paired(results: dict[tuple[str, int], list[Measurement]], callers: int) -> list[str]:
+    """For each of our ``aenqueue`` modes and each peer run with ``callers``
+    coroutines, the median (and range) of the ratios round by round, ours over theirs."""
+    lines = []
+    for ours in OURS:
+        for peer in PEER_OF_MODE:
+            a, b = results.get((ours, callers)), results.get((peer, callers))
+            if not a or not b:
+                continue
+            ratios = sorted(x.rate / y.rate for x, y in zip(a, b, strict=True) if y.rate)
+            if ratios:
+                plural = "s" if callers > 1 else ""
+                lines.append(
+                    f"{ours} / {peer}, {callers} coroutine{plural}, round by round: median "
+                    f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}, "
+                    f"{sum(r >= 1 for r in ratios)} of {len(ratios)} rounds at least 1)"
+                )
+    return lines
+
+
+def chosen_modes(text: str | None, parser: argparse.ArgumentParser) -> list[str]:
+    """The modes ``--modes`` names (all of :data:`MODES` when not given), in
+    :data:`MODES`' order; an unknown name ends the run with the valid ones."""
+    if text is None:
+        return list(MODES)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SHORT]
+    if unknown or not names:
+        parser.error(f"--modes: unknown {unknown or text!r}; choose from {', '.join(SHORT)}")
+    return [mode for short, mode in SHORT.items() if short in names]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = new_parser(__doc__)
     add_rate_options(parser, n=10_000, n_help="enqueues per mode per round")
+    parser.add_argument("--modes", help="a comma-separated subset: " + ", ".join(SHORT))
+    parser.add_argument(
+        "--no-sequential", action="store_true", help="leave out the one-coroutine rows"
+    )
     args = parser.parse_args(argv)
+    wanted = chosen_modes(args.modes, parser)
     if args.smoke:
         args.n, args.rounds, args.callers = 200, 1, 20
     from bench import _tasks_site
@@ -120,13 +169,14 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             setattr(_tasks_site, name, made)
         peers = _tasks_site.available()
-        modes = [m for m in MODES if m not in PEER_OF_MODE or peers[PEER_OF_MODE[m]]]
-        for mode in MODES:
+        modes = [m for m in wanted if m not in PEER_OF_MODE or peers[PEER_OF_MODE[m]]]
+        for mode in wanted:
             if mode not in modes:
                 print(
                     f"skipped {mode}: not installed here (needs Python 3.12, Django 6, bench extra)"
                 )
-        keys = [(m, c) for c in (args.callers, 1) for m in modes]
+        counts = (args.callers,) if args.no_sequential else (args.callers, 1)
+        keys = [(m, c) for c in counts for m in modes]
         results: dict[tuple[str, int], list[Measurement]] = {k: [] for k in keys}
         client = redis.Redis.from_url(f"{url}/0")
         for round_index in range(args.rounds):
@@ -143,12 +193,14 @@ def main(argv: list[str] | None = None) -> int:
         _tasks_site.controller.sync.close()
         _tasks_site.loop_controller.sync.close()
     text = table(results, args.n)
+    pairs = [line for c in counts for line in paired(results, c)]
     mismatched = [
         k for k, runs in results.items()
         if k[0] != "django-vtasks aenqueue" and not all(r.landed == r.n for r in runs)
     ]  # fmt: skip
-    if args.smoke or len(modes) < len(MODES):
-        return finish(text, mismatched, None)  # docs untouched
+    text_with_pairs = "\n\n".join([text, *pairs]) if pairs else text
+    if args.smoke or len(modes) < len(MODES) or args.no_sequential:
+        return finish(text_with_pairs, mismatched, None)  # docs untouched
     from bench.dispatch import rate_report
 
     detail = (
@@ -157,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     heading = "## Django Tasks enqueue"
     return finish(
-        text, mismatched, lambda: rate_report(args.output, heading, text, args, "tasks", detail)
+        text_with_pairs,
+        mismatched,
+        lambda: rate_report(args.output, heading, text_with_pairs, args, "tasks", detail),
     )
 
 
