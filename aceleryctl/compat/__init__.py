@@ -17,7 +17,9 @@ outside this package reaches into a library's private attribute.
   (the run-once guard);
 * :mod:`aceleryctl.compat.kombu_redis`: kombu's Redis channel and redis-py's
   connection, and which publish a delivered message came from;
-* :mod:`aceleryctl.compat.channels`: reading back a Django Channels routing tree.
+* :mod:`aceleryctl.compat.channels`: reading back a Django Channels routing tree;
+* :mod:`aceleryctl.compat.stdlib_json`: the standard library's C JSON encoder,
+  made once.
 
 ``docs/design.md`` ("Private library internals") lists them in a table.
 """

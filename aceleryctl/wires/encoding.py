@@ -7,14 +7,16 @@ less work a call (both run once per message on the direct and loop paths).
   the registered encoder directly instead of through the registry's look-ups and
   error-wrapping context manager.
 * kombu's JSON encoder function (``kombu.utils.json.dumps``) makes a new
-  ``JSONEncoder`` for every call; :func:`envelope_json` and the ``json`` body
-  reuse one, made with the same (default) arguments: the text is the same.
+  ``JSONEncoder`` for every call, and that encoder a new C encoder; :func:`envelope_json`
+  and the ``json`` body reuse one of each, made with the same (default) arguments
+  (:func:`aceleryctl.compat.stdlib_json.prebuilt_encode`): the text is the same.
 
 Thread-safe: the shared encoder keeps no state between calls. Runs on any thread.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from kombu.exceptions import EncodeError
@@ -23,12 +25,13 @@ from kombu.utils.json import JSONEncoder
 from kombu.utils.json import dumps as kombu_json_dumps
 
 from aceleryctl.compat.kombu_redis import serializer_codec
+from aceleryctl.compat.stdlib_json import prebuilt_encode
 
 __all__ = ["envelope_json", "serialize_body"]
 
 _KOMBU_JSON: JSONEncoder = JSONEncoder()
 #: ``kombu.utils.json.dumps(value)``, without making an encoder per call.
-envelope_json = _KOMBU_JSON.encode
+envelope_json: Callable[[Any], str] = prebuilt_encode(_KOMBU_JSON) or _KOMBU_JSON.encode
 
 
 def serialize_body(data: Any, name: str) -> tuple[str, str, Any]:

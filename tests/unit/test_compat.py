@@ -43,8 +43,11 @@ from celery.utils.serialization import UnpickleableExceptionWrapper
 from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer
 from celery.worker.request import Request
+from hypothesis import given
+from hypothesis import strategies as st
 from kombu import Queue, serialization
 from kombu.transport import redis as kombu_redis_transport
+from kombu.utils.json import JSONEncoder as KombuJSONEncoder
 from kombu.utils.json import dumps as kombu_json_dumps
 
 from aceleryctl.compat import amqp as camqp
@@ -55,6 +58,7 @@ from aceleryctl.compat import celery_worker as cw
 from aceleryctl.compat import channels as cch
 from aceleryctl.compat import kombu_redis as ckr
 from aceleryctl.compat import redis_async as cra
+from aceleryctl.compat import stdlib_json as csj
 from aceleryctl.wires.redis_message import _NONE_ONLY, DIRECT_OPTIONS
 
 
@@ -1498,6 +1502,72 @@ def test_set_result_cache_is_what_waiting_fills(app: Celery) -> None:
     ccr.set_result_cache(result, dict(ready))
     assert result._cache is not None
     assert (result.state, result.get(timeout=0.01)) == ("SUCCESS", 7)
+
+
+# -- the standard library's JSON encoder (aceleryctl.compat.stdlib_json) ------------
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=8) | st.integers() | st.none(), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(_JSON_VALUES)
+def test_prebuilt_encode_writes_what_the_encoder_writes(value: Any) -> None:
+    encoder = KombuJSONEncoder()
+    encode = csj.prebuilt_encode(encoder)
+    assert encode is not None  # CPython has the C accelerator
+    assert encode(value) == encoder.encode(value) == kombu_json_dumps(value)
+
+
+def test_prebuilt_encode_raises_what_the_encoder_raises() -> None:
+    encoder = KombuJSONEncoder()
+    encode = csj.prebuilt_encode(encoder)
+    assert encode is not None
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    for value, error in (
+        (cycle, ValueError),  # the C encoder recursed without the check; encode() names it
+        ({"x": object()}, TypeError),
+        ({(1, 2): 1}, TypeError),
+        (deep, RecursionError),
+    ):
+        with pytest.raises(error) as ours:
+            encode(value)
+        with pytest.raises(error) as theirs:
+            encoder.encode(value)
+        assert str(ours.value) == str(theirs.value)
+    strict = json.JSONEncoder(allow_nan=False)
+    strict_encode = csj.prebuilt_encode(strict)
+    assert strict_encode is not None
+    with pytest.raises(ValueError, match="Out of range float values"):
+        strict_encode([float("nan")])
+
+
+def test_prebuilt_encode_declines_what_it_cannot_copy() -> None:
+    class OwnEncode(json.JSONEncoder):
+        def encode(self, o: Any) -> str:
+            return "mine"
+
+    class OwnIterencode(json.JSONEncoder):
+        def iterencode(self, o: Any, _one_shot: bool = False) -> Iterator[str]:
+            yield "mine"
+
+    assert csj.prebuilt_encode(json.JSONEncoder(indent=2)) is None
+    assert csj.prebuilt_encode(OwnEncode()) is None
+    assert csj.prebuilt_encode(OwnIterencode()) is None
+    with mock.patch.object(json.encoder, "c_make_encoder", None):
+        assert csj.prebuilt_encode(json.JSONEncoder()) is None
+    unicode = csj.prebuilt_encode(json.JSONEncoder(ensure_ascii=False, sort_keys=True))
+    assert unicode is not None
+    assert unicode({"é": 1, "a": "ü"}) == '{"a": "ü", "é": 1}'
 
 
 # -- no private library attribute outside aceleryctl.compat ---------------------------

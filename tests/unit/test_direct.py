@@ -126,7 +126,7 @@ def test_task_ids_are_random_version_4_uuids() -> None:
         assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
 
 
-def test_threads_draw_from_their_own_buffers() -> None:
+def test_threads_drawing_at_once_never_share_an_id() -> None:
     found: list[str] = []
     lock = threading.Lock()
 
@@ -145,7 +145,7 @@ def test_threads_draw_from_their_own_buffers() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_a_forked_child_never_repeats_its_parents_ids() -> None:
-    new_task_id()  # the parent's buffer now holds unused bytes
+    new_task_id()  # the parent's pool now holds ids not handed out
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report its next ids, then leave at once
