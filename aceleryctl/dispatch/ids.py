@@ -6,7 +6,7 @@ thread each id can cost a GIL hand-over: measured here, 13 µs to over 100 µs p
 id instead of 2 µs. This module reads the kernel's random source 4 KiB at a time
 and formats the 256 ids it holds at once, into one pool the process's threads
 take from; every id is still 122 random bits from ``os.urandom``. Taking one is
-a list's ``pop``: about 0.35 µs an id with the read and formatting shared out,
+a list's ``pop``: about 0.2 µs an id with the read and formatting shared out,
 against 1.3 µs for cutting and formatting each id on its call.
 
 Thread-safe: ``pop`` and ``extend`` are atomic, so no two threads are ever handed
@@ -58,8 +58,8 @@ def new_task_id() -> str:
 def _read_ids() -> list[str]:
     # 256 ids from one read: their version and variant bytes set by table, the hex
     # digits copied into the blank text one digit position at a time for all ids
-    # at once (strided slices: C loops, about 0.13 µs an id against 0.6 for
-    # slicing and formatting each id).
+    # at once (strided slices, C loops: most of the 0.2 µs an id costs, against
+    # 0.6 µs to slice and format each id alone).
     raw = bytearray(os.urandom(_SIZE * _IDS_PER_READ))
     raw[6::_SIZE] = raw[6::_SIZE].translate(_VERSION)
     raw[8::_SIZE] = raw[8::_SIZE].translate(_VARIANT)
